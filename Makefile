@@ -1,0 +1,25 @@
+# make demo : set up .venv, build the bundled demo dataset, train, evaluate, export, infer
+# make test : set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO := runs/demo
+
+.PHONY: demo test venv clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) demo.py --out $(DEMO)
+
+clean:
+	rm -rf $(VENV) runs demo_data

@@ -1,0 +1,88 @@
+"""The one checkpoint format: a plain dict that loads with torch.load(weights_only=True).
+
+{format_version, config, model, optimizer, scheduler, scaler, epoch, threshold, metrics, args}
+`config` rebuilds the network with no flags. Files are written to a temporary name and
+renamed, so an interrupted save never leaves a half-written checkpoint.
+"""
+
+import os
+
+import torch
+
+from .errors import UserError
+from .files import atomic_open
+
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj, path):
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None):
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": dict(model.config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "epoch": int(epoch),
+        "threshold": None if threshold is None else float(threshold),
+        "metrics": dict(metrics or {}),
+        "args": dict(args or {}),
+    }
+
+
+def _from_original(data):
+    """Checkpoints of the original toolkit: {backbone, model_state_dict, optimizer_state_dict, epoch}.
+
+    Its network used the ImageNet classifier's outputs as features ('logits' mode) at 224 px.
+    """
+    from .images import Preprocessing
+
+    state = data["model_state_dict"]
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": {"backbone": data["backbone"], "features": "logits", "dropout": 0.5, **Preprocessing().to_dict()},
+        "model": state,
+        "optimizer": None,  # the original's optimizer covered a head ending in Sigmoid; start afresh
+        "scheduler": None,
+        "scaler": None,
+        "epoch": int(data.get("epoch", 0)),
+        "threshold": None,
+        "metrics": {},
+        "args": {},
+        "converted_from": "original",
+    }
+
+
+def load_checkpoint(path):
+    if not path or not os.path.isfile(path):
+        raise UserError(f"checkpoint '{path}' does not exist; give a .pth file written by train.py")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"'{path}' is not a readable checkpoint ({type(error).__name__}); give a .pth file written by train.py") from None
+    if isinstance(data, dict) and "format_version" in data:
+        if data["format_version"] > FORMAT_VERSION:
+            raise UserError(f"checkpoint '{path}' has format {data['format_version']}, newer than this toolkit reads ({FORMAT_VERSION}); update the toolkit")
+        return data
+    if isinstance(data, dict) and "model_state_dict" in data and "backbone" in data:
+        return _from_original(data)
+    raise UserError(f"'{path}' is a PyTorch file but not a checkpoint of this toolkit; give a .pth file written by train.py")
+
+
+def load_model(path, *, device="cpu"):
+    """(network in eval mode on device, checkpoint dict) from a checkpoint file."""
+    from .model import build_model
+
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint["config"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"checkpoint '{path}' does not match its recorded model {checkpoint['config'].get('backbone')} ({first})") from None
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,91 @@
+"""torchrun support: one process per device, NCCL on GPUs and gloo on CPUs.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process.
+"""
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def resolve_device(name):
+    """'auto' -> cuda when available, else cpu; 'cuda'/'cuda:N' must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is usable here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) present")
+    elif device.type != "cpu":
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got '{name}'")
+    return device
+
+
+def setup(device_name):
+    """Start the process group when launched by torchrun; return this process's context."""
+    device = resolve_device(device_name)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Context(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=60), **({"device_id": device} if device.type == "cuda" else {}))
+    return Context(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(values, context):
+    """Sum a list of numbers across processes."""
+    if not context.distributed:
+        return list(values)
+    device = context.device if context.device.type == "cuda" else torch.device("cpu")
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def barrier(context):
+    if context.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj, context):
+    if not context.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def cleanup(context):
+    if context.distributed and dist.is_initialized():
+        dist.destroy_process_group()

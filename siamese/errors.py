@@ -1,0 +1,39 @@
+"""User errors and the one place that turns them into a clear line and an exit code."""
+
+import functools
+import re
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, no traceback."""
+
+
+# A UserError raised inside a DataLoader worker comes back with the worker's traceback
+# folded into its message; the user only needs the last line.
+_WORKER_LINE = re.compile(r"UserError: (.+)\s*$")
+
+
+def user_message(error):
+    text = str(error).strip()
+    if "\n" in text:
+        found = _WORKER_LINE.search(text)
+        text = found.group(1) if found else text.splitlines()[-1]
+    return text
+
+
+def cli(main):
+    """Decorate a script's main(argv): user errors print 'error: ...' and return 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as error:
+            print(f"error: {user_message(error)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

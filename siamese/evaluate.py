@@ -1,0 +1,68 @@
+"""The one evaluation routine, shared by train.py's validation, eval.py and eval_tensorrt.py.
+
+It takes a predictor (anything with `score_pairs(list of (left path, right path)) -> array of
+similarities`) and a pair list, and returns the scores and the metrics. No torch here: the
+TensorRT and ONNX Runtime predictors use it on machines without PyTorch.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .metrics import one_shot_accuracy, verification_metrics
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class Evaluation:
+    pairs: list
+    scores: np.ndarray
+    metrics: dict
+    one_shot: dict = field(default=None)
+
+    @property
+    def labels(self):
+        return np.array([p.same for p in self.pairs], dtype=bool)
+
+
+def resolve_threshold(requested=None, calibrated=None):
+    """(threshold, where it came from): --threshold, else the one calibrated in training, else 0.5."""
+    if requested is not None:
+        return float(requested), "--threshold"
+    if calibrated is not None:
+        return float(calibrated), "calibrated on the validation set during training"
+    return DEFAULT_THRESHOLD, "default"
+
+
+def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, trials=None, progress=False):
+    scores = np.asarray(predictor.score_pairs([(p.left, p.right) for p in pairs], progress=progress), dtype=np.float64)
+    metrics = verification_metrics(scores, [p.same for p in pairs], threshold)
+    one_shot = None
+    if trials:
+        flat = [(t.query, candidate) for t in trials for candidate in t.candidates]
+        similarities = np.asarray(predictor.score_pairs(flat, progress=progress), dtype=np.float64)
+        similarities = similarities.reshape(len(trials), -1)
+        one_shot = {"n_way": int(similarities.shape[1]), "trials": len(trials),
+                    "accuracy": one_shot_accuracy(similarities, [t.answer for t in trials])}
+        metrics["one_shot"] = one_shot
+    return Evaluation(pairs=list(pairs), scores=scores, metrics=metrics, one_shot=one_shot)
+
+
+def summary(metrics, *, classes=None, threshold_source=None):
+    """Readable lines for a person."""
+    m = metrics
+    lines = [f"pairs: {m['pairs']} ({m['positive_pairs']} same, {m['negative_pairs']} different)"
+             + (f" over {classes} classes" if classes is not None else "")]
+    lines.append(f"BCE loss: {m['loss']:.4f}")
+    source = f" ({threshold_source})" if threshold_source else ""
+    lines.append(f"accuracy at threshold {m['threshold']:.3f}{source}: {m['accuracy']:.2%}")
+    if "auc" in m:
+        lines.append(f"ROC-AUC: {m['auc']:.4f}")
+        lines.append(f"EER: {m['eer']:.2%} (threshold {m['eer_threshold']:.3f})")
+        lines.append(f"best accuracy: {m['best_accuracy']:.2%} at threshold {m['best_threshold']:.3f}")
+        lines.append(f"TAR at FAR 1e-2: {m['tar_at_far_1e-2']:.2%}   TAR at FAR 1e-3: {m['tar_at_far_1e-3']:.2%}")
+    if m.get("one_shot"):
+        o = m["one_shot"]
+        lines.append(f"{o['n_way']}-way one-shot accuracy: {o['accuracy']:.2%} over {o['trials']} trials")
+    return "\n".join(lines)

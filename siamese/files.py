@@ -1,0 +1,40 @@
+"""Writing outputs safely: a file appears whole or not at all, and unusable folders are
+reported before any work starts."""
+
+import contextlib
+import os
+import tempfile
+
+from .errors import UserError
+
+
+def prepare_output_dir(path, *, what="output folder"):
+    """Create the folder if needed and prove that it can be written to."""
+    if not path:
+        raise UserError(f"no {what} given")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{what} '{path}' is a file, not a folder; choose another path")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {what} '{path}' ({error.strerror or error}); choose a writable path") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", **kwargs):
+    """Open a temporary file beside path; on success it replaces path in one rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(handle, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

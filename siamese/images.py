@@ -1,0 +1,169 @@
+"""Image files: the folder scan, loading any image mode, and the one preprocessing definition.
+
+No torch here: the deployment runtime uses the same code, so a deployed model sees exactly
+the arrays the trained model saw.
+"""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Image.init()
+# Every extension Pillow can open, lower case with the dot (".png", ".jpg", ".tif", ...).
+IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in Image.EXTENSION.items() if fmt in Image.OPEN)
+
+
+def is_image_file(name):
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A scanned ROOT/ClassName/image tree: sorted classes and (path, class index) samples."""
+
+    root: str
+    classes: list
+    paths: list
+    labels: list
+
+    def __len__(self):
+        return len(self.paths)
+
+    def relative(self, path):
+        return os.path.relpath(path, self.root)
+
+    def images_by_class(self):
+        groups = [[] for _ in self.classes]
+        for index, label in enumerate(self.labels):
+            groups[label].append(index)
+        return groups
+
+
+def scan_folder(root, *, what="image folder", check_images=True):
+    """Scan ROOT/ClassName/* for images; raise UserError for anything unusable.
+
+    A pair model needs two classes and at least one class with two images. Each image's
+    header is opened, so a corrupt or mislabelled file is named before any work starts.
+    """
+    if not root or not os.path.exists(root):
+        raise UserError(f"{what} '{root}' does not exist; give a folder laid out as ROOT/ClassName/image.png")
+    if not os.path.isdir(root):
+        raise UserError(f"{what} '{root}' is not a folder; give a folder laid out as ROOT/ClassName/image.png")
+    classes, paths, labels = [], [], []
+    for name in sorted(os.listdir(root)):
+        class_dir = os.path.join(root, name)
+        if name.startswith(".") or not os.path.isdir(class_dir):
+            continue
+        files = sorted(f for f in os.listdir(class_dir) if is_image_file(f) and os.path.isfile(os.path.join(class_dir, f)))
+        if not files:
+            continue
+        for f in files:
+            paths.append(os.path.join(class_dir, f))
+            labels.append(len(classes))
+        classes.append(name)
+    if not paths:
+        raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
+    if len(classes) < 2:
+        raise UserError(f"{what} '{root}' has only one class ('{classes[0]}'); a pair model needs at least two class folders")
+    folder = ImageFolder(root, classes, paths, labels)
+    if max(len(group) for group in folder.images_by_class()) < 2:
+        raise UserError(f"no class in {what} '{root}' has two images, so no same-class pair can be made; add images")
+    if check_images:
+        for path in paths:
+            check_image(path)
+    return folder
+
+
+def check_image(path):
+    """Open the header only (cheap): catches files that are not images at all."""
+    try:
+        with Image.open(path) as img:
+            img.size
+    except Exception as error:  # Pillow raises many types for bad files
+        raise UserError(f"cannot read image '{path}' ({error}); remove or replace the file") from None
+
+
+def _to_rgb(img):
+    """Convert any Pillow mode to 8-bit RGB the same way everywhere.
+
+    16-bit and 32-bit integer grey is scaled from 0..65535, float grey from 0..1;
+    transparent pixels are laid on white; palette images are expanded first.
+    """
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.rint(grey / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.clip(np.rint(grey * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_image(path, *, size_hint=None):
+    """Load an image file as 8-bit RGB, naming the file in a UserError if it cannot be read.
+
+    size_hint lets JPEG decoding skip detail that the resize would throw away anyway.
+    """
+    try:
+        with Image.open(path) as img:
+            if size_hint and img.format == "JPEG":
+                img.draft("RGB", (size_hint, size_hint))
+            img.load()
+            return _to_rgb(img)
+    except UserError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise UserError(f"image '{path}' is too large to decode safely ({error}); resize it first") from None
+    except Exception as error:
+        raise UserError(f"cannot read image '{path}' ({type(error).__name__}: {error}); remove or replace the file") from None
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects: square size, channel statistics. Stored with every model."""
+
+    image_size: int = 224
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    def to_dict(self):
+        return {"image_size": int(self.image_size), "mean": [float(m) for m in self.mean], "std": [float(s) for s in self.std]}
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(int(data["image_size"]), tuple(float(m) for m in data["mean"]), tuple(float(s) for s in data["std"]))
+
+    def resize(self, img):
+        size = (self.image_size, self.image_size)
+        return img if img.size == size else img.resize(size, Image.BILINEAR)
+
+    def normalize(self, img):
+        """RGB PIL image of the right size -> float32 array (3, H, W), ImageNet-normalised."""
+        array = np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
+        array = (array - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+    def __call__(self, img):
+        """The evaluation transform: resize, then normalise."""
+        return self.normalize(self.resize(img))
+
+    def load(self, path):
+        return self(load_image(path, size_hint=self.image_size))

@@ -1,0 +1,142 @@
+"""The Siamese network: a torchvision backbone shared by both images, the element-wise product
+of the two feature vectors, and the original toolkit's MLP head.
+
+The module names (`backbone`, `cls_head` with the original's layer order) match the original
+toolkit, so its checkpoints load into the `logits` feature mode.
+"""
+
+import difflib
+import os
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import UserError
+from .images import Preprocessing
+
+FEATURE_MODES = ("pooled", "logits")
+DEFAULT_FEATURES = "pooled"
+
+
+def classification_backbones():
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_backbone_name(name):
+    names = classification_backbones()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown backbone '{name}'; {hint}any torchvision classification model works, e.g. resnet18, "
+                        f"efficientnet_b0, mobilenet_v3_small, convnext_tiny ({len(names)} in all)")
+
+
+def _last_linear(module):
+    """(parent, attribute name, layer) of the last nn.Linear: the ImageNet classifier."""
+    found = None
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                found = (parent, name, child)
+    return found
+
+
+def _load_backbone_weights(model, backbone, weights):
+    """weights: 'imagenet', 'none' or a path to a torchvision state dict for this backbone."""
+    if weights == "none":
+        return
+    if weights == "imagenet":
+        weight_enum = torchvision.models.get_model_weights(backbone).DEFAULT
+        try:
+            state = weight_enum.get_state_dict(progress=False, check_hash=True)
+        except Exception as error:
+            raise UserError(f"could not download ImageNet weights for {backbone} ({type(error).__name__}: {error}); "
+                            f"train from scratch with --weights none, or pass a downloaded state dict with --weights PATH") from None
+        model.load_state_dict(state)
+        return
+    if not os.path.isfile(weights):
+        raise UserError(f"--weights must be 'imagenet', 'none' or an existing file; '{weights}' does not exist")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"cannot load weights file '{weights}' ({type(error).__name__}); give a torchvision state dict saved with torch.save") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"weights file '{weights}' does not fit backbone {backbone} ({first}); "
+                        f"give weights saved from torchvision's {backbone}") from None
+
+
+def build_backbone(backbone, *, features, weights="none"):
+    """A torchvision model returning a feature vector, and that vector's length."""
+    check_backbone_name(backbone)
+    if features not in FEATURE_MODES:
+        raise UserError(f"--features must be one of {', '.join(FEATURE_MODES)}, got '{features}'")
+    kwargs = {"aux_logits": False, "init_weights": False} if backbone in ("inception_v3", "googlenet") else {}
+    model = torchvision.models.get_model(backbone, weights=None, **kwargs)
+    _load_backbone_weights(model, backbone, weights)
+    last = _last_linear(model)
+    if last is None:
+        raise UserError(f"backbone {backbone} has no linear classifier to take features from; choose another backbone")
+    parent, name, layer = last
+    if features == "logits":
+        return model, layer.out_features
+    setattr(parent, name, nn.Identity())
+    return model, layer.in_features
+
+
+class SiameseNetwork(nn.Module):
+    """forward(img1, img2) returns the logit that the two images show the same class."""
+
+    def __init__(self, backbone="resnet18", features=DEFAULT_FEATURES, weights="none", image_size=224,
+                 mean=None, std=None, dropout=0.5):
+        super().__init__()
+        self.backbone, feature_dim = build_backbone(backbone, features=features, weights=weights)
+        preprocessing = Preprocessing(image_size, *(() if mean is None else (tuple(mean), tuple(std))))
+        self.config = {"backbone": backbone, "features": features, "feature_dim": feature_dim,
+                       "dropout": float(dropout), **preprocessing.to_dict()}
+        # The original head, layer for layer (index 10 was a Sigmoid: we keep the logit).
+        self.cls_head = nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(feature_dim, 512), nn.BatchNorm1d(512), nn.ReLU(),
+            nn.Dropout(p=dropout), nn.Linear(512, 64), nn.BatchNorm1d(64), nn.Sigmoid(),
+            nn.Dropout(p=dropout), nn.Linear(64, 1),
+        )
+
+    @property
+    def preprocessing(self):
+        return Preprocessing.from_dict(self.config)
+
+    def embed(self, images):
+        return self.backbone(images)
+
+    def score_features(self, features1, features2):
+        """Logits (N,) from two batches of backbone features."""
+        return self.cls_head(features1 * features2).squeeze(1)
+
+    def forward(self, img1, img2):
+        # One backbone pass over both halves: a bigger batch runs faster than two calls.
+        features = self.embed(torch.cat([img1, img2]))
+        features1, features2 = features.chunk(2)
+        return self.score_features(features1, features2)
+
+
+class SimilarityModel(nn.Module):
+    """What gets deployed: (img1, img2) -> similarity in [0, 1], shape (N, 1)."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, img1, img2):
+        return torch.sigmoid(self.network(img1, img2)).unsqueeze(1)
+
+
+def build_model(config, *, weights="none"):
+    """Rebuild a network from the config stored in a checkpoint."""
+    return SiameseNetwork(backbone=config["backbone"], features=config["features"], weights=weights,
+                          image_size=config["image_size"], mean=config.get("mean"), std=config.get("std"),
+                          dropout=config.get("dropout", 0.5))

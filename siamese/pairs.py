@@ -1,0 +1,127 @@
+"""Which images are paired: the training rule, fixed evaluation pairs, pair lists, one-shot trials.
+
+Every draw comes from a local generator seeded by explicit numbers, so the pairs are a pure
+function of the files and the seed (eval.py and eval_tensorrt.py score the same pairs).
+"""
+
+import bisect
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+
+def rng_for(*keys):
+    """A generator determined by the given non-negative integers alone."""
+    return np.random.default_rng([int(k) for k in keys])
+
+
+def draw_partner(rng, index, labels, by_class):
+    """The original's rule: same class with probability 0.5, else a random other class.
+
+    Returns (partner index, same). A class with one image cannot make a same pair, so its
+    images always get a different-class partner.
+    """
+    label = labels[index]
+    same = rng.random() < 0.5 and len(by_class[label]) > 1
+    if same:
+        group = by_class[label]  # ascending indices, so bisect finds this image's place
+        pick = int(rng.integers(len(group) - 1))
+        if pick >= bisect.bisect_left(group, index):
+            pick += 1
+        partner = group[pick]
+        return partner, True
+    other = int(rng.integers(len(by_class) - 1))
+    other = other if other < label else other + 1
+    group = by_class[other]
+    return group[int(rng.integers(len(group)))], False
+
+
+@dataclass(frozen=True)
+class Pair:
+    left: str
+    right: str
+    same: bool
+
+
+def evaluation_pairs(folder, *, seed, pairs_per_image=1):
+    """Fixed pairs: each image is the left side of pairs_per_image pairs."""
+    by_class = folder.images_by_class()
+    pairs = []
+    for index in range(len(folder)):
+        for k in range(pairs_per_image):
+            partner, same = draw_partner(rng_for(seed, index, k), index, folder.labels, by_class)
+            pairs.append(Pair(folder.paths[index], folder.paths[partner], same))
+    return pairs
+
+
+def read_pairs_csv(csv_path, root):
+    """A pair list `left,right,same` with paths relative to root (or to its parent).
+
+    The shared datasets' pairs.csv lists paths like `val/Class/img.png` relative to the
+    dataset folder; paths relative to the validation folder itself work too.
+    """
+    if not os.path.isfile(csv_path):
+        raise UserError(f"pair list '{csv_path}' does not exist")
+    bases = [root, os.path.dirname(os.path.abspath(root))]
+    pairs = []
+    with open(csv_path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:3]] != ["left", "right", "same"]:
+            raise UserError(f"pair list '{csv_path}' must start with the header 'left,right,same'")
+        for line, row in enumerate(reader, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 3 or row[2].strip() not in ("0", "1"):
+                raise UserError(f"pair list '{csv_path}' line {line}: expected 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
+            resolved = []
+            for rel in row[:2]:
+                rel = rel.strip()
+                found = next((os.path.join(b, rel) for b in bases if os.path.isfile(os.path.join(b, rel))), None)
+                if found is None:
+                    raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
+                resolved.append(os.path.normpath(found))
+            pairs.append(Pair(resolved[0], resolved[1], row[2].strip() == "1"))
+    if not pairs:
+        raise UserError(f"pair list '{csv_path}' has no pairs")
+    if len({p.same for p in pairs}) < 2:
+        raise UserError(f"pair list '{csv_path}' has only {'same' if pairs[0].same else 'different'}-class pairs; metrics need both")
+    return pairs
+
+
+@dataclass(frozen=True)
+class OneShotTrial:
+    query: str
+    candidates: tuple  # one support image per class; candidates[answer] is the query's class
+    answer: int
+
+
+def one_shot_trials(folder, *, n_way, trials, seed):
+    """Koch et al. (2015) N-way one-shot trials, seeded.
+
+    Each trial picks n_way classes (the first among those with two images), a query and a
+    different support image from the first class, one support image from each other class.
+    """
+    by_class = folder.images_by_class()
+    eligible = [c for c, group in enumerate(by_class) if len(group) >= 2]
+    if n_way < 2:
+        raise UserError(f"--n-way must be at least 2, got {n_way}")
+    if n_way > len(by_class):
+        raise UserError(f"--n-way {n_way} needs {n_way} classes, but the folder has {len(by_class)}")
+    result = []
+    for t in range(trials):
+        rng = rng_for(seed, 1_000_003, t)
+        true_class = eligible[int(rng.integers(len(eligible)))]
+        others = [c for c in range(len(by_class)) if c != true_class]
+        chosen = [true_class] + [others[i] for i in rng.choice(len(others), n_way - 1, replace=False)]
+        query, support = rng.choice(by_class[true_class], 2, replace=False)
+        candidates = [folder.paths[support]] + [folder.paths[by_class[c][int(rng.integers(len(by_class[c])))]] for c in chosen[1:]]
+        order = rng.permutation(n_way)
+        candidates = [candidates[i] for i in order]
+        answer = int(np.flatnonzero(order == 0)[0])
+        result.append(OneShotTrial(folder.paths[query], tuple(candidates), answer))
+    return result

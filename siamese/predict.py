@@ -1,0 +1,71 @@
+"""A PyTorch predictor for the shared evaluation: each distinct image goes through the backbone
+once, then the head scores every pair from the cached features, so the cost grows with the
+number of images, not of pairs."""
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import ImageFiles, loader_options
+
+
+class TorchPredictor:
+    def __init__(self, model, *, device="cpu", batch_size=64, workers=0, amp=False, channels_last=False):
+        self.model = model
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.workers = workers
+        self.amp = amp and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.preprocessing = model.preprocessing
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    @torch.inference_mode()
+    def embed_paths(self, paths, *, progress=False):
+        """Backbone features (len(paths), D) in float32 on the device."""
+        self.model.eval()
+        # persistent workers would outlive this one pass for nothing
+        options = dict(loader_options(workers=self.workers, device=self.device), persistent_workers=False)
+        loader = DataLoader(ImageFiles(paths, self.preprocessing), batch_size=self.batch_size, **options)
+        chunks = []
+        for images in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            with self._autocast():
+                chunks.append(self.model.embed(images).float())
+        return torch.cat(chunks)
+
+    @torch.inference_mode()
+    def score_features(self, features, left, right):
+        """Similarities for index arrays into a feature matrix, scored by the head in batches."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(left), 4096):
+            f1 = features[left[start:start + 4096]]
+            f2 = features[right[start:start + 4096]]
+            out.append(torch.sigmoid(self.model.score_features(f1, f2)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+    def score_pairs(self, pairs, *, progress=False):
+        paths = sorted({p for pair in pairs for p in pair})
+        where = {p: i for i, p in enumerate(paths)}
+        features = self.embed_paths(paths, progress=progress)
+        left = torch.tensor([where[a] for a, _ in pairs], dtype=torch.long, device=features.device)
+        right = torch.tensor([where[b] for _, b in pairs], dtype=torch.long, device=features.device)
+        return self.score_features(features, left, right)
+
+    @torch.inference_mode()
+    def score_pairs_full(self, pairs, *, batch_size=None):
+        """Every pair through the whole network (the original's way): for checks and benchmarks."""
+        self.model.eval()
+        batch_size = batch_size or self.batch_size
+        out = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            x1 = torch.stack([torch.from_numpy(self.preprocessing.load(a)) for a, _ in chunk]).to(self.device)
+            x2 = torch.stack([torch.from_numpy(self.preprocessing.load(b)) for _, b in chunk]).to(self.device)
+            with self._autocast():
+                out.append(torch.sigmoid(self.model(x1, x2)).float().cpu())
+        return torch.cat(out).numpy()

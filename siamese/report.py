@@ -1,0 +1,153 @@
+"""What an evaluation writes: metrics.json, scores.csv, roc.png, errors.png and one picture per
+pair. Pictures are drawn with Pillow (no matplotlib figure per pair); no torch here."""
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .files import atomic_open
+from .images import load_image
+from .metrics import roc
+
+TILE = 192
+GREEN, RED, GREY, BLUE = (0, 140, 60), (200, 30, 30), (120, 120, 120), (30, 80, 200)
+
+
+def _font(size):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(img, size):
+    img = img.copy()
+    img.thumbnail((size, size), Image.BILINEAR)
+    tile = Image.new("RGB", (size, size), (255, 255, 255))
+    tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return tile
+
+
+def class_of(path):
+    return os.path.basename(os.path.dirname(path))
+
+
+def pair_picture(left, right, score, same, threshold, *, tile=TILE):
+    """Both images in their own colours, their classes, the similarity, marked right or wrong."""
+    predicted = score >= threshold
+    correct = predicted == same
+    header = max(40, tile // 4)
+    canvas = Image.new("RGB", (2 * tile + 12, tile + header + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    colour = GREEN if correct else RED
+    draw.rectangle([0, 0, canvas.width - 1, canvas.height - 1], outline=colour, width=4)
+    font = _font(max(11, tile // 14))
+    verdict = "RIGHT" if correct else "WRONG"
+    truth = "same" if same else "different"
+    draw.text((8, 6), f"similarity {score:.3f}  {verdict}", fill=colour, font=font)
+    draw.text((8, 6 + header // 2), f"{class_of(left)} | {class_of(right)} ({truth})"[:60], fill=(0, 0, 0), font=font)
+    for k, path in enumerate((left, right)):
+        canvas.paste(_fit(load_image(path), tile), (4 + k * (tile + 4), header))
+    return canvas
+
+
+def _save_png(img, path):
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG", compress_level=1)
+
+
+def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
+    os.makedirs(folder, exist_ok=True)
+    count = len(evaluation.pairs) if max_pictures is None else min(max_pictures, len(evaluation.pairs))
+    width = len(str(max(count - 1, 0)))
+
+    def one(i):
+        pair, score = evaluation.pairs[i], float(evaluation.scores[i])
+        correct = (score >= threshold) == pair.same
+        name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.png"
+        _save_png(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name))
+
+    # Decoding, resizing and PNG encoding release the GIL, so threads overlap well.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, range(count)))
+    return count
+
+
+def roc_picture(scores, labels, metrics, size=480):
+    far, tar, _ = roc(scores, labels)
+    margin = 56
+    plot = size - 2 * margin
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(13)
+
+    def xy(x, y):
+        return margin + x * plot, size - margin - y * plot
+
+    for v in np.linspace(0, 1, 6):
+        draw.line([xy(v, 0), xy(v, 1)], fill=(230, 230, 230))
+        draw.line([xy(0, v), xy(1, v)], fill=(230, 230, 230))
+        draw.text((xy(v, 0)[0] - 8, size - margin + 6), f"{v:.1f}", fill=(0, 0, 0), font=font)
+        draw.text((margin - 30, xy(0, v)[1] - 7), f"{v:.1f}", fill=(0, 0, 0), font=font)
+    draw.rectangle([xy(0, 1), xy(1, 0)], outline=(0, 0, 0))
+    draw.line([xy(0, 0), xy(1, 1)], fill=GREY, width=1)
+    draw.line([xy(x, y) for x, y in zip(far, tar)], fill=BLUE, width=2)
+    eer = metrics["eer"]
+    ex, ey = xy(eer, 1 - eer)
+    draw.ellipse([ex - 5, ey - 5, ex + 5, ey + 5], outline=RED, width=2)
+    draw.text((ex + 8, ey + 2), f"EER {eer:.1%}", fill=RED, font=font)
+    draw.text((margin, 16), f"ROC  AUC {metrics['auc']:.4f}  EER {eer:.2%}  ({metrics['pairs']} pairs)", fill=(0, 0, 0), font=_font(15))
+    draw.text((size // 2 - 80, size - 24), "false accept rate", fill=(0, 0, 0), font=font)
+    draw.text((6, margin - 22), "true accept rate", fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def errors_picture(evaluation, threshold, per_row=4, tile=128):
+    """Most confident false accepts (top row) and false rejects (bottom row)."""
+    scores, labels = evaluation.scores, evaluation.labels
+    different = np.flatnonzero(~labels)
+    same = np.flatnonzero(labels)
+    false_accepts = [i for i in different[np.argsort(-scores[different], kind="stable")][:per_row] if scores[i] >= threshold]
+    false_rejects = [i for i in same[np.argsort(scores[same], kind="stable")][:per_row] if scores[i] < threshold]
+    cell_w, cell_h = 2 * tile + 12, tile + max(40, tile // 4) + 8
+    title_h = 28
+    canvas = Image.new("RGB", (per_row * (cell_w + 8) + 8, 2 * (cell_h + title_h) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(15)
+    rows = (("False accepts: different classes scored as same", false_accepts),
+            ("False rejects: same class scored as different", false_rejects))
+    for r, (title, indices) in enumerate(rows):
+        top = r * (cell_h + title_h) + 4
+        draw.text((8, top + 4), title + ("" if indices else ": none"), fill=(0, 0, 0), font=font)
+        for c, i in enumerate(indices):
+            p = evaluation.pairs[i]
+            canvas.paste(pair_picture(p.left, p.right, float(scores[i]), p.same, threshold, tile=tile),
+                         (8 + c * (cell_w + 8), top + title_h))
+    return canvas
+
+
+def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=None, workers=4):
+    """Write every output file; returns {name: path}."""
+    metrics = dict(evaluation.metrics, **(extra or {}))
+    paths = {"metrics": os.path.join(out_dir, "metrics.json"), "scores": os.path.join(out_dir, "scores.csv"),
+             "roc": os.path.join(out_dir, "roc.png"), "errors": os.path.join(out_dir, "errors.png"),
+             "pictures": os.path.join(out_dir, "pairs")}
+    with atomic_open(paths["metrics"], "w") as f:
+        json.dump(metrics, f, indent=2)
+        f.write("\n")
+    with atomic_open(paths["scores"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["left", "right", "left_class", "right_class", "same", "similarity"])
+        for pair, score in zip(evaluation.pairs, evaluation.scores):
+            writer.writerow([pair.left, pair.right, class_of(pair.left), class_of(pair.right), int(pair.same), f"{score:.6f}"])
+    if "auc" in metrics:
+        _save_png(roc_picture(evaluation.scores, evaluation.labels, metrics), paths["roc"])
+    else:
+        del paths["roc"]
+    _save_png(errors_picture(evaluation, threshold), paths["errors"])
+    write_pair_pictures(evaluation, paths["pictures"], threshold=threshold, max_pictures=max_pictures, workers=workers)
+    return paths

@@ -1,0 +1,210 @@
+"""Training: one epoch of pair training, and the whole run (validation, logs, checkpoints).
+
+Randomness comes from generators seeded by (seed, epoch): pairs, augmentation, shuffling and
+dropout, so a run resumed from last.pth continues exactly as if it had not stopped.
+"""
+
+import csv
+import json
+import os
+import time
+
+import torch
+from torch.nn.functional import binary_cross_entropy_with_logits
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from . import distributed
+from .checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from .data import TrainingPairs, training_loader
+from .errors import UserError
+from .evaluate import evaluate
+from .files import atomic_open, prepare_output_dir
+from .images import scan_folder
+from .model import SiameseNetwork, build_model
+from .pairs import evaluation_pairs
+from .predict import TorchPredictor
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
+                  "val_best_threshold", "learning_rate", "seconds", "pairs_per_second"]
+
+
+def make_scheduler(optimizer, schedule, epochs):
+    if schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{schedule}'")
+
+
+def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, channels_last=False,
+                    progress=None, context=None):
+    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks."""
+    context = context or distributed.Context(device=device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    start = time.perf_counter()
+    for img1, img2, label in loader:
+        img1 = img1.to(device, non_blocking=True, memory_format=memory_format)
+        img2 = img2.to(device, non_blocking=True, memory_format=memory_format)
+        label = label.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            logits = model(img1, img2)
+        loss = binary_cross_entropy_with_logits(logits.float(), label)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        # Sums stay on the device: no synchronisation per step.
+        loss_sum += loss.detach() * len(label)
+        correct += ((logits.detach() >= 0) == (label >= 0.5)).sum()
+        count += len(label)
+        if progress is not None:
+            progress.update(len(label) * context.world_size)
+    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum.item(), correct.item(), count], context)
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(count),
+            "seconds": time.perf_counter() - start}
+
+
+def _read_metric_rows(path, before_epoch):
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["epoch"]) < before_epoch]
+
+
+def _write_metric_rows(path, rows):
+    with atomic_open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
+        image_size=224, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
+        save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
+        augment=True, val_pairs_per_image=1, eval_batch_size=64, run_args=None, log=print):
+    """Train a Siamese network; returns the best validation metrics. Writes into out_path:
+    best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
+    context = distributed.setup(device)
+    device = context.device
+    if amp and device.type != "cuda":
+        raise UserError("--amp needs a CUDA device; drop --amp or use --device cuda")
+    if epochs < 1 or batch_size < 2:
+        raise UserError("--epochs must be at least 1 and --batch-size at least 2 (BatchNorm needs two pairs)")
+    train_folder = scan_folder(train_path, what="training folder")
+    val_folder = scan_folder(val_path, what="validation folder")
+    if context.is_main:
+        prepare_output_dir(out_path)
+    distributed.barrier(context)
+
+    checkpoint = load_checkpoint(resume) if resume else None
+    torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
+    if checkpoint is not None:
+        model = build_model(checkpoint["config"])
+        model.load_state_dict(checkpoint["model"])
+        start_epoch = checkpoint["epoch"] + 1
+    else:
+        # Rank 0 downloads ImageNet weights first; the others then read its cache.
+        # (DistributedDataParallel copies rank 0's parameters to every rank.)
+        if context.is_main:
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size)
+        distributed.barrier(context)
+        if not context.is_main:
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size)
+        start_epoch = 1
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = make_scheduler(optimizer, lr_schedule, epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    best = {"auc": -1.0}
+    if checkpoint is not None:
+        if checkpoint.get("optimizer"):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scheduler"):
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        best = checkpoint.get("metrics", {}).get("best", best)
+    if start_epoch > epochs:
+        raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
+
+    dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment)
+    loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
+                             num_replicas=context.world_size, rank=context.rank)
+    train_model = model
+    if context.distributed:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
+    predictor = TorchPredictor(model, device=device, batch_size=eval_batch_size, workers=workers,
+                               amp=amp, channels_last=channels_last)
+
+    writer = None
+    metrics_path = os.path.join(out_path, "metrics.csv")
+    if context.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with atomic_open(os.path.join(out_path, "args.json"), "w") as f:
+            json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size), f, indent=2)
+        rows = _read_metric_rows(metrics_path, start_epoch)
+        writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
+        log(f"training {model.config['backbone']} ({model.config['features']} features, {image_size} px) on "
+            f"{len(train_folder)} images in {len(train_folder.classes)} classes; validating on {len(val_pairs)} pairs "
+            f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
+
+    try:
+        for epoch in range(start_epoch, epochs + 1):
+            loader.sampler.set_epoch(epoch)
+            torch.manual_seed(seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
+            learning_rate_now = optimizer.param_groups[0]["lr"]
+            bar = tqdm(total=len(loader) * batch_size * context.world_size, desc=f"epoch {epoch}/{epochs}", unit="pair",
+                       disable=not context.is_main, leave=False, dynamic_ncols=True)
+            stats = train_one_epoch(train_model, loader, optimizer, device=device, scaler=scaler, amp=amp,
+                                    channels_last=channels_last, progress=bar, context=context)
+            bar.close()
+            scheduler.step()
+            if context.is_main:
+                result = evaluate(predictor, val_pairs)
+                m = result.metrics
+                threshold = m["best_threshold"]
+                pairs_per_second = stats["pairs"] / stats["seconds"]
+                row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                       "val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_eer": m["eer"],
+                       "val_best_threshold": threshold, "learning_rate": learning_rate_now,
+                       "seconds": stats["seconds"], "pairs_per_second": pairs_per_second}
+                rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                _write_metric_rows(metrics_path, rows)
+                for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
+                            "learning_rate", "pairs_per_second"):
+                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+                writer.flush()
+                improved = m["auc"] > best["auc"]
+                if improved:
+                    best = {"epoch": epoch, "auc": m["auc"], "eer": m["eer"], "threshold": threshold,
+                            "accuracy": m["best_accuracy"]}
+                state = make_checkpoint(model=model, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
+                                        scaler=scaler, threshold=threshold,
+                                        metrics={"train": stats, "val": m, "best": best}, args=run_args)
+                if improved:
+                    atomic_save(state, os.path.join(out_path, "best.pth"))
+                atomic_save(state, os.path.join(out_path, "last.pth"))
+                if save_after > 0 and epoch % save_after == 0:
+                    atomic_save(state, os.path.join(out_path, f"epoch_{epoch}.pth"))
+                log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f} | "
+                    f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | "
+                    f"{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
+            distributed.barrier(context)
+    finally:
+        if writer is not None:
+            writer.close()
+        distributed.cleanup(context)
+    return best

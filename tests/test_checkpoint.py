@@ -1,0 +1,72 @@
+import os
+
+import pytest
+import torch
+
+from siamese.checkpoint import atomic_save, load_checkpoint, load_model, make_checkpoint
+from siamese.errors import UserError
+from siamese.model import SiameseNetwork
+
+
+def test_round_trip_loads_with_weights_only(tmp_path):
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32)
+    optimizer = torch.optim.Adam(model.parameters())
+    path = str(tmp_path / "c.pth")
+    atomic_save(make_checkpoint(model=model, epoch=3, optimizer=optimizer, threshold=0.4, args={"seed": 1}), path)
+    raw = torch.load(path, weights_only=True)  # plain data only
+    assert raw["format_version"] == 1 and raw["epoch"] == 3 and raw["threshold"] == 0.4
+    loaded, checkpoint = load_model(path)
+    assert loaded.config == model.config
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value)
+    assert not loaded.training
+    assert os.listdir(tmp_path) == ["c.pth"]  # no temporary file left behind
+
+
+def test_original_toolkit_checkpoint_loads(tmp_path):
+    torch.manual_seed(0)
+    original = SiameseNetwork("resnet18", features="logits")
+    path = str(tmp_path / "original.pth")
+    torch.save({"epoch": 7, "model_state_dict": original.state_dict(), "backbone": "resnet18",
+                "optimizer_state_dict": {}}, path)
+    model, checkpoint = load_model(path)
+    assert checkpoint["config"]["features"] == "logits" and checkpoint["epoch"] == 7
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, x.flip(0)), original.eval()(x, x.flip(0)))
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "none.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable checkpoint"):
+        load_checkpoint(str(junk))
+    other = tmp_path / "other.pth"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(UserError, match="not a checkpoint of this toolkit"):
+        load_checkpoint(str(other))
+    mismatched = tmp_path / "mismatch.pth"
+    state = make_checkpoint(model=SiameseNetwork("resnet18", image_size=32), epoch=1)
+    state["config"]["backbone"] = "resnet34"
+    torch.save(state, mismatched)
+    with pytest.raises(UserError, match="does not match its recorded model resnet34"):
+        load_model(str(mismatched))
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    atomic_save({"format_version": 1, "epoch": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"format_version": 1, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]

@@ -1,0 +1,81 @@
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from siamese.errors import UserError
+from siamese.model import SiameseNetwork, SimilarityModel, build_model
+
+
+@pytest.mark.parametrize("backbone, features, dim", [
+    ("resnet18", "pooled", 512), ("resnet18", "logits", 1000),
+    ("mobilenet_v3_small", "pooled", 1024), ("squeezenet1_0", None, None),
+    ("efficientnet_b0", "pooled", 1280),
+])
+def test_shapes_for_backbones_and_feature_modes(backbone, features, dim):
+    if features is None:  # no linear classifier to take features from
+        with pytest.raises(UserError, match="no linear classifier"):
+            SiameseNetwork(backbone)
+        return
+    torch.manual_seed(0)
+    model = SiameseNetwork(backbone, features=features, image_size=32).eval()
+    assert model.config["feature_dim"] == dim
+    x1, x2 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert model.embed(x1).shape == (3, dim)
+        logits = model(x1, x2)
+        assert logits.shape == (3,)
+        similarity = SimilarityModel(model)(x1, x2)
+    assert similarity.shape == (3, 1)
+    torch.testing.assert_close(similarity.squeeze(1), torch.sigmoid(logits))
+
+
+def test_head_is_the_original_layer_order():
+    model = SiameseNetwork("resnet18", image_size=32)
+    kinds = [type(m).__name__ for m in model.cls_head]
+    assert kinds == ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "Sigmoid",
+                     "Dropout", "Linear"]
+    assert isinstance(model.backbone.fc, torch.nn.Identity)
+    assert isinstance(SiameseNetwork("resnet18", features="logits").backbone.fc, torch.nn.Linear)
+
+
+def test_config_rebuilds_the_same_architecture():
+    model = SiameseNetwork("mobilenet_v3_small", features="logits", image_size=48)
+    rebuilt = build_model(model.config)
+    assert rebuilt.config == model.config
+    rebuilt.load_state_dict(model.state_dict())  # strict: same parameter names and shapes
+
+
+def test_unknown_backbone_suggests_names():
+    with pytest.raises(UserError, match="did you mean resnet18"):
+        SiameseNetwork("resnt18")
+
+
+def test_weights_file_for_another_backbone_is_refused(tmp_path):
+    path = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), path)
+    with pytest.raises(UserError, match="does not fit backbone resnet18"):
+        SiameseNetwork("resnet18", weights=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        SiameseNetwork("resnet18", weights=str(tmp_path / "missing.pth"))
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    model = SiameseNetwork("resnet18", weights=str(path))
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight)
+
+
+def test_offline_download_fails_clearly(monkeypatch):
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(type(weights), "get_state_dict", offline)
+    with pytest.raises(UserError) as error:
+        SiameseNetwork("resnet18", weights="imagenet")
+    assert "--weights none" in str(error.value) and "--weights PATH" in str(error.value)

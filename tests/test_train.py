@@ -1,0 +1,162 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import ROOT, TINY_TRAIN_ARGS, make_folder
+
+
+def run_train(train_dir, val_dir, out, *extra):
+    return train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, *TINY_TRAIN_ARGS, *extra])
+
+
+def test_train_end_to_end_writes_everything(tiny_dataset, trained_checkpoint):
+    out = os.path.dirname(trained_checkpoint)
+    names = set(os.listdir(out))
+    assert {"best.pth", "last.pth", "args.json", "metrics.csv", "tensorboard"} <= names
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["val_auc"]) <= 1.0 for r in rows)
+    assert json.load(open(os.path.join(out, "args.json")))["seed"] == 3
+    events = os.listdir(os.path.join(out, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events)
+    checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
+    assert checkpoint["epoch"] == 2 and 0.0 < checkpoint["threshold"] < 1.0
+    assert checkpoint["config"]["image_size"] == 32
+
+
+def test_training_learns_the_demo_digits(tmp_path):
+    from siamese.demo import build_digits_dataset
+
+    train_dir, val_dir, _ = build_digits_dataset(str(tmp_path / "digits"))
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "2",
+                       *TINY_TRAIN_ARGS, "--batch-size", "32"]) == 0
+    best = torch.load(str(tmp_path / "out" / "best.pth"), weights_only=True)["metrics"]["best"]
+    assert best["auc"] > 0.85  # chance is 0.5; two epochs on the digits reach about 0.94
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch):
+    import siamese.training
+
+    train_dir, val_dir = tiny_dataset
+    augmenting = [a for a in TINY_TRAIN_ARGS if a != "--no-augment"]  # augmentation randomness too
+    common = ["--train_path", train_dir, "--val_path", val_dir, *augmenting, "--workers", "1", "--seed", "7",
+              "-e", "2", "--lr-schedule", "cosine"]
+    assert train.main([*common, "-o", str(tmp_path / "straight")]) == 0
+
+    real_epoch, calls = siamese.training.train_one_epoch, []
+
+    def stop_in_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(siamese.training, "train_one_epoch", stop_in_second_epoch)
+    assert train.main([*common, "-o", str(tmp_path / "resumed")]) == 130
+    monkeypatch.undo()
+    assert train.main([*common, "-o", str(tmp_path / "resumed"), "--resume", str(tmp_path / "resumed" / "last.pth")]) == 0
+    a = torch.load(str(tmp_path / "straight" / "last.pth"), weights_only=True)
+    b = torch.load(str(tmp_path / "resumed" / "last.pth"), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+    with open(tmp_path / "resumed" / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no images"),
+    ("one_class", "only one class"),
+    ("singletons", "has two images"),
+    ("corrupt", "bad.png"),
+    ("backbone", "unknown backbone"),
+    ("weights", "does not fit backbone resnet18"),
+    ("unwritable", "cannot write to output folder"),
+])
+def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
+    train_dir, val_dir = tiny_dataset
+    out = str(tmp_path / "out")
+    extra = []
+    if case == "missing":
+        train_dir = str(tmp_path / "nowhere")
+    elif case == "empty":
+        train_dir = str(tmp_path / "empty")
+        os.makedirs(train_dir)
+    elif case == "one_class":
+        train_dir = make_folder(str(tmp_path / "one"), classes=1)
+    elif case == "singletons":
+        train_dir = make_folder(str(tmp_path / "single"), classes=3, per_class=1)
+    elif case == "corrupt":
+        train_dir = make_folder(str(tmp_path / "corrupt"))
+        with open(os.path.join(train_dir, "class_1", "bad.png"), "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\nnot really")
+    elif case == "backbone":
+        extra = ["-b", "resnet181"]
+    elif case == "weights":
+        weights = tmp_path / "w.pth"
+        torch.save({"conv.weight": torch.zeros(1)}, weights)
+        extra = ["--weights", str(weights)]
+    elif case == "unwritable":
+        out = str(tmp_path / "file")
+        open(out, "w").close()
+        out = os.path.join(out, "sub")
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "1",
+                       *TINY_TRAIN_ARGS, *extra]) == 2
+    assert message in _error_line(capsys)
+
+
+def test_script_exits_non_zero_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--train_path", str(tmp_path / "x"),
+                             "--val_path", str(tmp_path / "y"), "-o", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: training folder") and "Traceback" not in result.stderr
+
+
+def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypatch):
+    train_dir, val_dir = tiny_dataset
+    out = str(tmp_path / "out")
+    assert run_train(train_dir, val_dir, out, "-e", "1") == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in ("best.pth", "last.pth")}
+
+    import siamese.training
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(siamese.training, "train_one_epoch", interrupt)
+    assert run_train(train_dir, val_dir, out, "-e", "3", "--resume", os.path.join(out, "last.pth")) == 130
+    for name, data in before.items():
+        assert open(os.path.join(out, name), "rb").read() == data
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
+
+
+def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
+    train_dir, val_dir = tiny_dataset
+    out = str(tmp_path / "ddp")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "train.py"), "--train_path", train_dir, "--val_path", val_dir,
+                             "-o", out, "-e", "2", *TINY_TRAIN_ARGS],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
+    assert json.load(open(os.path.join(out, "args.json")))["world_size"] == 2
+    checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
+    # 24 images: each rank gets 12 pairs = one full batch of 8 (drop_last); reduced over both ranks
+    assert checkpoint["metrics"]["train"]["pairs"] == 16
+    assert checkpoint["epoch"] == 2 and "auc" in checkpoint["metrics"]["val"]

@@ -1,0 +1,70 @@
+"""Train a Siamese network on a folder-per-class image tree.
+
+Example (one CPU or GPU):
+    python train.py --train_path data/train --val_path data/val -o runs/exp1 -b resnet18 -e 20
+
+Many GPUs or machines (one process per GPU):
+    torchrun --nproc_per_node 4 train.py --train_path data/train --val_path data/val -o runs/exp1
+
+Writes best.pth, last.pth (for --resume), epoch_N.pth, args.json, metrics.csv and
+tensorboard/ (view with: tensorboard --logdir runs/exp1) into the out path.
+"""
+
+import argparse
+
+from siamese.errors import cli
+from siamese.model import DEFAULT_FEATURES, FEATURE_MODES
+from siamese.training import LR_SCHEDULES, fit
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train_path", "--train-path", required=True, type=str, help="training folder: ROOT/ClassName/image")
+    p.add_argument("--val_path", "--val-path", required=True, type=str,
+                   help="validation folder in the same layout (ideally classes not seen in training)")
+    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="folder for checkpoints and logs")
+    p.add_argument("-b", "--backbone", default="resnet18", type=str, help="any torchvision classification model name")
+    p.add_argument("--weights", default="imagenet", type=str,
+                   help="backbone weights: 'imagenet' (download), 'none' (random init) or a path to a torchvision state dict")
+    p.add_argument("--features", default=DEFAULT_FEATURES, choices=FEATURE_MODES,
+                   help="'pooled': the backbone's features with its classifier removed; "
+                        "'logits': the ImageNet classifier's outputs (the original toolkit's behaviour)")
+    p.add_argument("--image-size", default=224, type=int, help="images are resized to this square size")
+    p.add_argument("-e", "--epochs", default=20, type=int, help="number of epochs")
+    p.add_argument("--batch-size", default=32, type=int, help="pairs per batch (per process under torchrun)")
+    p.add_argument("-lr", "--learning_rate", "--learning-rate", default=1e-4, type=float, help="Adam learning rate")
+    p.add_argument("--weight-decay", default=0.0, type=float, help="Adam weight decay")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="learning rate schedule over the epochs")
+    p.add_argument("-s", "--save_after", "--save-after", default=25, type=int,
+                   help="also keep epoch_N.pth every this many epochs (0: never)")
+    p.add_argument("--workers", default=2, type=int, help="data loading worker processes (per process)")
+    p.add_argument("--device", default="auto", type=str, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast) on CUDA")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format (often faster on GPUs)")
+    p.add_argument("--seed", default=0, type=int, help="seed for initialisation, pairs, augmentation and shuffling")
+    p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
+    p.add_argument("--no-augment", action="store_true", help="turn off random affine and flip augmentation")
+    p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
+    p.add_argument("--eval-batch-size", default=64, type=int, help="images per batch when validating")
+    return p
+
+
+@cli
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+
+    best = fit(train_path=args.train_path, val_path=args.val_path, out_path=args.out_path, backbone=args.backbone,
+               weights=args.weights, features=args.features, image_size=args.image_size, epochs=args.epochs,
+               batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
+               lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
+               amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
+               augment=not args.no_augment, val_pairs_per_image=args.val_pairs_per_image,
+               eval_batch_size=args.eval_batch_size, run_args=vars(args))
+    if best.get("epoch") is not None:
+        print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "
+              f"checkpoints in {args.out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
