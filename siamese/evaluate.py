@@ -66,3 +66,27 @@ def summary(metrics, *, classes=None, threshold_source=None):
         o = m["one_shot"]
         lines.append(f"{o['n_way']}-way one-shot accuracy: {o['accuracy']:.2%} over {o['trials']} trials")
     return "\n".join(lines)
+
+
+def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
+                   calibrated_threshold=None, n_way=0, trials=400, max_pictures=None, workers=4, extra=None, log=print):
+    """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
+    (a function of the files and the seed, or a given list), metrics, pictures, files."""
+    from .files import prepare_output_dir
+    from .images import scan_folder
+    from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
+    from .report import write_report
+
+    folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
+    pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)
+    shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed) if n_way else None
+    prepare_output_dir(out_path)  # only once the inputs are known to be good
+    threshold, source = resolve_threshold(threshold, calibrated_threshold)
+    result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
+    details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
+               "pairs_file": pairs_file, **(extra or {})}
+    paths = write_report(result, out_path, threshold=threshold, extra=details, max_pictures=max_pictures, workers=workers)
+    log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
+    log(f"wrote {paths['metrics']}, {paths['scores']}, " + (f"{paths['roc']}, " if "roc" in paths else "")
+        + f"{paths['errors']} and pair pictures in {paths['pictures']}/")
+    return result

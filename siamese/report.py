@@ -25,8 +25,11 @@ def _font(size):
 
 
 def _fit(img, size):
-    img = img.copy()
-    img.thumbnail((size, size), Image.BILINEAR)
+    """Scale to fit a size x size tile, keeping the aspect ratio; small images are enlarged
+    with hard pixel edges so they stay legible."""
+    ratio = min(size / img.width, size / img.height)
+    new_size = (max(1, round(img.width * ratio)), max(1, round(img.height * ratio)))
+    img = img.resize(new_size, Image.NEAREST if ratio >= 2 else Image.BILINEAR)
     tile = Image.new("RGB", (size, size), (255, 255, 255))
     tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
     return tile
@@ -63,7 +66,7 @@ def _save_png(img, path):
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
     os.makedirs(folder, exist_ok=True)
     count = len(evaluation.pairs) if max_pictures is None else min(max_pictures, len(evaluation.pairs))
-    width = len(str(max(count - 1, 0)))
+    width = len(str(max(len(evaluation.pairs) - 1, 0)))  # stable names, whatever max_pictures is
 
     def one(i):
         pair, score = evaluation.pairs[i], float(evaluation.scores[i])

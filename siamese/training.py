@@ -7,6 +7,7 @@ dropout, so a run resumed from last.pth continues exactly as if it had not stopp
 import csv
 import json
 import os
+import sys
 import time
 
 import torch
@@ -167,7 +168,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
             torch.manual_seed(seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
             learning_rate_now = optimizer.param_groups[0]["lr"]
             bar = tqdm(total=len(loader) * batch_size * context.world_size, desc=f"epoch {epoch}/{epochs}", unit="pair",
-                       disable=not context.is_main, leave=False, dynamic_ncols=True)
+                       disable=not context.is_main, leave=False, dynamic_ncols=True,
+                       mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
             stats = train_one_epoch(train_model, loader, optimizer, device=device, scaler=scaler, amp=amp,
                                     channels_last=channels_last, progress=bar, context=context)
             bar.close()

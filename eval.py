@@ -1,0 +1,63 @@
+"""Evaluate a checkpoint on a validation folder: metrics, scores and a picture per pair.
+
+Example:
+    python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth
+    python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth --n-way 20 --trials 400
+
+Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.png into the out path.
+"""
+
+import argparse
+
+from siamese.errors import cli
+
+
+def add_evaluation_options(p):
+    """Options shared with eval_tensorrt.py, so both scripts score the same pairs the same way."""
+    p.add_argument("-v", "--val_path", "--val-path", required=True, type=str, help="folder: ROOT/ClassName/image")
+    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="folder for the results")
+    p.add_argument("--seed", default=1, type=int, help="the evaluation pairs are a function of the files and this seed")
+    p.add_argument("--pairs", default=None, type=str,
+                   help="score this pair list instead (CSV 'left,right,same', paths relative to the folder or its parent)")
+    p.add_argument("--pairs-per-image", default=1, type=int, help="pairs drawn per image (without --pairs)")
+    p.add_argument("--batch-size", default=64, type=int, help="images (or pairs) per batch")
+    p.add_argument("--workers", default=2, type=int, help="image loading worker processes / picture threads")
+    p.add_argument("--threshold", default=None, type=float,
+                   help="similarity at or above which a pair is called 'same' (default: the threshold calibrated in "
+                        "training, else 0.5)")
+    p.add_argument("--max-pictures", default=None, type=int, help="write at most this many pair pictures (default: all)")
+    p.add_argument("--n-way", default=0, type=int, help="also run N-way one-shot trials (0: off)")
+    p.add_argument("--trials", default=400, type=int, help="number of one-shot trials")
+    return p
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py (or the original toolkit)")
+    add_evaluation_options(p)
+    p.add_argument("--device", default="auto", type=str, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    return p
+
+
+@cli
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    from siamese.checkpoint import load_model
+    from siamese.distributed import resolve_device
+    from siamese.evaluate import run_evaluation
+    from siamese.predict import TorchPredictor
+
+    device = resolve_device(args.device)
+    model, checkpoint = load_model(args.checkpoint, device=device)
+    predictor = TorchPredictor(model, device=device, batch_size=args.batch_size, workers=args.workers, amp=args.amp)
+    run_evaluation(predictor, val_path=args.val_path, out_path=args.out_path, seed=args.seed, pairs_file=args.pairs,
+                   pairs_per_image=args.pairs_per_image, threshold=args.threshold,
+                   calibrated_threshold=checkpoint.get("threshold"), n_way=args.n_way, trials=args.trials,
+                   max_pictures=args.max_pictures, workers=args.workers,
+                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

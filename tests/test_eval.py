@@ -1,0 +1,127 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import eval as eval_script
+from conftest import make_folder
+from siamese.checkpoint import load_model
+from siamese.evaluate import evaluate, resolve_threshold
+from siamese.images import scan_folder
+from siamese.pairs import evaluation_pairs, one_shot_trials
+from siamese.predict import TorchPredictor
+
+
+def test_cached_features_equal_the_full_pair_forward(tiny_dataset, trained_checkpoint):
+    _, val_dir = tiny_dataset
+    model, _ = load_model(trained_checkpoint)
+    pairs = [(p.left, p.right) for p in evaluation_pairs(scan_folder(val_dir), seed=0, pairs_per_image=3)]
+    predictor = TorchPredictor(model, batch_size=5)
+    cached = predictor.score_pairs(pairs)
+    full = predictor.score_pairs_full(pairs, batch_size=7)
+    assert len(cached) == len(pairs) == 54
+    np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
+    assert np.ptp(cached) > 0  # not a constant output
+
+
+def test_eval_end_to_end(tiny_dataset, trained_checkpoint, tmp_path, capsys):
+    _, val_dir = tiny_dataset
+    out = str(tmp_path / "eval")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--n-way", "3", "--trials", "20",
+                             "--workers", "0", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "ROC-AUC" in printed and "3-way one-shot accuracy" in printed and "calibrated" in printed
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    for key in ("pairs", "classes", "loss", "accuracy", "auc", "eer", "best_threshold", "tar_at_far_1e-2",
+                "tar_at_far_1e-3", "one_shot"):
+        assert key in metrics
+    assert metrics["pairs"] == 18 and metrics["classes"] == 3 and metrics["one_shot"]["trials"] == 20
+    with open(os.path.join(out, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 18 and {"left", "right", "left_class", "right_class", "same", "similarity"} <= set(rows[0])
+    for name in ("roc.png", "errors.png"):
+        assert Image.open(os.path.join(out, name)).size[0] > 100
+    pictures = sorted(os.listdir(os.path.join(out, "pairs")))
+    assert len(pictures) == 18
+    assert Image.open(os.path.join(out, "pairs", pictures[0])).mode == "RGB"
+    # same seed, same pairs and scores; --max-pictures limits the pictures
+    out2 = str(tmp_path / "eval2")
+    assert eval_script.main(["-v", val_dir, "-o", out2, "-c", trained_checkpoint, "--max-pictures", "4",
+                             "--workers", "0", "--device", "cpu"]) == 0
+    assert open(os.path.join(out2, "scores.csv")).read() == open(os.path.join(out, "scores.csv")).read()
+    assert len(os.listdir(os.path.join(out2, "pairs"))) == 4
+
+
+def test_threshold_order():
+    assert resolve_threshold(0.3, 0.7) == (0.3, "--threshold")
+    assert resolve_threshold(None, 0.7)[0] == 0.7
+    assert resolve_threshold(None, None) == (0.5, "default")
+
+
+class _Oracle:
+    """Similarity 1 for same-class pairs, 0 otherwise: what a perfect model would say."""
+
+    def score_pairs(self, pairs, progress=False):
+        return np.array([float(os.path.dirname(a) == os.path.dirname(b)) for a, b in pairs])
+
+
+class _Constant:
+    def score_pairs(self, pairs, progress=False):
+        return np.full(len(pairs), 0.5)
+
+
+def test_one_shot_oracle_and_constant(tmp_path):
+    folder = scan_folder(make_folder(str(tmp_path / "d"), classes=5, per_class=4))
+    trials = one_shot_trials(folder, n_way=5, trials=50, seed=0)
+    pairs = evaluation_pairs(folder, seed=0)
+    assert evaluate(_Oracle(), pairs, trials=trials).one_shot["accuracy"] == 1.0
+    assert evaluate(_Oracle(), pairs).metrics["auc"] == 1.0
+    assert evaluate(_Constant(), pairs, trials=trials).one_shot["accuracy"] == pytest.approx(1 / 5)
+
+
+def _error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_input(tiny_dataset, trained_checkpoint, tmp_path, capsys):
+    _, val_dir = tiny_dataset
+    out = str(tmp_path / "out")
+    base = ["--workers", "0", "--device", "cpu"]
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", str(tmp_path / "none.pth"), *base]) == 2
+    assert "does not exist" in _error(capsys)
+    junk = tmp_path / "junk.pth"
+    junk.write_text("hello")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", str(junk), *base]) == 2
+    assert "not a readable checkpoint" in _error(capsys)
+    one_class = make_folder(str(tmp_path / "one"), classes=1)
+    assert eval_script.main(["-v", one_class, "-o", out, "-c", trained_checkpoint, *base]) == 2
+    assert "only one class" in _error(capsys)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("left,right,same\nclass_0/img_00.png,class_9/img_00.png,0\n")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--pairs", str(pairs), *base]) == 2
+    assert "class_9/img_00.png' not found" in _error(capsys)
+    pairs.write_text("left,right,same\nclass_0/img_00.png\n")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--pairs", str(pairs), *base]) == 2
+    assert "line 2" in _error(capsys)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    assert eval_script.main(["-v", val_dir, "-o", str(blocker), "-c", trained_checkpoint, *base]) == 2
+    assert "is a file" in _error(capsys)
+    assert not os.path.exists(out)  # nothing was written for the failed runs
+
+
+def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
+    _, val_dir = tiny_dataset
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("left,right,same\nclass_0/img_00.png,class_0/img_01.png,1\nclass_0/img_00.png,class_1/img_02.png,0\n"
+                     "class_2/img_03.png,class_2/img_04.png,1\n")
+    out = str(tmp_path / "out")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--pairs", str(pairs),
+                             "--workers", "0", "--device", "cpu"]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["pairs"] == 3 and metrics["positive_pairs"] == 2
