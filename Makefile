@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := runs/demo
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-gpu venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ venv: $(VENV)/.installed
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-gpu: venv
+	$(PY) -m pytest -q -m gpu -rs tests
 
 demo: venv
 	$(PY) demo.py --out $(DEMO)

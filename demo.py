@@ -8,6 +8,9 @@ Example:
 import argparse
 import os
 
+import eval as eval_script
+import infer_tensorrt
+import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
 from siamese.errors import cli
@@ -34,7 +37,26 @@ def main(argv=None):
                          "--workers", str(args.workers), "--device", "cpu"])
     if status:
         return status
-    print(f"\ndemo done. Model: {model_dir}/best.pth; training curves: tensorboard --logdir {model_dir}/tensorboard")
+    checkpoint = os.path.join(model_dir, "best.pth")
+    eval_dir = os.path.join(args.out, "eval")
+    print("\n== evaluation of best.pth on the validation images (eval.py)")
+    status = eval_script.main(["-v", val_dir, "-o", eval_dir, "-c", checkpoint, "--n-way", "5", "--trials", "400",
+                               "--max-pictures", "200", "--workers", str(args.workers), "--device", "cpu"])
+    if status:
+        return status
+    onnx_path = os.path.join(args.out, "model.onnx")
+    print("\n== export to ONNX (torch_to_onnx.py)")
+    status = torch_to_onnx.main(["-c", checkpoint, "-o", onnx_path])
+    if status:
+        return status
+    left, right = (os.path.join(val_dir, "three", sorted(os.listdir(os.path.join(val_dir, "three")))[k]) for k in (0, 1))
+    print(f"\n== one pair through ONNX Runtime (infer_tensorrt.py --engine {onnx_path})")
+    status = infer_tensorrt.main(["--image1", left, "--image2", right, "--engine", onnx_path])
+    if status:
+        return status
+    print(f"\ndemo done.\n  model:            {checkpoint}\n  training curves:  tensorboard --logdir {model_dir}/tensorboard"
+          f"\n  evaluation:       {eval_dir}/metrics.json, roc.png, errors.png\n  pair pictures:    {eval_dir}/pairs/"
+          f"\n  deployed model:   {onnx_path}")
     return 0
 
 

@@ -36,13 +36,15 @@ def resolve_threshold(requested=None, calibrated=None):
 
 
 def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, trials=None, progress=False):
-    scores = np.asarray(predictor.score_pairs([(p.left, p.right) for p in pairs], progress=progress), dtype=np.float64)
+    verification = [(p.left, p.right) for p in pairs]
+    one_shot_pairs = [(t.query, candidate) for t in trials or () for candidate in t.candidates]
+    # One call for both: a caching predictor then sees every distinct image once.
+    all_scores = np.asarray(predictor.score_pairs(verification + one_shot_pairs, progress=progress), dtype=np.float64)
+    scores = all_scores[:len(verification)]
     metrics = verification_metrics(scores, [p.same for p in pairs], threshold)
     one_shot = None
     if trials:
-        flat = [(t.query, candidate) for t in trials for candidate in t.candidates]
-        similarities = np.asarray(predictor.score_pairs(flat, progress=progress), dtype=np.float64)
-        similarities = similarities.reshape(len(trials), -1)
+        similarities = all_scores[len(verification):].reshape(len(trials), -1)
         one_shot = {"n_way": int(similarities.shape[1]), "trials": len(trials),
                     "accuracy": one_shot_accuracy(similarities, [t.answer for t in trials])}
         metrics["one_shot"] = one_shot

@@ -28,6 +28,9 @@ def atomic_open(path, mode="w", **kwargs):
     """Open a temporary file beside path; on success it replaces path in one rename."""
     directory = os.path.dirname(os.path.abspath(path))
     handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the permissions of a normally created file, not mkstemp's 0600
     try:
         with os.fdopen(handle, mode, **kwargs) as f:
             yield f

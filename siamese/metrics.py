@@ -4,7 +4,6 @@ All rates are fractions in [0, 1]. A pair is called 'same' when its similarity >
 """
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 EPS = 1e-7
 
@@ -21,6 +20,8 @@ def accuracy(scores, labels, threshold):
 
 def roc(scores, labels):
     """(far, tar, thresholds) as scikit-learn's roc_curve gives them (fpr, tpr)."""
+    from sklearn.metrics import roc_curve  # imported here: infer_tensorrt.py starts faster without it
+
     far, tar, thresholds = roc_curve(np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64))
     return far, tar, thresholds
 
@@ -80,6 +81,8 @@ def verification_metrics(scores, labels, threshold=0.5):
               "accuracy": accuracy(scores, labels, threshold)}
     if labels.all() or not labels.any():
         return result  # ROC metrics need both kinds of pair
+    from sklearn.metrics import roc_auc_score
+
     far, tar, thresholds = roc(scores, labels)
     eer, eer_threshold = equal_error_rate(far, tar, thresholds)
     best_threshold, best_accuracy = best_accuracy_threshold(scores, labels)

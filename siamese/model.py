@@ -120,8 +120,8 @@ class SiameseNetwork(nn.Module):
     def forward(self, img1, img2):
         # One backbone pass over both halves: a bigger batch runs faster than two calls.
         features = self.embed(torch.cat([img1, img2]))
-        features1, features2 = features.chunk(2)
-        return self.score_features(features1, features2)
+        n = img1.shape[0]  # slicing, not chunk(2): chunk pins the batch size in an ONNX export
+        return self.score_features(features[:n], features[n:])
 
 
 class SimilarityModel(nn.Module):

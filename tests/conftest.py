@@ -64,3 +64,13 @@ def trained_checkpoint(tiny_dataset, tmp_path_factory):
     assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "2", "--seed", "3",
                        *TINY_TRAIN_ARGS]) == 0
     return os.path.join(out, "best.pth")
+
+
+@pytest.fixture(scope="session")
+def onnx_model(trained_checkpoint, tiny_dataset):
+    """The trained checkpoint exported by torch_to_onnx.main."""
+    import torch_to_onnx
+
+    path = os.path.join(os.path.dirname(trained_checkpoint), "model.onnx")
+    assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", path, "--images", tiny_dataset[1]]) == 0
+    return path

@@ -1,0 +1,52 @@
+"""Build a TensorRT engine from an ONNX file written by torch_to_onnx.py (TensorRT 10.x/11.x).
+
+Example:
+    python onnx_to_trt.py --onnx runs/exp1/model.onnx --engine runs/exp1/model.engine --max-batch 64
+    python onnx_to_trt.py --onnx runs/exp1/model.onnx --engine runs/exp1/model_fp16.engine --fp16
+
+Writes ENGINE and ENGINE.json (preprocessing and build facts), so the engine alone is enough
+for infer_tensorrt.py and eval_tensorrt.py. An engine runs only on the GPU model and TensorRT
+version that built it. On TensorRT 11 (strongly typed), FP16 needs an FP16 ONNX model
+(torch_to_onnx.py --fp16).
+"""
+
+import argparse
+
+from siamese.errors import cli
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--onnx", required=True, type=str, help="the .onnx file")
+    p.add_argument("--engine", required=True, type=str, help="the engine file to write")
+    p.add_argument("--fp16", action="store_true", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 needs an FP16 ONNX model)")
+    p.add_argument("--workspace", default=2048, type=int, help="builder workspace limit in MiB")
+    p.add_argument("--min-batch", default=1, type=int, help="smallest batch the engine accepts")
+    p.add_argument("--opt-batch", default=8, type=int, help="batch the engine is tuned for")
+    p.add_argument("--max-batch", default=32, type=int, help="largest batch the engine accepts")
+    p.add_argument("--timing-cache", default=None, type=str, help="reuse/update this timing cache file (faster rebuilds)")
+    return p
+
+
+@cli
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    from siamese.trt import build_engine_file, import_tensorrt
+
+    trt = import_tensorrt()
+    try:
+        from siamese.cuda_memory import default_cuda
+
+        gpu = default_cuda().device_name()
+    except Exception:
+        gpu = None
+    meta = build_engine_file(args.onnx, args.engine, fp16=args.fp16, workspace_mib=args.workspace, min_batch=args.min_batch,
+                        opt_batch=args.opt_batch, max_batch=args.max_batch, timing_cache=args.timing_cache, trt=trt,
+                        gpu_name=gpu)
+    print(f"wrote {args.engine} ({meta['precision']}, batches {meta['min_batch']}-{meta['max_batch']}, TensorRT "
+          f"{meta['tensorrt_version']} on {meta['gpu']}) and {args.engine}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import eval as eval_script
+import eval_tensorrt
+import infer_tensorrt
+import torch_to_onnx
+from conftest import ROOT
+from siamese.checkpoint import load_model
+from siamese.data import ImageFiles, TrainingPairs
+from siamese.images import Preprocessing, scan_folder
+from siamese.runtime import load_deployed_model
+
+
+def test_export_names_dynamic_batch_and_metadata(onnx_model, trained_checkpoint):
+    model = onnx.load(onnx_model)
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["img1", "img2"]
+    assert [o.name for o in model.graph.output] == ["similarity"]
+    batch_dims = {v.type.tensor_type.shape.dim[0].dim_param for v in [*model.graph.input, *model.graph.output]}
+    assert len(batch_dims) == 1 and batch_dims != {""}  # one shared symbolic batch dimension
+    meta = {p.key: p.value for p in model.metadata_props}
+    checkpoint = torch.load(trained_checkpoint, weights_only=True)
+    assert meta["siamese.image_size"] == "32" and meta["siamese.backbone"] == "resnet18"
+    assert float(meta["siamese.threshold"]) == pytest.approx(checkpoint["threshold"])
+    assert json.loads(meta["siamese.mean"]) == [0.485, 0.456, 0.406] and meta["siamese.opset"] == "20"
+    assert not os.path.exists(onnx_model + ".data")  # self-contained
+    assert not any(n.op_type == "Dropout" for n in model.graph.node)
+
+
+def test_onnx_matches_pytorch_at_several_batch_sizes(onnx_model, trained_checkpoint, tiny_dataset):
+    network, _ = load_model(trained_checkpoint)
+    session = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    paths = scan_folder(tiny_dataset[1]).paths
+    prep = network.preprocessing
+    for n in (1, 3, 7):
+        x1 = np.stack([prep.load(p) for p in paths[:n]])
+        x2 = np.stack([prep.load(p) for p in paths[-n:]])
+        with torch.no_grad():
+            expected = torch.sigmoid(network(torch.from_numpy(x1), torch.from_numpy(x2))).numpy()
+        got = session.run(["similarity"], {"img1": x1, "img2": x2})[0]
+        assert got.shape == (n, 1)
+        np.testing.assert_allclose(got[:, 0], expected, atol=1e-5)
+
+
+def test_fp16_export(trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "half.onnx")
+    assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", out, "--fp16", "--images", tiny_dataset[1]]) == 0
+    assert "tolerance 0.01" in capsys.readouterr().out
+    model = onnx.load(out)
+    assert {p.key: p.value for p in model.metadata_props}["siamese.precision"] == "fp16"
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 at the edges
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert os.path.getsize(out) < 0.6 * os.path.getsize(os.path.join(os.path.dirname(trained_checkpoint), "model.onnx"))
+
+
+def test_runtime_preprocessing_equals_the_training_transform(tiny_dataset, onnx_model):
+    paths = scan_folder(tiny_dataset[1]).paths[:6]
+    deployed = load_deployed_model(onnx_model)
+    training = ImageFiles(paths, Preprocessing(image_size=32))
+    for i, path in enumerate(paths):
+        np.testing.assert_allclose(deployed.preprocessing.load(path), training[i].numpy(), atol=1e-6, rtol=0)
+    pairs = TrainingPairs(scan_folder(tiny_dataset[1]), Preprocessing(image_size=32), seed=0, augment=False)
+    x1, _, _ = pairs[(1, 0)]
+    np.testing.assert_allclose(deployed.preprocessing.load(pairs.folder.paths[0]), x1.numpy(), atol=1e-6, rtol=0)
+
+
+def test_infer_text_and_json(onnx_model, tiny_dataset, capsys):
+    a, b = scan_folder(tiny_dataset[1]).paths[:2]
+    assert infer_tensorrt.main(["--image1", a, "--image2", b, "--engine", onnx_model]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("Similarity between the two images = ")
+    assert lines[1].split()[0] in ("same", "different")
+    assert infer_tensorrt.main(["--image1", a, "--image2", b, "--engine", onnx_model, "--json", "--threshold", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 0 <= result["similarity"] <= 1 and result["same"] is True and result["threshold_source"] == "--threshold"
+
+
+def test_eval_tensorrt_on_onnx_equals_eval(onnx_model, trained_checkpoint, tiny_dataset, tmp_path):
+    val = tiny_dataset[1]
+    common = ["-v", val, "--pairs-per-image", "2", "--n-way", "3", "--trials", "10", "--workers", "0",
+              "--max-pictures", "3"]
+    assert eval_script.main([*common, "-o", str(tmp_path / "torch"), "-c", trained_checkpoint, "--device", "cpu"]) == 0
+    assert eval_tensorrt.main([*common, "-o", str(tmp_path / "onnx"), "--engine", onnx_model, "--batch-size", "5"]) == 0
+    a = json.load(open(tmp_path / "torch" / "metrics.json"))
+    b = json.load(open(tmp_path / "onnx" / "metrics.json"))
+    for key in ("pairs", "loss", "accuracy", "auc", "eer", "threshold", "best_accuracy"):
+        assert b[key] == pytest.approx(a[key], abs=1e-4), key
+    assert b["one_shot"]["accuracy"] == pytest.approx(a["one_shot"]["accuracy"], abs=1e-4)
+    assert sorted(os.listdir(tmp_path / "onnx" / "pairs")) == sorted(os.listdir(tmp_path / "torch" / "pairs"))
+
+
+def test_runtime_works_without_torch(onnx_model, tiny_dataset, tmp_path):
+    """The deployment scripts with torch and torchvision made unimportable."""
+    a, b = scan_folder(tiny_dataset[1]).paths[:2]
+    code = f"""
+import sys
+
+class NoTorch:  # as if torch and torchvision were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision'):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+
+sys.meta_path.insert(0, NoTorch())
+sys.path.insert(0, {ROOT!r})
+import siamese.runtime, siamese.trt, siamese.cuda_memory, siamese.evaluate, siamese.report
+import infer_tensorrt, eval_tensorrt
+assert infer_tensorrt.main(['--image1', {a!r}, '--image2', {b!r}, '--engine', {onnx_model!r}]) == 0
+assert eval_tensorrt.main(['-v', {tiny_dataset[1]!r}, '-o', {str(tmp_path / 'e')!r}, '--engine', {onnx_model!r},
+                           '--max-pictures', '2', '--workers', '0']) == 0
+assert 'torch' not in sys.modules
+print('ran without torch')
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ran without torch" in result.stdout and "Similarity between the two images" in result.stdout
+
+
+def _error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    a = scan_folder(tiny_dataset[1]).paths[0]
+    assert infer_tensorrt.main(["--image1", a, "--image2", str(tmp_path / "no.png"), "--engine", onnx_model]) == 2
+    assert "no.png' does not exist" in _error(capsys)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert infer_tensorrt.main(["--image1", a, "--image2", str(text), "--engine", onnx_model]) == 2
+    assert "cannot read image" in _error(capsys)
+    assert infer_tensorrt.main(["--image1", a, "--image2", a, "--engine", trained_checkpoint]) == 2
+    assert "PyTorch checkpoint" in _error(capsys)
+    assert infer_tensorrt.main(["--image1", a, "--image2", a, "--engine", str(tmp_path / "none.engine")]) == 2
+    assert "does not exist" in _error(capsys)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x00\x01garbage")
+    assert infer_tensorrt.main(["--image1", a, "--image2", a, "--engine", str(broken)]) == 2
+    assert "ONNX Runtime cannot load" in _error(capsys)
+    assert torch_to_onnx.main(["-c", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "does not exist" in _error(capsys)
+
+
+def test_engine_path_without_tensorrt_is_clear(tmp_path, capsys, monkeypatch):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00serialized engine")
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(image)
+    assert infer_tensorrt.main(["--image1", str(image), "--image2", str(image), "--engine", str(engine)]) == 2
+    assert "TensorRT is not installed" in _error(capsys)

@@ -1,0 +1,87 @@
+"""GPU suite: runs wherever CUDA (and for the engine tests, TensorRT) exist; skips elsewhere.
+
+    make test-gpu
+"""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_TRAIN_ARGS
+
+pytestmark = pytest.mark.gpu
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def _tensorrt_ready():
+    if not torch.cuda.is_available() or importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        from siamese.cuda_memory import default_cuda
+
+        default_cuda()
+        return True
+    except Exception:
+        return False
+
+
+needs_tensorrt = pytest.mark.skipif(not _tensorrt_ready(), reason="needs TensorRT, a CUDA GPU and cuda-python/pycuda")
+
+
+@needs_cuda
+def test_cuda_training_with_amp_and_channels_last(tiny_dataset, tmp_path):
+    import train
+
+    train_dir, val_dir = tiny_dataset
+    args = list(TINY_TRAIN_ARGS)
+    args[args.index("--device") + 1] = "cuda"
+    out = str(tmp_path / "gpu")
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "2", "--amp",
+                       "--channels-last", *args]) == 0
+    checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
+    assert checkpoint["scaler"] is not None and checkpoint["epoch"] == 2
+    assert np.isfinite(checkpoint["metrics"]["train"]["loss"])
+
+
+@needs_cuda
+def test_cuda_evaluation_matches_cpu(tiny_dataset, trained_checkpoint):
+    from siamese.checkpoint import load_model
+    from siamese.images import scan_folder
+    from siamese.pairs import evaluation_pairs
+    from siamese.predict import TorchPredictor
+
+    pairs = [(p.left, p.right) for p in evaluation_pairs(scan_folder(tiny_dataset[1]), seed=0)]
+    cpu = TorchPredictor(load_model(trained_checkpoint)[0]).score_pairs(pairs)
+    gpu = TorchPredictor(load_model(trained_checkpoint, device="cuda")[0], device="cuda").score_pairs(pairs)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-3)
+
+
+@needs_tensorrt
+@pytest.mark.parametrize("fp16, tolerance", [(False, 1e-3), (True, 2e-2)])
+def test_tensorrt_engine_matches_onnx_runtime(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, fp16, tolerance):
+    import eval_tensorrt
+    import infer_tensorrt
+    import onnx_to_trt
+    import torch_to_onnx
+    from siamese.images import scan_folder
+    from siamese.runtime import OnnxRuntimeModel, TensorRTModel
+
+    source = onnx_model
+    if fp16:  # an FP16 ONNX model serves both TensorRT 10 (flag) and 11 (strongly typed)
+        source = str(tmp_path / "half.onnx")
+        assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", source, "--fp16", "--images", tiny_dataset[1]]) == 0
+    engine = str(tmp_path / "model.engine")
+    assert onnx_to_trt.main(["--onnx", source, "--engine", engine, "--max-batch", "8", *(["--fp16"] if fp16 else [])]) == 0
+    paths = scan_folder(tiny_dataset[1]).paths
+    pairs = [(paths[i], paths[-1 - i]) for i in range(len(paths))]
+    trt_scores = TensorRTModel(engine).score_pairs(pairs)
+    onnx_scores = OnnxRuntimeModel(onnx_model).score_pairs(pairs)
+    assert np.abs(trt_scores - onnx_scores).max() < tolerance
+    assert infer_tensorrt.main(["--image1", paths[0], "--image2", paths[1], "--engine", engine]) == 0
+    assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e"), "--engine", engine, "--workers", "0"]) == 0
+    assert json.load(open(tmp_path / "e" / "metrics.json"))["pairs"] == len(paths)

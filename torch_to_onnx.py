@@ -1,0 +1,77 @@
+"""Export a checkpoint to one self-contained ONNX file and check it against PyTorch.
+
+Example:
+    python torch_to_onnx.py -c runs/exp1/best.pth -o runs/exp1/model.onnx
+    python torch_to_onnx.py -c runs/exp1/best.pth -o runs/exp1/model_fp16.onnx --fp16
+
+Inputs img1, img2 (N, 3, H, W) share a dynamic batch dimension; the output similarity is
+(N, 1) in [0, 1]. Image size, normalisation, backbone and threshold go into the metadata.
+"""
+
+import argparse
+import os
+
+from siamese.errors import UserError, cli
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py")
+    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="the .onnx file to write (or a folder)")
+    p.add_argument("--opset", default=20, type=int, help="ONNX opset version")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic (inputs/output stay float32)")
+    p.add_argument("--images", default=None, type=str,
+                   help="folder of real images for the check (default: the checkpoint's validation folder, if present)")
+    p.add_argument("--tolerance", default=None, type=float, help="largest allowed |ONNX - PyTorch| (default 1e-4; 1e-2 with --fp16)")
+    return p
+
+
+def check_images(folder, preprocessing, count=10):
+    """Preprocessed real images for the check, or None when no folder is available."""
+    import numpy as np
+
+    from siamese.images import scan_folder
+
+    if not folder or not os.path.isdir(folder):
+        return None
+    paths = scan_folder(folder, check_images=False).paths
+    chosen = [paths[i % len(paths)] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
+    return np.stack([preprocessing.load(p) for p in chosen])
+
+
+@cli
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    import numpy as np
+
+    from siamese.checkpoint import load_model
+    from siamese.export import check_against_pytorch, export_onnx
+    from siamese.files import prepare_output_dir
+
+    model, checkpoint = load_model(args.checkpoint)
+    out = os.path.join(args.out_path, "model.onnx") if os.path.isdir(args.out_path) else args.out_path
+    prepare_output_dir(os.path.dirname(os.path.abspath(out)))
+    metadata = export_onnx(model, out, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
+    print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
+          f"inputs img1, img2 (N, 3, {model.config['image_size']}, {model.config['image_size']}), output similarity (N, 1)")
+
+    folder = args.images or checkpoint.get("args", {}).get("val_path")
+    images = check_images(folder, model.preprocessing)
+    source = f"real images from {folder}"
+    if images is None:
+        size = model.config["image_size"]
+        images = np.random.default_rng(0).standard_normal((10, 3, size, size)).astype(np.float32)
+        source = "random inputs (pass --images FOLDER to check on real images)"
+    tolerance = args.tolerance if args.tolerance is not None else (1e-2 if args.fp16 else 1e-4)
+    difference = check_against_pytorch(model, out, images[:5], images[5:10], batch_sizes=(1, 5))
+    print(f"ONNX Runtime vs PyTorch (float32) on {source}, batch sizes 1 and 5: max |difference| = {difference:.2e} "
+          f"(tolerance {tolerance:g})")
+    if difference > tolerance:
+        os.replace(out, out + ".failed")
+        raise UserError(f"the exported model differs from PyTorch by {difference:.2e} > {tolerance:g}; kept it as "
+                        f"{out}.failed for inspection")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
