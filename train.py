@@ -12,6 +12,7 @@ tensorboard/ (view with: tensorboard --logdir runs/exp1) into the out path.
 
 import argparse
 
+from siamese.data import AUGMENTATIONS
 from siamese.errors import cli
 from siamese.model import DEFAULT_FEATURES, FEATURE_MODES
 from siamese.training import LR_SCHEDULES, fit
@@ -43,7 +44,14 @@ def get_args_parser():
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (often faster on GPUs)")
     p.add_argument("--seed", default=0, type=int, help="seed for initialisation, pairs, augmentation and shuffling")
     p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
-    p.add_argument("--no-augment", action="store_true", help="turn off random affine and flip augmentation")
+    p.add_argument("--augment", default="full", choices=AUGMENTATIONS,
+                   help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
+                        "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
+    p.add_argument("--pairs-per-image", default=1, type=int, help="training pairs per image per epoch")
+    p.add_argument("--rotations", default=1, type=int, choices=(1, 2, 4),
+                   help="4: each class turned by 90, 180, 270 degrees is a class of its own (for rotation-variant "
+                        "images such as characters); 1: off")
     p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
     p.add_argument("--eval-batch-size", default=64, type=int, help="images per batch when validating")
     return p
@@ -58,7 +66,8 @@ def main(argv=None):
                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
-               augment=not args.no_augment, val_pairs_per_image=args.val_pairs_per_image,
+               augment=args.augment, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
+               val_pairs_per_image=args.val_pairs_per_image,
                eval_batch_size=args.eval_batch_size, run_args=vars(args))
     if best.get("epoch") is not None:
         print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "

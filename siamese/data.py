@@ -19,8 +19,11 @@ AFFINE_SCALE = (0.8, 1.2)
 AFFINE_SHEAR = 0.2
 
 
-def augment(img, rng):
-    """Random affine + flip with parameters from rng; the uncovered area takes the border colour."""
+AUGMENTATIONS = ("full", "affine", "none")
+
+
+def augment(img, rng, *, flip=True):
+    """Random affine (+ flip) with parameters from rng; the uncovered area takes the border colour."""
     width, height = img.size
     angle = rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES)
     translate = [int(round(rng.uniform(-AFFINE_TRANSLATE, AFFINE_TRANSLATE) * width)),
@@ -32,49 +35,72 @@ def augment(img, rng):
     fill = [int(v) for v in np.median(border, axis=0)]
     img = TF.affine(img, angle=angle, translate=translate, scale=scale, shear=shear,
                     interpolation=InterpolationMode.BILINEAR, fill=fill)
-    return TF.hflip(img) if rng.random() < 0.5 else img
+    return TF.hflip(img) if flip and rng.random() < 0.5 else img
 
 
 class TrainingPairs(Dataset):
-    """Map-style pairs: item (epoch, i) pairs image i with a partner drawn by the 0.5 rule.
+    """Map-style pairs: item (epoch, i) pairs an image with a partner drawn by the 0.5 rule.
 
-    Partner and augmentation come from a generator seeded by (seed, epoch, i), so the pairs
-    change every epoch, do not depend on workers or ranks, and a resumed run sees the same ones.
+    Each image is the first element of `pairs_per_image` pairs per epoch. With rotations=4,
+    every class rotated by 90, 180 and 270 degrees counts as a class of its own (the Omniglot
+    trick for more classes from the same images). Partner and augmentation come from a
+    generator seeded by (seed, epoch, i), so the pairs change every epoch, do not depend on
+    workers or ranks, and a resumed run sees the same ones.
     """
 
-    def __init__(self, folder, preprocessing, *, seed, augment=True, cache_images=True):
+    def __init__(self, folder, preprocessing, *, seed, augment="full", pairs_per_image=1, rotations=1,
+                 cache_images=True):
+        if augment is True or augment is False:
+            augment = "full" if augment else "none"
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        if rotations not in (1, 2, 4):
+            raise ValueError("rotations must be 1, 2 or 4")
         self.folder = folder
         self.preprocessing = preprocessing
         self.seed = seed
         self.augment = augment
-        self.by_class = folder.images_by_class()
+        self.pairs_per_image = pairs_per_image
+        self.rotations = rotations
+        n = len(folder)
+        # virtual image v: file v % n turned by 360 / rotations * (v // n) degrees
+        self.labels = [folder.labels[v % n] * rotations + v // n for v in range(n * rotations)]
+        self.by_class = [[] for _ in range(len(folder.classes) * rotations)]
+        for v, label in enumerate(self.labels):
+            self.by_class[label].append(v)
         # Decoded, resized images: decoding and resizing dominate loading for small images.
         self._cache = {} if cache_images else None
 
     def __len__(self):
-        return len(self.folder)
+        return len(self.labels) * self.pairs_per_image
 
-    def pair(self, epoch, index):
-        return draw_partner(rng_for(self.seed, epoch, index), index, self.folder.labels, self.by_class)
+    def pair(self, epoch, item):
+        index = item % len(self.labels)
+        partner, same = draw_partner(rng_for(self.seed, epoch, item), index, self.labels, self.by_class)
+        return index, partner, same
 
-    def _image(self, index):
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        img = self.preprocessing.resize(load_image(self.folder.paths[index], size_hint=self.preprocessing.image_size))
-        if self._cache is not None:
-            self._cache[index] = img
-        return img
+    def _image(self, v):
+        n = len(self.folder)
+        file_index = v % n
+        if self._cache is not None and file_index in self._cache:
+            img = self._cache[file_index]
+        else:
+            img = self.preprocessing.resize(load_image(self.folder.paths[file_index], size_hint=self.preprocessing.image_size))
+            if self._cache is not None:
+                self._cache[file_index] = img
+        turns = v // n
+        return img.rotate(360 // self.rotations * turns) if turns else img
 
-    def _tensor(self, index, rng):
-        img = self._image(index)
-        if self.augment:
-            img = augment(img, rng)
+    def _tensor(self, v, rng):
+        img = self._image(v)
+        if self.augment != "none":
+            img = augment(img, rng, flip=self.augment == "full")
         return torch.from_numpy(self.preprocessing.normalize(img))
 
     def __getitem__(self, key):
-        epoch, index = key
-        partner, same = self.pair(epoch, index)
-        rng = rng_for(self.seed, epoch, index, 1)
+        epoch, item = key
+        index, partner, same = self.pair(epoch, item)
+        rng = rng_for(self.seed, epoch, item, 1)
         return self._tensor(index, rng), self._tensor(partner, rng), torch.tensor(float(same))
 
 

@@ -90,15 +90,17 @@ def _write_metric_rows(path, rows):
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
         image_size=224, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
-        augment=True, val_pairs_per_image=1, eval_batch_size=64, run_args=None, log=print):
+        augment="full", pairs_per_image=1, rotations=1, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
+        log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
     context = distributed.setup(device)
     device = context.device
     if amp and device.type != "cuda":
         raise UserError("--amp needs a CUDA device; drop --amp or use --device cuda")
-    if epochs < 1 or batch_size < 2:
-        raise UserError("--epochs must be at least 1 and --batch-size at least 2 (BatchNorm needs two pairs)")
+    if epochs < 1 or batch_size < 2 or pairs_per_image < 1 or val_pairs_per_image < 1:
+        raise UserError("--epochs and --pairs-per-image must be at least 1, and --batch-size at least 2 "
+                        "(BatchNorm needs two pairs)")
     train_folder = scan_folder(train_path, what="training folder")
     val_folder = scan_folder(val_path, what="validation folder")
     if context.is_main:
@@ -139,7 +141,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if start_epoch > epochs:
         raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
 
-    dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment)
+    dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment,
+                            pairs_per_image=pairs_per_image, rotations=rotations)
     loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
                              num_replicas=context.world_size, rank=context.rank)
     train_model = model
@@ -159,7 +162,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         rows = _read_metric_rows(metrics_path, start_epoch)
         writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
         log(f"training {model.config['backbone']} ({model.config['features']} features, {image_size} px) on "
-            f"{len(train_folder)} images in {len(train_folder.classes)} classes; validating on {len(val_pairs)} pairs "
+            f"{len(train_folder)} images in {len(train_folder.classes)} classes ({len(dataset)} pairs per epoch); validating on {len(val_pairs)} pairs "
             f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
 
     try:
