@@ -1,11 +1,12 @@
 # make demo : set up .venv, build the bundled demo dataset, train, evaluate, export, infer
 # make test : set up .venv and run the test suite
+# make bench: benchmarks (tables on stdout, JSON in bench/results/)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := runs/demo
 
-.PHONY: demo test test-gpu venv clean
+.PHONY: demo test test-gpu bench venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,13 @@ test: venv
 
 test-gpu: venv
 	$(PY) -m pytest -q -m gpu -rs tests
+
+bench: venv
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) bench/train_throughput.py
+	$(PY) bench/eval_throughput.py
+	$(PY) bench/inference.py
+	$(PY) bench/memory.py
 
 demo: venv
 	$(PY) demo.py --out $(DEMO)

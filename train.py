@@ -31,6 +31,7 @@ def get_args_parser():
                    help="'pooled': the backbone's features with its classifier removed; "
                         "'logits': the ImageNet classifier's outputs (the original toolkit's behaviour)")
     p.add_argument("--image-size", default=224, type=int, help="images are resized to this square size")
+    p.add_argument("--dropout", default=0.5, type=float, help="dropout of the head's three Dropout layers")
     p.add_argument("-e", "--epochs", default=20, type=int, help="number of epochs")
     p.add_argument("--batch-size", default=32, type=int, help="pairs per batch (per process under torchrun)")
     p.add_argument("-lr", "--learning_rate", "--learning-rate", default=1e-4, type=float, help="Adam learning rate")
@@ -62,7 +63,8 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
 
     best = fit(train_path=args.train_path, val_path=args.val_path, out_path=args.out_path, backbone=args.backbone,
-               weights=args.weights, features=args.features, image_size=args.image_size, epochs=args.epochs,
+               weights=args.weights, features=args.features, image_size=args.image_size, dropout=args.dropout,
+               epochs=args.epochs,
                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,

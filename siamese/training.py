@@ -88,7 +88,7 @@ def _write_metric_rows(path, rows):
 
 
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
-        image_size=224, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
+        image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
         augment="full", pairs_per_image=1, rotations=1, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
         log=print):
@@ -113,14 +113,16 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         model = build_model(checkpoint["config"])
         model.load_state_dict(checkpoint["model"])
         start_epoch = checkpoint["epoch"] + 1
+        if context.is_main:
+            log(f"resuming from {resume} after epoch {checkpoint['epoch']}; the model settings come from it")
     else:
         # Rank 0 downloads ImageNet weights first; the others then read its cache.
         # (DistributedDataParallel copies rank 0's parameters to every rank.)
         if context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size)
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout)
         distributed.barrier(context)
         if not context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size)
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout)
         start_epoch = 1
     model.to(device)
     if channels_last:
@@ -161,7 +163,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
             json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size), f, indent=2)
         rows = _read_metric_rows(metrics_path, start_epoch)
         writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
-        log(f"training {model.config['backbone']} ({model.config['features']} features, {image_size} px) on "
+        log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
             f"{len(train_folder)} images in {len(train_folder.classes)} classes ({len(dataset)} pairs per epoch); validating on {len(val_pairs)} pairs "
             f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
 

@@ -1,0 +1,103 @@
+"""Evaluation throughput (pairs/s, pair pictures included) against two references:
+
+- the ceiling: every distinct image through the backbone once, on tensors already in memory;
+- the original toolkit's way: every pair through the whole network at batch 1, one matplotlib
+  figure saved per pair (timed on a subset and scaled).
+
+    python bench/eval_throughput.py --data orl_faces --out bench/results/eval.json
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from common import data_folder, report
+from siamese.evaluate import evaluate
+from siamese.images import scan_folder
+from siamese.model import SiameseNetwork
+from siamese.pairs import evaluation_pairs
+from siamese.predict import TorchPredictor
+from siamese.report import write_report
+
+
+def ceiling_seconds(model, paths, batch):
+    images = torch.stack([torch.from_numpy(model.preprocessing.load(p)) for p in paths])
+    model.eval()
+    with torch.inference_mode():
+        model.embed(images[:batch])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, len(images), batch):
+            model.embed(images[i:i + batch])
+    return time.perf_counter() - start
+
+
+def original_way_pairs_per_second(model, pairs, out_dir):
+    """Batch-1 full forward per pair and a matplotlib figure per pair, as the original eval.py did."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prep = model.preprocessing
+    model.eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i, pair in enumerate(pairs):
+            x1 = torch.from_numpy(prep.load(pair.left))[None]
+            x2 = torch.from_numpy(prep.load(pair.right))[None]
+            prob = torch.sigmoid(model(x1, x2))[0].item()
+            fig = plt.figure(figsize=(4, 2))
+            plt.suptitle(f"cls1={os.path.basename(os.path.dirname(pair.left))}  conf={prob:.2f}")
+            for k, x in enumerate((x1, x2)):
+                fig.add_subplot(1, 2, k + 1)
+                plt.imshow(x[0, 0].numpy(), cmap=plt.cm.gray)
+                plt.axis("off")
+            plt.savefig(os.path.join(out_dir, f"{i}.png"))
+            plt.close(fig)  # the original never closed them, which only makes it slower
+    return len(pairs) / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="orl_faces", help="DATASET[:split] under ../shared/data, or 'digits'")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", default=224, type=int)
+    p.add_argument("--pairs-per-image", default=1, type=int)
+    p.add_argument("--batch-size", default=64, type=int)
+    p.add_argument("--workers", default=2, type=int)
+    p.add_argument("--baseline-pairs", default=40, type=int, help="pairs timed for the original way")
+    p.add_argument("--out", default="bench/results/eval_throughput.json")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    model = SiameseNetwork(args.backbone, image_size=args.image_size).eval()
+    folder = scan_folder(data_folder(args.data))
+    pairs = evaluation_pairs(folder, seed=1, pairs_per_image=args.pairs_per_image)
+    paths = sorted({x for pair in pairs for x in (pair.left, pair.right)})
+    top = len(pairs) / ceiling_seconds(model, paths, args.batch_size)
+    with tempfile.TemporaryDirectory() as out:
+        predictor = TorchPredictor(model, batch_size=args.batch_size, workers=args.workers)
+        start = time.perf_counter()
+        result = evaluate(predictor, pairs)
+        scored = time.perf_counter()
+        write_report(result, out, threshold=0.5, workers=args.workers)
+        end = time.perf_counter()
+        ours = len(pairs) / (end - start)
+        os.makedirs(os.path.join(out, "original"))
+        original = original_way_pairs_per_second(model, pairs[:args.baseline_pairs], os.path.join(out, "original"))
+    rows = [{"method": "ceiling: backbone once per image, tensors in memory", "pairs_s": top, "vs_ceiling": 1.0},
+            {"method": "eval (cached features + Pillow pictures)", "pairs_s": ours, "vs_ceiling": ours / top,
+             "scoring_s": scored - start, "pictures_s": end - scored},
+            {"method": "original way (batch-1 pair forward + matplotlib)", "pairs_s": original,
+             "vs_ceiling": original / top}]
+    for row in rows:
+        row["speedup_vs_original"] = row["pairs_s"] / original
+    report(f"Evaluation throughput: {len(pairs)} pairs over {len(paths)} images of {args.data}, {args.backbone} at "
+           f"{args.image_size} px", rows, ["method", "pairs_s", "vs_ceiling", "speedup_vs_original"], args.out)
+
+
+if __name__ == "__main__":
+    main()

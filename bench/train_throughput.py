@@ -1,0 +1,97 @@
+"""Training throughput (pairs/s) against the compute ceiling.
+
+The ceiling is the same model, batch and image size doing forward + backward + optimizer step
+on tensors already in memory; achieved is train_one_epoch on the real data loader (decoding,
+augmentation, workers). Efficiency = achieved / ceiling, measured side by side.
+
+    python bench/train_throughput.py --data omniglot:train --out bench/results/train.json
+"""
+
+import argparse
+import itertools
+import time
+
+import torch
+
+from common import data_folder, report
+from siamese.data import TrainingPairs, training_loader
+from siamese.images import scan_folder
+from siamese.model import SiameseNetwork
+from siamese.training import train_one_epoch
+
+SETTINGS = {  # name: (batch size, image size, augmentation)
+    "default (batch 32)": (32, 224, "full"),
+    "original (batch 8)": (8, 224, "full"),
+}
+
+
+class _NullScaler:
+    def scale(self, loss):
+        return loss
+
+    def step(self, optimizer):
+        optimizer.step()
+
+    def update(self):
+        pass
+
+
+def ceiling(model, optimizer, batch, size, steps, channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x1 = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
+    x2 = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
+    y = (torch.rand(batch) < 0.5).float()
+    model.train()
+
+    def step():
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x1, x2), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def achieved(model, optimizer, folder, batch, size, augment, steps, workers, channels_last):
+    dataset = TrainingPairs(folder, model.preprocessing, seed=0, augment=augment, pairs_per_image=max(1, (steps + 2) * batch // len(folder) + 1))
+    loader = training_loader(dataset, batch_size=batch, workers=workers, device="cpu", seed=0)
+    loader.sampler.set_epoch(1)
+    iterator = iter(loader)
+    train_one_epoch(model, itertools.islice(iterator, 1), optimizer, device=torch.device("cpu"), scaler=_NullScaler(),
+                    channels_last=channels_last)  # warm-up: workers started, first batches decoded
+    stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, device=torch.device("cpu"),
+                            scaler=_NullScaler(), channels_last=channels_last)
+    return stats["pairs"] / stats["seconds"]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="omniglot:train", help="DATASET[:split] under ../shared/data, or 'digits'")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--steps", default=8, type=int, help="timed optimizer steps per measurement")
+    p.add_argument("--workers", default=2, type=int)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--out", default="bench/results/train_throughput.json")
+    args = p.parse_args()
+    folder = scan_folder(data_folder(args.data))
+    rows = []
+    for name, (batch, size, augment) in SETTINGS.items():
+        torch.manual_seed(0)
+        model = SiameseNetwork(args.backbone, image_size=size)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        top = ceiling(model, optimizer, batch, size, args.steps, args.channels_last)
+        real = achieved(model, optimizer, folder, batch, size, augment, args.steps, args.workers, args.channels_last)
+        rows.append({"setting": name, "backbone": args.backbone, "image_size": size, "batch": batch, "augment": augment,
+                     "workers": args.workers, "ceiling_pairs_s": top, "achieved_pairs_s": real, "efficiency": real / top})
+    report(f"Training throughput on {args.data} (pairs/s)", rows,
+           ["setting", "image_size", "batch", "workers", "ceiling_pairs_s", "achieved_pairs_s", "efficiency"], args.out)
+
+
+if __name__ == "__main__":
+    main()
