@@ -127,7 +127,7 @@ class TensorRTModel(DeployedModel):
             self.tensors[name] = (self.engine.get_tensor_mode(name), np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
         if sorted(self.tensors) != sorted([*INPUT_NAMES, OUTPUT_NAME]):
             raise UserError(f"engine '{path}' has tensors {sorted(self.tensors)}, expected img1, img2 and similarity")
-        self.max_batch = int(meta["max_batch"])
+        self.min_batch, self.max_batch = int(meta.get("min_batch", 1)), int(meta["max_batch"])
         size = self.preprocessing.image_size
         self.shapes = {"img1": (3, size, size), "img2": (3, size, size), OUTPUT_NAME: (1,)}
         self.stream = self.cuda.create_stream()
@@ -140,9 +140,14 @@ class TensorRTModel(DeployedModel):
         n = len(img1)
         if n > self.max_batch:
             return self.predict_batched(img1, img2)
+        if n < self.min_batch:  # pad with repeats of the last pair: the profile refuses smaller batches
+            img1, img2 = (np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)]) for x in (img1, img2))
+        batch = len(img1)
         for name, array in (("img1", img1), ("img2", img2)):
             array = np.ascontiguousarray(array, dtype=self.tensors[name][1])
-            self.context.set_input_shape(name, (n, *self.shapes[name]))
+            if not self.context.set_input_shape(name, (batch, *self.shapes[name])):
+                raise UserError(f"the engine does not accept a batch of {batch} (it was built for "
+                                f"{self.metadata.get('min_batch')}-{self.max_batch})")
             self.cuda.copy_to_device(self.buffers[name], array, self.stream)
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execution failed")
@@ -150,7 +155,7 @@ class TensorRTModel(DeployedModel):
         out = np.empty(out_shape, dtype=self.tensors[OUTPUT_NAME][1])
         self.cuda.copy_to_host(out, self.buffers[OUTPUT_NAME], self.stream)
         self.cuda.synchronize(self.stream)
-        return out.reshape(-1).astype(np.float32)
+        return out.reshape(-1)[:n].astype(np.float32)
 
     def close(self):
         for pointer in getattr(self, "buffers", {}).values():

@@ -52,6 +52,16 @@ def test_engine_scores_like_onnx_runtime_in_batches(onnx_model, tiny_dataset, tm
     assert len(cuda.freed) == 3
 
 
+def test_batches_below_the_profile_minimum_are_padded(onnx_model, tiny_dataset, tmp_path):
+    trt = make_fake_tensorrt("10.9.0")
+    engine, _ = _build(onnx_model, tmp_path, trt, min_batch=3, opt_batch=3, max_batch=4)
+    model = TensorRTModel(engine, trt=trt, cuda=FakeCuda())
+    paths = scan_folder(tiny_dataset[1]).paths
+    pairs = [(paths[i], paths[-1 - i]) for i in range(5)]  # batches of 4 and 1 (padded to 3)
+    np.testing.assert_allclose(model.score_pairs(pairs), OnnxRuntimeModel(onnx_model).score_pairs(pairs), atol=1e-6)
+    assert [c[1] for c in trt.calls if c[0] == "execute"] == [4, 3]
+
+
 def test_fp16_on_tensorrt_10_sets_the_builder_flag(onnx_model, tmp_path):
     trt = make_fake_tensorrt("10.9.0")
     _, meta = _build(onnx_model, tmp_path, trt, fp16=True)
