@@ -15,7 +15,7 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 def data_folder(name):
     """A real folder to benchmark on: ../shared/data/<name> if present, else the demo digits."""
     if name != "digits":
-        split, dataset = name.split(":") if ":" in name else ("val", name)
+        dataset, split = name.split(":") if ":" in name else (name, "val")
         path = os.path.join(SHARED_DATA, dataset, split)
         if os.path.isdir(path):
             return os.path.abspath(path)

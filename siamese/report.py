@@ -2,6 +2,7 @@
 pair. Pictures are drawn with Pillow (no matplotlib figure per pair); no torch here."""
 
 import csv
+import functools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,15 @@ def _fit(img, size):
     return tile
 
 
+def _fit_text(draw, text, font, width):
+    """Shorten text with an ellipsis until it fits the width in pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def class_of(path):
     return os.path.basename(os.path.dirname(path))
 
@@ -52,10 +62,17 @@ def pair_picture(left, right, score, same, threshold, *, tile=TILE):
     verdict = "RIGHT" if correct else "WRONG"
     truth = "same" if same else "different"
     draw.text((8, 6), f"similarity {score:.3f}  {verdict}", fill=colour, font=font)
-    draw.text((8, 6 + header // 2), f"{class_of(left)} | {class_of(right)} ({truth})"[:60], fill=(0, 0, 0), font=font)
+    draw.text((8, 6 + header // 2), _fit_text(draw, f"{class_of(left)} | {class_of(right)} ({truth})", font,
+                                              canvas.width - 16), fill=(0, 0, 0), font=font)
     for k, path in enumerate((left, right)):
-        canvas.paste(_fit(load_image(path), tile), (4 + k * (tile + 4), header))
+        canvas.paste(_tile(path, tile), (4 + k * (tile + 4), header))
     return canvas
+
+
+@functools.lru_cache(maxsize=1024)  # at most ~110 MB of 192 px tiles
+def _tile(path, size):
+    """An image fitted to its tile, decoded once however many pairs show it."""
+    return _fit(load_image(path), size)
 
 
 def _save_png(img, path):
@@ -135,6 +152,7 @@ def errors_picture(evaluation, threshold, per_row=4, tile=128):
 
 def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=None, workers=4):
     """Write every output file; returns {name: path}."""
+    _tile.cache_clear()  # files may have changed since an earlier report in this process
     metrics = dict(evaluation.metrics, **(extra or {}))
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "scores": os.path.join(out_dir, "scores.csv"),
              "roc": os.path.join(out_dir, "roc.png"), "errors": os.path.join(out_dir, "errors.png"),
