@@ -78,14 +78,6 @@ def barrier(context):
         dist.barrier()
 
 
-def broadcast_object(obj, context):
-    if not context.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cleanup(context):
     if context.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -13,9 +13,8 @@ import torch
 from .errors import UserError
 from .files import atomic_open
 from .model import SimilarityModel
+from .runtime import INPUT_NAMES, OUTPUT_NAME  # one definition of the deployed interface
 
-INPUT_NAMES = ("img1", "img2")
-OUTPUT_NAME = "similarity"
 DEFAULT_OPSET = 20
 
 

@@ -19,7 +19,6 @@ from tqdm import tqdm
 from .errors import UserError
 from .images import Preprocessing
 
-ONNX_MAGIC_SUFFIXES = (".onnx",)
 INPUT_NAMES = ("img1", "img2")
 OUTPUT_NAME = "similarity"
 IMAGE_CACHE_BYTES = 512 * 2**20
@@ -175,7 +174,7 @@ def load_deployed_model(path, *, batch_size=64):
         raise UserError(f"model file '{path}' does not exist; give an .onnx file or a TensorRT engine")
     with open(path, "rb") as f:
         head = f.read(4096)
-    if path.lower().endswith(ONNX_MAGIC_SUFFIXES):
+    if path.lower().endswith(".onnx"):
         return OnnxRuntimeModel(path, batch_size=batch_size)
     if head[:1] == b"\x08" and b"pytorch" in head:  # an ONNX protobuf under another name
         return OnnxRuntimeModel(path, batch_size=batch_size)
