@@ -15,7 +15,7 @@ import argparse
 from siamese.data import AUGMENTATIONS
 from siamese.errors import cli
 from siamese.model import DEFAULT_FEATURES, FEATURE_MODES
-from siamese.training import LR_SCHEDULES, fit
+from siamese.training import LR_SCHEDULES, PAIRINGS, fit
 
 
 def get_args_parser():
@@ -33,7 +33,8 @@ def get_args_parser():
     p.add_argument("--image-size", default=224, type=int, help="images are resized to this square size")
     p.add_argument("--dropout", default=0.5, type=float, help="dropout of the head's three Dropout layers")
     p.add_argument("-e", "--epochs", default=20, type=int, help="number of epochs")
-    p.add_argument("--batch-size", default=32, type=int, help="pairs per batch (per process under torchrun)")
+    p.add_argument("--batch-size", default=32, type=int,
+                   help="pairs per batch, or images per batch with --pairing in-batch (per process under torchrun)")
     p.add_argument("-lr", "--learning_rate", "--learning-rate", default=1e-4, type=float, help="Adam learning rate")
     p.add_argument("--weight-decay", default=0.0, type=float, help="Adam weight decay")
     p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES, help="learning rate schedule over the epochs")
@@ -49,7 +50,16 @@ def get_args_parser():
                    help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
                         "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
-    p.add_argument("--pairs-per-image", default=1, type=int, help="training pairs per image per epoch")
+    p.add_argument("--pairing", default="sampled", choices=PAIRINGS,
+                   help="'sampled': pairs drawn by the 0.5 same/different rule, two images per pair; 'in-batch': "
+                        "batches of --images-per-class images from each of several classes, every pair within a batch "
+                        "scored, same and different pairs weighted equally (many more pairs per image computed)")
+    p.add_argument("--images-per-class", default=4, type=int, help="images of each class in a batch with --pairing in-batch")
+    p.add_argument("--ema", default=0.0, type=float,
+                   help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999) and "
+                        "validate, save and deploy it instead of the last step's weights; 0: off")
+    p.add_argument("--pairs-per-image", default=1, type=int,
+                   help="training pairs per image per epoch (with --pairing in-batch: times each image is used per epoch)")
     p.add_argument("--rotations", default=1, type=int, choices=(1, 2, 4),
                    help="4: each class turned by 90, 180, 270 degrees is a class of its own (for rotation-variant "
                         "images such as characters); 1: off")
@@ -69,6 +79,7 @@ def main(argv=None):
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
                augment=args.augment, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
+               pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema,
                val_pairs_per_image=args.val_pairs_per_image,
                eval_batch_size=args.eval_batch_size, run_args=vars(args))
     if best.get("epoch") is not None:

@@ -1,7 +1,9 @@
 """The one checkpoint format: a plain dict that loads with torch.load(weights_only=True).
 
 {format_version, config, model, optimizer, scheduler, scaler, epoch, threshold, metrics, args}
-`config` rebuilds the network with no flags. Files are written to a temporary name and
+`config` rebuilds the network with no flags. With a weight average (train.py --ema), `model` is
+the averaged network, `training_model` the one the optimizer steps and `average_steps` the
+average's step count, for --resume. Files are written to a temporary name and
 renamed, so an interrupted save never leaves a half-written checkpoint.
 """
 
@@ -20,7 +22,12 @@ def atomic_save(obj, path):
         torch.save(obj, f)
 
 
-def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None):
+def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,
+                    average=None):
+    """average: a model.WeightAverage; then `model` holds its averaged weights."""
+    extra = {}
+    if average is not None:
+        extra = {"training_model": average.network.state_dict(), "average_steps": average.steps}
     return {
         "format_version": FORMAT_VERSION,
         "config": dict(model.config),
@@ -32,6 +39,7 @@ def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None
         "threshold": None if threshold is None else float(threshold),
         "metrics": dict(metrics or {}),
         "args": dict(args or {}),
+        **extra,
     }
 
 

@@ -38,18 +38,12 @@ def augment(img, rng, *, flip=True):
     return TF.hflip(img) if flip and rng.random() < 0.5 else img
 
 
-class TrainingPairs(Dataset):
-    """Map-style pairs: item (epoch, i) pairs an image with a partner drawn by the 0.5 rule.
+class _TrainingImages(Dataset):
+    """Virtual training images: with rotations=4, every class rotated by 90, 180 and 270 degrees
+    counts as a class of its own (the Omniglot trick for more classes from the same images).
+    Decoded, resized files are cached: decoding and resizing dominate loading for small images."""
 
-    Each image is the first element of `pairs_per_image` pairs per epoch. With rotations=4,
-    every class rotated by 90, 180 and 270 degrees counts as a class of its own (the Omniglot
-    trick for more classes from the same images). Partner and augmentation come from a
-    generator seeded by (seed, epoch, i), so the pairs change every epoch, do not depend on
-    workers or ranks, and a resumed run sees the same ones.
-    """
-
-    def __init__(self, folder, preprocessing, *, seed, augment="full", pairs_per_image=1, rotations=1,
-                 cache_images=True):
+    def __init__(self, folder, preprocessing, *, seed, augment="full", rotations=1, cache_images=True):
         if augment is True or augment is False:
             augment = "full" if augment else "none"
         if augment not in AUGMENTATIONS:
@@ -60,7 +54,6 @@ class TrainingPairs(Dataset):
         self.preprocessing = preprocessing
         self.seed = seed
         self.augment = augment
-        self.pairs_per_image = pairs_per_image
         self.rotations = rotations
         n = len(folder)
         # virtual image v: file v % n turned by 360 / rotations * (v // n) degrees
@@ -68,16 +61,7 @@ class TrainingPairs(Dataset):
         self.by_class = [[] for _ in range(len(folder.classes) * rotations)]
         for v, label in enumerate(self.labels):
             self.by_class[label].append(v)
-        # Decoded, resized images: decoding and resizing dominate loading for small images.
         self._cache = {} if cache_images else None
-
-    def __len__(self):
-        return len(self.labels) * self.pairs_per_image
-
-    def pair(self, epoch, item):
-        index = item % len(self.labels)
-        partner, same = draw_partner(rng_for(self.seed, epoch, item), index, self.labels, self.by_class)
-        return index, partner, same
 
     def _image(self, v):
         n = len(self.folder)
@@ -97,11 +81,99 @@ class TrainingPairs(Dataset):
             img = augment(img, rng, flip=self.augment == "full")
         return torch.from_numpy(self.preprocessing.normalize(img))
 
+
+class TrainingPairs(_TrainingImages):
+    """Map-style pairs: item (epoch, i) pairs an image with a partner drawn by the 0.5 rule.
+
+    Each image is the first element of `pairs_per_image` pairs per epoch. Partner and
+    augmentation come from a generator seeded by (seed, epoch, i), so the pairs change every
+    epoch, do not depend on workers or ranks, and a resumed run sees the same ones.
+    """
+
+    def __init__(self, folder, preprocessing, *, seed, augment="full", pairs_per_image=1, rotations=1,
+                 cache_images=True):
+        super().__init__(folder, preprocessing, seed=seed, augment=augment, rotations=rotations,
+                         cache_images=cache_images)
+        self.pairs_per_image = pairs_per_image
+
+    def __len__(self):
+        return len(self.labels) * self.pairs_per_image
+
+    def pair(self, epoch, item):
+        index = item % len(self.labels)
+        partner, same = draw_partner(rng_for(self.seed, epoch, item), index, self.labels, self.by_class)
+        return index, partner, same
+
     def __getitem__(self, key):
         epoch, item = key
         index, partner, same = self.pair(epoch, item)
         rng = rng_for(self.seed, epoch, item, 1)
         return self._tensor(index, rng), self._tensor(partner, rng), torch.tensor(float(same))
+
+
+class TrainingImages(_TrainingImages):
+    """Single augmented images with their class, for scoring every pair within a batch.
+    Item (epoch, v, visit) is virtual image v's visit-th appearance in that epoch; each image
+    appears `visits` times per epoch."""
+
+    def __init__(self, folder, preprocessing, *, seed, augment="full", visits=1, rotations=1, cache_images=True):
+        super().__init__(folder, preprocessing, seed=seed, augment=augment, rotations=rotations,
+                         cache_images=cache_images)
+        self.visits = visits
+
+    def __len__(self):
+        return len(self.labels) * self.visits
+
+    def __getitem__(self, key):
+        epoch, v, visit = key
+        return self._tensor(v, rng_for(self.seed, epoch, v, visit, 2)), self.labels[v]
+
+
+class ClassBatchSampler(Sampler):
+    """Batches of `images_per_class` images from each of several classes, so that every batch
+    holds same-class pairs as well as different-class ones.
+
+    Each epoch, every class's images are shuffled and cut into groups of images_per_class
+    (`visits` times over, a remainder smaller than a group waits for another epoch); the groups
+    are shuffled and joined into batches. Batches are dealt to ranks in turn, each rank getting
+    the same number. The order is a function of (seed, epoch) alone."""
+
+    def __init__(self, by_class, *, batch_size, images_per_class, seed, visits=1, num_replicas=1, rank=0):
+        if images_per_class < 2 or batch_size < 2 * images_per_class:
+            raise ValueError("a batch needs at least two classes of at least two images")
+        self.by_class = [list(members) for members in by_class if len(members) >= images_per_class]
+        if len(self.by_class) < 2:
+            raise ValueError(f"fewer than two classes have {images_per_class} images")
+        self.groups_per_batch = batch_size // images_per_class
+        self.images_per_class = images_per_class
+        self.seed = seed
+        self.visits = visits
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _groups_per_epoch(self):
+        return self.visits * sum(len(members) // self.images_per_class for members in self.by_class)
+
+    def __len__(self):
+        return self._groups_per_epoch() // self.groups_per_batch // self.num_replicas
+
+    def __iter__(self):
+        rng = rng_for(self.seed, self.epoch, 3)
+        groups = []
+        for visit in range(self.visits):
+            for members in self.by_class:
+                order = rng.permutation(members)
+                k = self.images_per_class
+                groups += [[(self.epoch, int(v), visit) for v in order[i:i + k]]
+                           for i in range(0, len(order) - k + 1, k)]
+        order = rng.permutation(len(groups))
+        g = self.groups_per_batch
+        batches = [sum((groups[j] for j in order[i:i + g]), []) for i in range(0, len(self) * self.num_replicas * g, g)]
+        return iter(batches[self.rank::self.num_replicas])
 
 
 class EpochSampler(Sampler):
@@ -138,6 +210,11 @@ class ImageFiles(Dataset):
         return torch.from_numpy(self.preprocessing.load(self.paths[index]))
 
 
+def set_loader_epoch(loader, epoch):
+    sampler = loader.batch_sampler if isinstance(loader.batch_sampler, ClassBatchSampler) else loader.sampler
+    sampler.set_epoch(epoch)
+
+
 def loader_options(*, workers, device):
     """DataLoader settings shared by training and evaluation."""
     options = {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda"}
@@ -146,7 +223,13 @@ def loader_options(*, workers, device):
     return options
 
 
-def training_loader(dataset, *, batch_size, workers, device, seed, num_replicas=1, rank=0):
+def training_loader(dataset, *, batch_size, workers, device, seed, num_replicas=1, rank=0, images_per_class=None):
+    """Pairs (a TrainingPairs dataset) or, for TrainingImages, class-grouped image batches."""
+    if isinstance(dataset, TrainingImages):
+        sampler = ClassBatchSampler(dataset.by_class, batch_size=batch_size, images_per_class=images_per_class,
+                                    seed=seed, visits=dataset.visits, num_replicas=num_replicas, rank=rank)
+        return DataLoader(dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                          **loader_options(workers=workers, device=device))
     sampler = EpochSampler(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
     # drop_last: BatchNorm in the head cannot train on a final batch of one pair.
     # Its own generator: starting workers must not draw from the global RNG that dropout uses,

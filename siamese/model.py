@@ -5,6 +5,7 @@ The module names (`backbone`, `cls_head` with the original's layer order) match 
 toolkit, so its checkpoints load into the `logits` feature mode.
 """
 
+import copy
 import difflib
 import os
 
@@ -122,6 +123,49 @@ class SiameseNetwork(nn.Module):
         features = self.embed(torch.cat([img1, img2]))
         n = img1.shape[0]  # slicing, not chunk(2): chunk pins the batch size in an ONNX export
         return self.score_features(features[:n], features[n:])
+
+
+class WeightAverage:
+    """An exponential moving average of a network's weights and BatchNorm statistics, updated
+    after every optimizer step: `model` is a copy that changes smoothly where the trained
+    network jumps from step to step. Validated, kept in best.pth and deployed in its place.
+
+    The decay ramps up as (1 + steps) / (10 + steps) until it reaches `decay`, so the average
+    does not drag the random initial weights along for thousands of steps."""
+
+    def __init__(self, network, decay, steps=0):
+        if not 0.0 < decay < 1.0:
+            raise ValueError("decay must be between 0 and 1")
+        self.network = network
+        self.decay = decay
+        self.steps = steps
+        self.model = copy.deepcopy(network).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self):
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        averaged, current = self.model.state_dict(), self.network.state_dict()
+        floats = [name for name, value in averaged.items() if value.is_floating_point()]
+        torch._foreach_lerp_([averaged[n] for n in floats], [current[n] for n in floats], 1.0 - decay)
+        for name, value in averaged.items():
+            if not value.is_floating_point():  # BatchNorm's batch counters
+                value.copy_(current[name])
+
+
+class AllPairs(nn.Module):
+    """Training view of a network: (images, labels) -> logits of every pair of images in the batch
+    and whether each pair is same-class. One backbone pass per image scores n(n-1)/2 pairs."""
+
+    def __init__(self, network):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images, labels):
+        features = self.network.embed(images)
+        first, second = torch.triu_indices(len(images), len(images), offset=1, device=images.device)
+        logits = self.network.score_features(features[first], features[second])
+        return logits, labels[first] == labels[second]
 
 
 class SimilarityModel(nn.Module):

@@ -17,16 +17,17 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint
-from .data import TrainingPairs, training_loader
+from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import evaluate
 from .files import atomic_open, prepare_output_dir
 from .images import scan_folder
-from .model import SiameseNetwork, build_model
+from .model import AllPairs, SiameseNetwork, WeightAverage, build_model
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
 
 LR_SCHEDULES = ("constant", "cosine", "step")
+PAIRINGS = ("sampled", "in-batch")
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
                   "val_best_threshold", "learning_rate", "seconds", "pairs_per_second"]
 
@@ -41,35 +42,65 @@ def make_scheduler(optimizer, schedule, epochs):
     raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got '{schedule}'")
 
 
+def balanced_weights(same):
+    """Per-pair weights that give same-class and different-class pairs half the loss each, as the
+    0.5 rule does for sampled pairs; they average 1."""
+    n = same.numel()
+    positives = same.sum().clamp(min=1)
+    negatives = (n - same.sum()).clamp(min=1)
+    return torch.where(same, n / (2.0 * positives), n / (2.0 * negatives))
+
+
+def _forward_batch(model, batch, *, device, memory_format):
+    """(logits, targets, weights) for a batch of sampled pairs or of class-grouped images."""
+    if len(batch) == 3:  # img1, img2, label
+        img1, img2, label = batch
+        img1 = img1.to(device, non_blocking=True, memory_format=memory_format)
+        img2 = img2.to(device, non_blocking=True, memory_format=memory_format)
+        label = label.to(device, non_blocking=True)
+        return model(img1, img2), label, torch.ones_like(label)
+    images, labels = batch  # model is AllPairs
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    logits, same = model(images, labels.to(device, non_blocking=True))
+    return logits, same.float(), balanced_weights(same)
+
+
 def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, channels_last=False,
-                    progress=None, context=None):
-    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks."""
+                    progress=None, context=None, average=None):
+    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks.
+
+    The loader yields sampled pairs (img1, img2, label) for a SiameseNetwork, or class-grouped
+    images (images, labels) for an AllPairs model; then the loss and accuracy are balanced
+    between same-class and different-class pairs. progress advances by images;
+    a WeightAverage is updated after every step."""
     context = context or distributed.Context(device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
-    for img1, img2, label in loader:
-        img1 = img1.to(device, non_blocking=True, memory_format=memory_format)
-        img2 = img2.to(device, non_blocking=True, memory_format=memory_format)
-        label = label.to(device, non_blocking=True)
+    for batch in loader:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-            logits = model(img1, img2)
-        loss = binary_cross_entropy_with_logits(logits.float(), label)
+            logits, label, weight = _forward_batch(model, batch, device=device, memory_format=memory_format)
+        per_pair = binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
+        loss = (per_pair * weight).sum() / weight.sum()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        # Sums stay on the device: no synchronisation per step.
-        loss_sum += loss.detach() * len(label)
-        correct += ((logits.detach() >= 0) == (label >= 0.5)).sum()
-        count += len(label)
+        if average is not None:
+            average.update()
+        # Sums stay on the device: no synchronisation per step. Weighted as in the loss, so with
+        # in-batch pairs they are balanced between same-class and different-class pairs.
+        loss_sum += (per_pair.detach() * weight).sum()
+        correct += (((logits.detach() >= 0) == (label >= 0.5)) * weight).sum()
+        count += weight.sum()
         if progress is not None:
-            progress.update(len(label) * context.world_size)
-    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum.item(), correct.item(), count], context)
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(count),
+            images = sum(len(tensor) for tensor in batch[:-1])  # everything but the labels
+            progress.update(images * context.world_size)
+    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum.item(), correct.item(), count.item()], context)
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(round(count)),
             "seconds": time.perf_counter() - start}
 
 
@@ -90,7 +121,8 @@ def _write_metric_rows(path, rows):
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
-        augment="full", pairs_per_image=1, rotations=1, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
+        augment="full", pairs_per_image=1, rotations=1, pairing="sampled", images_per_class=4,
+        ema=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
@@ -101,6 +133,13 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if epochs < 1 or batch_size < 2 or pairs_per_image < 1 or val_pairs_per_image < 1:
         raise UserError("--epochs and --pairs-per-image must be at least 1, and --batch-size at least 2 "
                         "(BatchNorm needs two pairs)")
+    if pairing not in PAIRINGS:
+        raise UserError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{pairing}'")
+    if not 0.0 <= ema < 1.0:
+        raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {ema}")
+    if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
+        raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
+                        f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
     train_folder = scan_folder(train_path, what="training folder")
     val_folder = scan_folder(val_path, what="validation folder")
     if context.is_main:
@@ -111,7 +150,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
     if checkpoint is not None:
         model = build_model(checkpoint["config"])
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
         start_epoch = checkpoint["epoch"] + 1
         if context.is_main:
             log(f"resuming from {resume} after epoch {checkpoint['epoch']}; the model settings come from it")
@@ -143,15 +182,32 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if start_epoch > epochs:
         raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
 
-    dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment,
-                            pairs_per_image=pairs_per_image, rotations=rotations)
-    loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
-                             num_replicas=context.world_size, rank=context.rank)
-    train_model = model
+    if pairing == "in-batch":
+        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, augment=augment,
+                                 visits=pairs_per_image, rotations=rotations)
+        train_model = AllPairs(model)
+    else:
+        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment,
+                                pairs_per_image=pairs_per_image, rotations=rotations)
+        train_model = model
+    try:
+        loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
+                                 num_replicas=context.world_size, rank=context.rank, images_per_class=images_per_class)
+    except ValueError as error:
+        raise UserError(f"--pairing in-batch: {error} in '{train_path}'; lower --images-per-class") from None
+    if len(loader) == 0:
+        raise UserError(f"'{train_path}' has too few images for one batch of {batch_size} per process; lower --batch-size")
+    images_per_batch = (batch_size // images_per_class * images_per_class) if pairing == "in-batch" else 2 * batch_size
     if context.distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
-    predictor = TorchPredictor(model, device=device, batch_size=eval_batch_size, workers=workers,
+    average = None
+    if ema > 0:
+        average = WeightAverage(model, ema, steps=checkpoint.get("average_steps", 0) if checkpoint else 0)
+        if checkpoint is not None:
+            average.model.load_state_dict(checkpoint["model"])
+    validated = model if average is None else average.model  # what best.pth holds
+    predictor = TorchPredictor(validated, device=device, batch_size=eval_batch_size, workers=workers,
                                amp=amp, channels_last=channels_last)
 
     writer = None
@@ -164,19 +220,20 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         rows = _read_metric_rows(metrics_path, start_epoch)
         writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
         log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
-            f"{len(train_folder)} images in {len(train_folder.classes)} classes ({len(dataset)} pairs per epoch); validating on {len(val_pairs)} pairs "
+            f"{len(train_folder)} images in {len(train_folder.classes)} classes ({len(loader) * images_per_batch * context.world_size} "
+            f"images per epoch, {pairing} pairs); validating on {len(val_pairs)} pairs "
             f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
 
     try:
         for epoch in range(start_epoch, epochs + 1):
-            loader.sampler.set_epoch(epoch)
+            set_loader_epoch(loader, epoch)
             torch.manual_seed(seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
             learning_rate_now = optimizer.param_groups[0]["lr"]
-            bar = tqdm(total=len(loader) * batch_size * context.world_size, desc=f"epoch {epoch}/{epochs}", unit="pair",
+            bar = tqdm(total=len(loader) * images_per_batch * context.world_size, desc=f"epoch {epoch}/{epochs}", unit="image",
                        disable=not context.is_main, leave=False, dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
             stats = train_one_epoch(train_model, loader, optimizer, device=device, scaler=scaler, amp=amp,
-                                    channels_last=channels_last, progress=bar, context=context)
+                                    channels_last=channels_last, progress=bar, context=context, average=average)
             bar.close()
             scheduler.step()
             if context.is_main:
@@ -198,8 +255,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                 if improved:
                     best = {"epoch": epoch, "auc": m["auc"], "eer": m["eer"], "threshold": threshold,
                             "accuracy": m["best_accuracy"]}
-                state = make_checkpoint(model=model, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
-                                        scaler=scaler, threshold=threshold,
+                state = make_checkpoint(model=validated, average=average, epoch=epoch, optimizer=optimizer,
+                                        scheduler=scheduler, scaler=scaler, threshold=threshold,
                                         metrics={"train": stats, "val": m, "best": best}, args=run_args)
                 if improved:
                     atomic_save(state, os.path.join(out_path, "best.pth"))

@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from siamese.data import EpochSampler, TrainingPairs, training_loader
+from siamese.data import ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from siamese.images import Preprocessing, scan_folder
 
 
@@ -68,3 +69,52 @@ def test_pairs_per_image_and_rotations(tiny_folder):
     upright = dataset._image(0)
     turned = dataset._image(len(folder))  # same file, 90 degrees
     np.testing.assert_array_equal(np.asarray(turned), np.asarray(upright.rotate(90)))
+
+
+def _batches(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_class_batches_group_images_by_class_and_change_per_epoch(tiny_folder):
+    dataset = TrainingImages(scan_folder(tiny_folder), Preprocessing(image_size=16), seed=3, visits=2)
+    sampler = ClassBatchSampler(dataset.by_class, batch_size=7, images_per_class=3, seed=0, visits=2)
+    batches = _batches(sampler, 4)
+    # 3 classes x 6 images, 2 visits: 12 groups of 3; batches of two groups (7 // 3), so 6 batches
+    assert len(batches) == len(sampler) == 6
+    for batch in batches:
+        assert len(batch) == 6 and all(epoch == 4 for epoch, _, _ in batch)
+        for group in (batch[:3], batch[3:]):
+            assert len({dataset.labels[v] for _, v, _ in group}) == 1  # a group is one class
+    # every image is used once per visit
+    used = sorted((v, visit) for batch in batches for _, v, visit in batch)
+    assert used == sorted((v, visit) for v in range(len(dataset.labels)) for visit in range(2))
+    assert batches == _batches(ClassBatchSampler(dataset.by_class, batch_size=7, images_per_class=3, seed=0, visits=2), 4)
+    assert batches != _batches(sampler, 5)
+
+
+def test_class_batches_are_dealt_to_ranks_evenly(tiny_folder):
+    dataset = TrainingImages(scan_folder(tiny_folder), Preprocessing(image_size=16), seed=3)
+    parts = [_batches(ClassBatchSampler(dataset.by_class, batch_size=4, images_per_class=2, seed=0,
+                                        num_replicas=4, rank=rank), 1) for rank in range(4)]
+    # 9 groups of 2, two per batch: 4 batches, one per rank
+    assert [len(part) for part in parts] == [1, 1, 1, 1]
+    keys = [key for part in parts for batch in part for key in batch]
+    assert len(keys) == len(set(keys)) == 16
+
+
+def test_class_batches_need_two_classes_with_enough_images(tiny_folder):
+    dataset = TrainingImages(scan_folder(tiny_folder), Preprocessing(image_size=16), seed=3)
+    with pytest.raises(ValueError, match="fewer than two classes have 7 images"):
+        ClassBatchSampler(dataset.by_class, batch_size=14, images_per_class=7, seed=0)
+
+
+def test_in_batch_loader_yields_images_and_labels(tiny_folder):
+    dataset = TrainingImages(scan_folder(tiny_folder), Preprocessing(image_size=16), seed=3, augment="affine")
+    loader = training_loader(dataset, batch_size=6, workers=2, device="cpu", seed=0, images_per_class=3)
+    set_loader_epoch(loader, 2)
+    images, labels = next(iter(loader))
+    keys = next(iter(loader.batch_sampler))
+    assert images.shape == (6, 3, 16, 16)
+    assert labels.tolist() == [dataset.labels[v] for _, v, _ in keys]
+    assert torch.equal(images[0], dataset[keys[0]][0])  # workers give what the dataset gives

@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from siamese.errors import UserError
-from siamese.model import SiameseNetwork, SimilarityModel, build_model
+from siamese.model import AllPairs, SiameseNetwork, SimilarityModel, WeightAverage, build_model
+from siamese.training import balanced_weights
 
 
 @pytest.mark.parametrize("backbone, features, dim", [
@@ -79,3 +80,50 @@ def test_offline_download_fails_clearly(monkeypatch):
     with pytest.raises(UserError) as error:
         SiameseNetwork("resnet18", weights="imagenet")
     assert "--weights none" in str(error.value) and "--weights PATH" in str(error.value)
+
+
+def test_all_pairs_scores_every_pair_like_the_pair_forward():
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32).eval()
+    images, labels = torch.randn(5, 3, 32, 32), torch.tensor([0, 0, 1, 2, 1])
+    with torch.no_grad():
+        logits, same = AllPairs(model)(images, labels)
+        assert logits.shape == same.shape == (10,)  # 5 * 4 / 2 pairs
+        pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
+        expected = model(images[[i for i, _ in pairs]], images[[j for _, j in pairs]])
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+    assert same.tolist() == [bool(labels[i] == labels[j]) for i, j in pairs]
+
+
+def test_balanced_weights_give_each_kind_of_pair_half_the_loss():
+    same = torch.tensor([True, False, False, False, False, True, False, False])
+    weights = balanced_weights(same)
+    assert weights[same].sum().item() == pytest.approx(weights[~same].sum().item())
+    assert weights.mean().item() == pytest.approx(1.0)
+
+
+def test_weight_average_moves_a_fraction_towards_the_trained_weights():
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32)
+    average = WeightAverage(model, decay=0.75, steps=100)  # past the warm-up
+    before = {name: value.clone() for name, value in average.model.state_dict().items()}
+    model.train()(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32))  # moves BatchNorm statistics
+    with torch.no_grad():
+        model.cls_head[1].weight.add_(1.0)
+    average.update()
+    after, current = average.model.state_dict(), model.state_dict()
+    for name in ("cls_head.1.weight", "cls_head.2.running_mean", "backbone.bn1.running_var"):
+        torch.testing.assert_close(after[name], 0.75 * before[name] + 0.25 * current[name], msg=name)
+    assert after["backbone.bn1.num_batches_tracked"] == current["backbone.bn1.num_batches_tracked"] == 1
+    assert not any(p.requires_grad for p in average.model.parameters())
+    assert average.steps == 101
+
+
+def test_weight_average_follows_closely_at_first():
+    model = SiameseNetwork("resnet18", image_size=32)
+    average = WeightAverage(model, decay=0.999)
+    before = average.model.cls_head[1].weight.clone()
+    with torch.no_grad():
+        model.cls_head[1].weight.add_(1.0)
+    average.update()  # first step: decay (1 + 1) / (10 + 1), not 0.999
+    torch.testing.assert_close(average.model.cls_head[1].weight, before + 9 / 11)

@@ -41,13 +41,27 @@ def test_training_learns_the_demo_digits(tmp_path):
     assert best["auc"] > 0.85  # chance is 0.5; two epochs on the digits reach about 0.94
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch):
+def test_in_batch_pairing_learns_the_demo_digits(tmp_path):
+    from siamese.demo import build_digits_dataset
+
+    train_dir, val_dir, _ = build_digits_dataset(str(tmp_path / "digits"))
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "2",
+                       *TINY_TRAIN_ARGS, "--batch-size", "32", "--pairing", "in-batch", "--images-per-class", "4"]) == 0
+    checkpoint = torch.load(str(tmp_path / "out" / "best.pth"), weights_only=True)
+    assert checkpoint["metrics"]["best"]["auc"] > 0.85
+    # every pair of each 32-image batch was scored: 496 per batch
+    assert checkpoint["metrics"]["train"]["pairs"] % 496 == 0 and checkpoint["metrics"]["train"]["pairs"] > 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9"]],
+                         ids=["sampled", "in-batch-ema"])
+def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch, extra):
     import siamese.training
 
     train_dir, val_dir = tiny_dataset
     augmenting = [a for a in TINY_TRAIN_ARGS if a != "--no-augment"]  # augmentation randomness too
     common = ["--train_path", train_dir, "--val_path", val_dir, *augmenting, "--workers", "1", "--seed", "7",
-              "-e", "2", "--lr-schedule", "cosine"]
+              "-e", "2", "--lr-schedule", "cosine", *extra]
     assert train.main([*common, "-o", str(tmp_path / "straight")]) == 0
 
     real_epoch, calls = siamese.training.train_one_epoch, []
@@ -65,8 +79,13 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path,
     a = torch.load(str(tmp_path / "straight" / "last.pth"), weights_only=True)
     b = torch.load(str(tmp_path / "resumed" / "last.pth"), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
-    for name, value in a["model"].items():
-        torch.testing.assert_close(b["model"][name], value, rtol=0, atol=0, msg=name)
+    weights = ["model", "training_model"] if extra else ["model"]
+    assert ("training_model" in a) == bool(extra)
+    if extra:  # the average's warm-up continues where it stopped
+        assert a["average_steps"] == b["average_steps"] > 0
+    for key in weights:
+        for name, value in a[key].items():
+            torch.testing.assert_close(b[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
     with open(tmp_path / "resumed" / "metrics.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
 
@@ -85,6 +104,8 @@ def _error_line(capsys):
     ("corrupt", "bad.png"),
     ("backbone", "unknown backbone"),
     ("weights", "does not fit backbone resnet18"),
+    ("images_per_class", "fewer than two classes have 7 images"),
+    ("in_batch_size", "--batch-size (images) of at least two classes' worth"),
     ("unwritable", "cannot write to output folder"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
@@ -110,6 +131,10 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         weights = tmp_path / "w.pth"
         torch.save({"conv.weight": torch.zeros(1)}, weights)
         extra = ["--weights", str(weights)]
+    elif case == "images_per_class":
+        extra = ["--pairing", "in-batch", "--images-per-class", "7", "--batch-size", "14"]
+    elif case == "in_batch_size":
+        extra = ["--pairing", "in-batch", "--images-per-class", "4", "--batch-size", "6"]
     elif case == "unwritable":
         out = str(tmp_path / "file")
         open(out, "w").close()
@@ -145,18 +170,24 @@ def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypat
     assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
 
 
-def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("pairing, pairs", [
+    # 24 images: each rank gets 12 pairs = one full batch of 8 (drop_last); reduced over both ranks
+    ("sampled", 16),
+    # 4 classes x 6 images in groups of 2: 12 groups, 4 per batch of 8 images, 3 batches: one per
+    # rank (the odd one waits), 8 * 7 / 2 pairs each
+    ("in-batch", 56),
+])
+def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
     train_dir, val_dir = tiny_dataset
     out = str(tmp_path / "ddp")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              os.path.join(ROOT, "train.py"), "--train_path", train_dir, "--val_path", val_dir,
-                             "-o", out, "-e", "2", *TINY_TRAIN_ARGS],
+                             "-o", out, "-e", "2", *TINY_TRAIN_ARGS, "--pairing", pairing, "--images-per-class", "2"],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
     assert json.load(open(os.path.join(out, "args.json")))["world_size"] == 2
     checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
-    # 24 images: each rank gets 12 pairs = one full batch of 8 (drop_last); reduced over both ranks
-    assert checkpoint["metrics"]["train"]["pairs"] == 16
+    assert checkpoint["metrics"]["train"]["pairs"] == pairs
     assert checkpoint["epoch"] == 2 and "auc" in checkpoint["metrics"]["val"]
