@@ -140,17 +140,20 @@ class WeightAverage:
         self.decay = decay
         self.steps = steps
         self.model = copy.deepcopy(network).eval().requires_grad_(False)
+        # state_dict tensors share storage with the modules, so these lists stay current
+        averaged, current = self.model.state_dict(), network.state_dict()
+        floats = [name for name, value in averaged.items() if value.is_floating_point()]
+        counters = [name for name in averaged if name not in floats]  # BatchNorm's batch counters
+        self._averaged_floats, self._current_floats = [averaged[n] for n in floats], [current[n] for n in floats]
+        self._counters = [(averaged[n], current[n]) for n in counters]
 
     @torch.no_grad()
     def update(self):
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        averaged, current = self.model.state_dict(), self.network.state_dict()
-        floats = [name for name, value in averaged.items() if value.is_floating_point()]
-        torch._foreach_lerp_([averaged[n] for n in floats], [current[n] for n in floats], 1.0 - decay)
-        for name, value in averaged.items():
-            if not value.is_floating_point():  # BatchNorm's batch counters
-                value.copy_(current[name])
+        torch._foreach_lerp_(self._averaged_floats, self._current_floats, 1.0 - decay)
+        for averaged, current in self._counters:
+            averaged.copy_(current)
 
 
 class AllPairs(nn.Module):
