@@ -49,6 +49,9 @@ def get_args_parser():
     p.add_argument("--augment", default="full", choices=AUGMENTATIONS,
                    help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
                         "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
+    p.add_argument("--erase", default=0.0, type=float,
+                   help="probability of random erasing: one random rectangle of a training image set to the mean colour "
+                        "(robustness to occlusion; 0: off)")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--pairing", default="sampled", choices=PAIRINGS,
                    help="'sampled': pairs drawn by the 0.5 same/different rule, two images per pair; 'in-batch': "
@@ -63,6 +66,9 @@ def get_args_parser():
     p.add_argument("--rotations", default=1, type=int, choices=(1, 2, 4),
                    help="4: each class turned by 90, 180, 270 degrees is a class of its own (for rotation-variant "
                         "images such as characters); 1: off")
+    p.add_argument("--mirror-classes", action="store_true",
+                   help="each class mirrored left-right is a class of its own (for characters; needs --augment "
+                        "affine or none, since a flip would mix a class with its mirror)")
     p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
     p.add_argument("--eval-batch-size", default=64, type=int, help="images per batch when validating")
     return p
@@ -78,7 +84,8 @@ def main(argv=None):
                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
-               augment=args.augment, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
+               augment=args.augment, erase=args.erase, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
+               mirror_classes=args.mirror_classes,
                pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema,
                val_pairs_per_image=args.val_pairs_per_image,
                eval_batch_size=args.eval_batch_size, run_args=vars(args))

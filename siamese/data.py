@@ -2,6 +2,8 @@
 images for feature extraction. Preprocessing is the one definition in `images.Preprocessing`.
 """
 
+import math
+
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -38,27 +40,52 @@ def augment(img, rng, *, flip=True):
     return TF.hflip(img) if flip and rng.random() < 0.5 else img
 
 
+def random_erase(array, rng, *, area=(0.02, 0.33), aspect=(0.3, 3.3)):
+    """Random erasing (Zhong et al. 2017): one rectangle of a normalised (C, H, W) array, in place,
+    set to 0, the mean colour. It teaches the model not to lean on any one part of the image."""
+    _, height, width = array.shape
+    for _ in range(10):  # a drawn rectangle may not fit; give up after a few tries, as torchvision does
+        target = rng.uniform(*area) * height * width
+        ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+        h, w = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+        if 0 < h < height and 0 < w < width:
+            top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+            array[:, top:top + h, left:left + w] = 0.0
+            return array
+    return array
+
+
 class _TrainingImages(Dataset):
     """Virtual training images: with rotations=4, every class rotated by 90, 180 and 270 degrees
-    counts as a class of its own (the Omniglot trick for more classes from the same images).
+    counts as a class of its own, and with mirror_classes its mirror image too (the Omniglot
+    trick for more classes from the same images: a turned or mirrored character is another one).
     Decoded, resized files are cached: decoding and resizing dominate loading for small images."""
 
-    def __init__(self, folder, preprocessing, *, seed, augment="full", rotations=1, cache_images=True):
+    def __init__(self, folder, preprocessing, *, seed, augment="full", erase=0.0, rotations=1, mirror_classes=False,
+                 cache_images=True):
         if augment is True or augment is False:
             augment = "full" if augment else "none"
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
         if rotations not in (1, 2, 4):
             raise ValueError("rotations must be 1, 2 or 4")
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError("erase is a probability between 0 and 1")
+        if mirror_classes and augment == "full":
+            raise ValueError("mirror_classes needs an augmentation without flips: a flip would turn a class into its mirror class")
         self.folder = folder
         self.preprocessing = preprocessing
         self.seed = seed
         self.augment = augment
+        self.erase = erase
         self.rotations = rotations
+        self.mirror_classes = bool(mirror_classes)
+        variants = rotations * (2 if mirror_classes else 1)
         n = len(folder)
-        # virtual image v: file v % n turned by 360 / rotations * (v // n) degrees
-        self.labels = [folder.labels[v % n] * rotations + v // n for v in range(n * rotations)]
-        self.by_class = [[] for _ in range(len(folder.classes) * rotations)]
+        # virtual image v: file v % n, variant t = v // n: turned by 360 / rotations * (t % rotations)
+        # degrees, then mirrored when t >= rotations
+        self.labels = [folder.labels[v % n] * variants + v // n for v in range(n * variants)]
+        self.by_class = [[] for _ in range(len(folder.classes) * variants)]
         for v, label in enumerate(self.labels):
             self.by_class[label].append(v)
         self._cache = {} if cache_images else None
@@ -72,14 +99,19 @@ class _TrainingImages(Dataset):
             img = self.preprocessing.resize(load_image(self.folder.paths[file_index], size_hint=self.preprocessing.image_size))
             if self._cache is not None:
                 self._cache[file_index] = img
-        turns = v // n
-        return img.rotate(360 // self.rotations * turns) if turns else img
+        turns, mirrored = (v // n) % self.rotations, v // n >= self.rotations
+        if turns:
+            img = img.rotate(360 // self.rotations * turns)
+        return TF.hflip(img) if mirrored else img
 
     def _tensor(self, v, rng):
         img = self._image(v)
         if self.augment != "none":
             img = augment(img, rng, flip=self.augment == "full")
-        return torch.from_numpy(self.preprocessing.normalize(img))
+        array = self.preprocessing.normalize(img)
+        if self.erase and rng.random() < self.erase:
+            random_erase(array, rng)
+        return torch.from_numpy(array)
 
 
 class TrainingPairs(_TrainingImages):
@@ -90,10 +122,8 @@ class TrainingPairs(_TrainingImages):
     epoch, do not depend on workers or ranks, and a resumed run sees the same ones.
     """
 
-    def __init__(self, folder, preprocessing, *, seed, augment="full", pairs_per_image=1, rotations=1,
-                 cache_images=True):
-        super().__init__(folder, preprocessing, seed=seed, augment=augment, rotations=rotations,
-                         cache_images=cache_images)
+    def __init__(self, folder, preprocessing, *, seed, pairs_per_image=1, **options):
+        super().__init__(folder, preprocessing, seed=seed, **options)
         self.pairs_per_image = pairs_per_image
 
     def __len__(self):
@@ -116,9 +146,8 @@ class TrainingImages(_TrainingImages):
     Item (epoch, v, visit) is virtual image v's visit-th appearance in that epoch; each image
     appears `visits` times per epoch."""
 
-    def __init__(self, folder, preprocessing, *, seed, augment="full", visits=1, rotations=1, cache_images=True):
-        super().__init__(folder, preprocessing, seed=seed, augment=augment, rotations=rotations,
-                         cache_images=cache_images)
+    def __init__(self, folder, preprocessing, *, seed, visits=1, **options):
+        super().__init__(folder, preprocessing, seed=seed, **options)
         self.visits = visits
 
     def __len__(self):

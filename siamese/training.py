@@ -121,8 +121,8 @@ def _write_metric_rows(path, rows):
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
-        augment="full", pairs_per_image=1, rotations=1, pairing="sampled", images_per_class=4,
-        ema=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
+        augment="full", erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
+        images_per_class=4, ema=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
@@ -140,6 +140,11 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
         raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
                         f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
+    if not 0.0 <= erase <= 1.0:
+        raise UserError(f"--erase is a probability between 0 and 1, got {erase}")
+    if mirror_classes and augment == "full":
+        raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
+                        "each class with its mirror class")
     train_folder = scan_folder(train_path, what="training folder")
     val_folder = scan_folder(val_path, what="validation folder")
     if context.is_main:
@@ -182,13 +187,13 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if start_epoch > epochs:
         raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
 
+    augmentation = dict(augment=augment, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
     if pairing == "in-batch":
-        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, augment=augment,
-                                 visits=pairs_per_image, rotations=rotations)
+        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, visits=pairs_per_image, **augmentation)
         train_model = AllPairs(model)
     else:
-        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, augment=augment,
-                                pairs_per_image=pairs_per_image, rotations=rotations)
+        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, pairs_per_image=pairs_per_image,
+                                **augmentation)
         train_model = model
     try:
         loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,

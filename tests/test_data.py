@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from siamese.data import ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
+from siamese.data import (ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, random_erase, set_loader_epoch,
+                          training_loader)
 from siamese.images import Preprocessing, scan_folder
 
 
@@ -69,6 +70,42 @@ def test_pairs_per_image_and_rotations(tiny_folder):
     upright = dataset._image(0)
     turned = dataset._image(len(folder))  # same file, 90 degrees
     np.testing.assert_array_equal(np.asarray(turned), np.asarray(upright.rotate(90)))
+
+
+def test_mirror_classes_double_the_rotated_classes(tiny_folder):
+    folder = scan_folder(tiny_folder)
+    dataset = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="affine", rotations=4,
+                             mirror_classes=True)
+    n = len(folder)
+    assert len(dataset) == n * 8 and len(dataset.by_class) == len(folder.classes) * 8
+    assert all(len(members) == len(folder.images_by_class()[c // 8]) for c, members in enumerate(dataset.by_class))
+    upright = dataset._image(0)
+    # variant 5: mirrored (5 >= 4 rotations) after turning by 90 degrees (5 % 4 = 1)
+    np.testing.assert_array_equal(np.asarray(dataset._image(5 * n)), np.asarray(upright.rotate(90).transpose(0)))
+    assert dataset.labels[5 * n] == folder.labels[0] * 8 + 5
+    with pytest.raises(ValueError, match="without flips"):
+        TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="full", mirror_classes=True)
+
+
+def test_random_erase_blanks_one_rectangle_within_bounds():
+    array = np.ones((3, 40, 30), dtype=np.float32)
+    random_erase(array, np.random.default_rng(0))
+    erased = np.argwhere(array[0] == 0.0)
+    (top, left), (bottom, right) = erased.min(0), erased.max(0)
+    area = (bottom - top + 1) * (right - left + 1)
+    assert len(erased) == area  # one solid rectangle
+    assert 0.02 * 1200 * 0.8 <= area <= 0.33 * 1200 * 1.2
+    assert (array[:, array[0] == 0.0] == 0.0).all() and (array[:, array[0] != 0.0] == 1.0).all()
+
+
+def test_erase_applies_with_its_probability(tiny_folder):
+    folder = scan_folder(tiny_folder)
+    plain = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="none")
+    always = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="none", erase=1.0)
+    for key in [(0, v, 0) for v in range(6)]:
+        a, b = plain[key][0], always[key][0]
+        changed = a != b
+        assert changed.any() and (b[changed] == 0.0).all()
 
 
 def _batches(sampler, epoch):

@@ -107,6 +107,8 @@ def _error_line(capsys):
     ("images_per_class", "fewer than two classes have 7 images"),
     ("in_batch_size", "--batch-size (images) of at least two classes' worth"),
     ("unwritable", "cannot write to output folder"),
+    ("mirror_with_flips", "--mirror-classes needs --augment affine"),
+    ("erase", "--erase is a probability between 0 and 1"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
     train_dir, val_dir = tiny_dataset
@@ -135,6 +137,10 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--pairing", "in-batch", "--images-per-class", "7", "--batch-size", "14"]
     elif case == "in_batch_size":
         extra = ["--pairing", "in-batch", "--images-per-class", "4", "--batch-size", "6"]
+    elif case == "erase":
+        extra = ["--erase", "1.5"]
+    elif case == "mirror_with_flips":
+        extra = ["--augment", "full", "--mirror-classes"]
     elif case == "unwritable":
         out = str(tmp_path / "file")
         open(out, "w").close()
