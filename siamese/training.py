@@ -224,9 +224,12 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
             json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size), f, indent=2)
         rows = _read_metric_rows(metrics_path, start_epoch)
         writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
+        classes = f"{len(train_folder.classes)} classes"
+        if len(dataset.by_class) > len(train_folder.classes):
+            classes += f" ({len(dataset.by_class)} counting turned and mirrored copies)"
         log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
-            f"{len(train_folder)} images in {len(train_folder.classes)} classes ({len(loader) * images_per_batch * context.world_size} "
-            f"images per epoch, {pairing} pairs); validating on {len(val_pairs)} pairs "
+            f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
+            f"epoch, {pairing} pairs); validating on {len(val_pairs)} pairs "
             f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
 
     try:
