@@ -226,7 +226,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
         classes = f"{len(train_folder.classes)} classes"
         if len(dataset.by_class) > len(train_folder.classes):
-            classes += f" ({len(dataset.by_class)} counting turned and mirrored copies)"
+            classes += f", {len(dataset.by_class)} with turned or mirrored copies"
         log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
             f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
             f"epoch, {pairing} pairs); validating on {len(val_pairs)} pairs "
