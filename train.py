@@ -49,10 +49,10 @@ def get_args_parser():
     p.add_argument("--augment", default="full", choices=AUGMENTATIONS,
                    help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
                         "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--erase", default=0.0, type=float,
                    help="probability of random erasing: one random rectangle of a training image set to the mean colour "
                         "(robustness to occlusion; 0: off)")
-    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     p.add_argument("--pairing", default="sampled", choices=PAIRINGS,
                    help="'sampled': pairs drawn by the 0.5 same/different rule, two images per pair; 'in-batch': "
                         "batches of --images-per-class images from each of several classes, every pair within a batch "

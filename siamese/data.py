@@ -79,7 +79,6 @@ class _TrainingImages(Dataset):
         self.augment = augment
         self.erase = erase
         self.rotations = rotations
-        self.mirror_classes = bool(mirror_classes)
         variants = rotations * (2 if mirror_classes else 1)
         n = len(folder)
         # virtual image v: file v % n, variant t = v // n: turned by 360 / rotations * (t % rotations)
@@ -99,10 +98,11 @@ class _TrainingImages(Dataset):
             img = self.preprocessing.resize(load_image(self.folder.paths[file_index], size_hint=self.preprocessing.image_size))
             if self._cache is not None:
                 self._cache[file_index] = img
-        turns, mirrored = (v // n) % self.rotations, v // n >= self.rotations
+        variant = v // n
+        turns = variant % self.rotations
         if turns:
             img = img.rotate(360 // self.rotations * turns)
-        return TF.hflip(img) if mirrored else img
+        return TF.hflip(img) if variant >= self.rotations else img  # the mirrored variants come last
 
     def _tensor(self, v, rng):
         img = self._image(v)
