@@ -36,7 +36,7 @@ def get_args_parser():
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py (or the original toolkit)")
     add_evaluation_options(p)
     p.add_argument("--device", default="auto", type=str, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on CPUs")
     return p
 
 

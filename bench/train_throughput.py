@@ -15,6 +15,7 @@ import torch
 
 from common import data_folder, report
 from siamese.data import TrainingPairs, training_loader
+from siamese.distributed import autocast
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.training import train_one_epoch
@@ -36,7 +37,7 @@ class _NullScaler:
         pass
 
 
-def ceiling_step(model, optimizer, batch, size, channels_last):
+def ceiling_step(model, optimizer, batch, size, channels_last, amp):
     """One optimizer step on tensors already in memory (no data loading at all)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x1 = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
@@ -45,7 +46,9 @@ def ceiling_step(model, optimizer, batch, size, channels_last):
 
     def step():
         model.train()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x1, x2), y)
+        with autocast(torch.device("cpu"), amp):
+            logits = model(x1, x2)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,9 +63,9 @@ def ceiling(step, batch, steps):
     return batch * steps / (time.perf_counter() - start)
 
 
-def achieved(model, optimizer, iterator, steps, channels_last):
+def achieved(model, optimizer, iterator, steps, channels_last, amp):
     stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, device=torch.device("cpu"),
-                            scaler=_NullScaler(), channels_last=channels_last)
+                            scaler=_NullScaler(), channels_last=channels_last, amp=amp)
     return stats["pairs"] / stats["seconds"]
 
 
@@ -74,6 +77,7 @@ def main():
     p.add_argument("--repeats", default=3, type=int, help="interleaved measurements of each; the best is kept")
     p.add_argument("--workers", default=2, type=int)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast, as train.py --amp on a CPU")
     p.add_argument("--out", default="bench/results/train_throughput.json")
     args = p.parse_args()
     folder = scan_folder(data_folder(args.data))
@@ -90,20 +94,20 @@ def main():
         loader = training_loader(dataset, batch_size=batch, workers=args.workers, device="cpu", seed=0)
         loader.sampler.set_epoch(1)
         iterator = iter(loader)
-        step = ceiling_step(model, optimizer, batch, size, args.channels_last)
+        step = ceiling_step(model, optimizer, batch, size, args.channels_last, args.amp)
         step()  # warm-up: kernels chosen, memory allocated
-        achieved(model, optimizer, iterator, 1, args.channels_last)  # warm-up: workers started
+        achieved(model, optimizer, iterator, 1, args.channels_last, args.amp)  # warm-up: workers started
         # Interleaved and repeated, best of each: the two see the same machine state.
         tops, reals = [], []
         for _ in range(args.repeats):
             tops.append(ceiling(step, batch, steps))
-            reals.append(achieved(model, optimizer, iterator, steps, args.channels_last))
+            reals.append(achieved(model, optimizer, iterator, steps, args.channels_last, args.amp))
         top, real = max(tops), max(reals)
         rows.append({"setting": name, "backbone": args.backbone, "image_size": size, "batch": batch, "augment": augment,
-                     "workers": args.workers, "ceiling_pairs_s": top, "achieved_pairs_s": real, "efficiency": real / top,
+                     "workers": args.workers, "amp": args.amp, "ceiling_pairs_s": top, "achieved_pairs_s": real, "efficiency": real / top,
                      "ceiling_runs": tops, "achieved_runs": reals})
     report(f"Training throughput on {args.data} (pairs/s)", rows,
-           ["setting", "image_size", "batch", "workers", "ceiling_pairs_s", "achieved_pairs_s", "efficiency"], args.out)
+           ["setting", "image_size", "batch", "workers", "amp", "ceiling_pairs_s", "achieved_pairs_s", "efficiency"], args.out)
 
 
 if __name__ == "__main__":

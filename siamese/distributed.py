@@ -47,6 +47,24 @@ def resolve_device(name):
     return device
 
 
+def autocast(device, enabled):
+    """Mixed precision for --amp: float16 on CUDA (with a gradient scaler in training), bfloat16
+    on CPUs, which keeps float32's exponent range and needs no scaler."""
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bfloat16
+    autocast is emulated and slower than float32. Linux only; elsewhere this says no."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def setup(device_name):
     """Start the process group when launched by torchrun; return this process's context."""
     device = resolve_device(device_name)

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import ImageFiles, loader_options
+from .distributed import autocast
 
 
 class TorchPredictor:
@@ -16,12 +17,12 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.workers = workers
-        self.amp = amp and self.device.type == "cuda"
+        self.amp = amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.preprocessing = model.preprocessing
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+        return autocast(self.device, self.amp)
 
     @torch.inference_mode()
     def embed_paths(self, paths, *, progress=False):

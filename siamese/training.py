@@ -81,7 +81,7 @@ def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, chan
     count = torch.zeros((), dtype=torch.float64, device=device)
     start = time.perf_counter()
     for batch in loader:
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+        with distributed.autocast(device, amp):
             logits, label, weight = _forward_batch(model, batch, device=device, memory_format=memory_format)
         per_pair = binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
         loss = (per_pair * weight).sum() / weight.sum()
@@ -128,8 +128,9 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
     context = distributed.setup(device)
     device = context.device
-    if amp and device.type != "cuda":
-        raise UserError("--amp needs a CUDA device; drop --amp or use --device cuda")
+    if amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
+        log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+            "so mixed precision will likely run slower than without --amp")
     if epochs < 1 or batch_size < 2 or pairs_per_image < 1 or val_pairs_per_image < 1:
         raise UserError("--epochs and --pairs-per-image must be at least 1, and --batch-size at least 2 "
                         "(BatchNorm needs two pairs)")
@@ -174,7 +175,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
 
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = make_scheduler(optimizer, lr_schedule, epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")  # bfloat16 needs none
     best = {"auc": -1.0}
     if checkpoint is not None:
         if checkpoint.get("optimizer"):

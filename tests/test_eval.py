@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import eval as eval_script
@@ -25,6 +26,18 @@ def test_cached_features_equal_the_full_pair_forward(tiny_dataset, trained_check
     assert len(cached) == len(pairs) == 54
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
     assert np.ptp(cached) > 0  # not a constant output
+
+
+def test_amp_on_cpu_computes_features_in_bfloat16(tiny_dataset, trained_checkpoint):
+    _, val_dir = tiny_dataset
+    model, _ = load_model(trained_checkpoint)
+    paths = scan_folder(val_dir).paths
+    exact = TorchPredictor(model).embed_paths(paths)
+    mixed = TorchPredictor(model, amp=True).embed_paths(paths)
+    assert mixed.dtype == exact.dtype == torch.float32  # returned in float32 for the head
+    assert not torch.equal(mixed, exact)  # bfloat16 was used: its 8-bit mantissa rounds
+    relative = (mixed - exact).norm() / exact.norm()
+    assert relative < 0.05
 
 
 def test_eval_end_to_end(tiny_dataset, trained_checkpoint, tmp_path, capsys):

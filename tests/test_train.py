@@ -53,6 +53,37 @@ def test_in_batch_pairing_learns_the_demo_digits(tmp_path):
     assert checkpoint["metrics"]["train"]["pairs"] % 496 == 0 and checkpoint["metrics"]["train"]["pairs"] > 0
 
 
+def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
+    from siamese.model import AllPairs, SiameseNetwork
+    from siamese.training import train_one_epoch
+
+    torch.manual_seed(0)
+    network = SiameseNetwork("resnet18", image_size=32)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    seen = []
+    network.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    batches = [(torch.randn(8, 3, 32, 32), torch.arange(8) // 2) for _ in range(2)]
+    stats = train_one_epoch(AllPairs(network), batches, optimizer, device=torch.device("cpu"),
+                            scaler=torch.amp.GradScaler("cuda", enabled=False), amp=True)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert stats["pairs"] == 2 * 28 and 0.0 < stats["loss"] < 10.0
+    after = network.state_dict()
+    assert all(after[n].dtype == before[n].dtype for n in before)
+    assert not torch.equal(after["cls_head.1.weight"], before["cls_head.1.weight"])
+
+
+def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
+    from siamese.demo import build_digits_dataset
+
+    train_dir, val_dir, _ = build_digits_dataset(str(tmp_path / "digits"))
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "2",
+                       *TINY_TRAIN_ARGS, "--batch-size", "32", "--pairing", "in-batch", "--amp"]) == 0
+    checkpoint = torch.load(str(tmp_path / "out" / "best.pth"), weights_only=True)
+    assert checkpoint["metrics"]["best"]["auc"] > 0.85
+    assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["model"].values())
+
+
 @pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9"]],
                          ids=["sampled", "in-batch-ema"])
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch, extra):
