@@ -25,6 +25,7 @@ test-gpu: venv
 bench: venv
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) bench/train_throughput.py
+	$(PY) bench/train_throughput.py --amp --out bench/results/train_throughput_amp.json
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/inference.py
 	$(PY) bench/memory.py
