@@ -73,6 +73,20 @@ def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
     assert not torch.equal(after["cls_head.1.weight"], before["cls_head.1.weight"])
 
 
+def test_amp_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatch):
+    from siamese import distributed
+    from siamese.errors import UserError
+    from siamese.training import fit
+
+    lines = []
+    monkeypatch.setattr(distributed, "cpu_has_bfloat16", lambda: False)
+    with pytest.raises(UserError):  # stops at the missing folder, after the note
+        fit(train_path=str(tmp_path / "missing"), val_path=str(tmp_path / "missing"), out_path=str(tmp_path / "out"),
+            device="cpu", amp=True, log=lines.append)
+    assert any("no bfloat16 instructions" in line and "slower" in line for line in lines)
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
     from siamese.demo import build_digits_dataset
 
