@@ -1,4 +1,5 @@
-"""torchrun support: one process per device, NCCL on GPUs and gloo on CPUs.
+"""Devices: which one to use, mixed precision on it, and torchrun support (one process per
+device, NCCL on GPUs and gloo on CPUs).
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a single process.
 """
