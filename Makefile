@@ -1,12 +1,12 @@
 # make demo : set up .venv, build the bundled demo dataset, train, evaluate, export, infer
 # make test : set up .venv and run the test suite
-# make bench: benchmarks (tables on stdout, JSON in bench/results/)
+# make bench: benchmarks (tables on stdout, JSON in bench/results/); make bench-gpu: the GPU figures
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := runs/demo
 
-.PHONY: demo test test-gpu bench venv clean
+.PHONY: demo test test-gpu bench bench-gpu venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: venv
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/inference.py
 	$(PY) bench/memory.py
+
+bench-gpu: venv
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	PY=$(PY) bash bench/gpu.sh
 
 demo: venv
 	$(PY) demo.py --out $(DEMO)

@@ -5,6 +5,7 @@ on tensors already in memory; achieved is train_one_epoch on the real data loade
 augmentation, workers). Efficiency = achieved / ceiling, measured side by side.
 
     python bench/train_throughput.py --data omniglot:train --out bench/results/train.json
+    python bench/train_throughput.py --device cuda --amp --channels-last --workers 8
 """
 
 import argparse
@@ -15,7 +16,7 @@ import torch
 
 from common import data_folder, report
 from siamese.data import TrainingPairs, training_loader
-from siamese.distributed import autocast
+from siamese.distributed import autocast, resolve_device
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.training import train_one_epoch
@@ -26,46 +27,39 @@ SETTINGS = {  # name: (batch size, image size, augmentation)
 }
 
 
-class _NullScaler:
-    def scale(self, loss):
-        return loss
-
-    def step(self, optimizer):
-        optimizer.step()
-
-    def update(self):
-        pass
-
-
-def ceiling_step(model, optimizer, batch, size, channels_last, amp):
-    """One optimizer step on tensors already in memory (no data loading at all)."""
+def ceiling_step(model, optimizer, scaler, batch, size, device, channels_last, amp):
+    """One optimizer step on tensors already in memory (no data loading at all), as train.py's."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x1 = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
-    x2 = torch.randn(batch, 3, size, size).to(memory_format=memory_format)
-    y = (torch.rand(batch) < 0.5).float()
+    x1 = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
+    x2 = torch.randn(batch, 3, size, size, device=device).to(memory_format=memory_format)
+    y = (torch.rand(batch, device=device) < 0.5).float()
 
     def step():
         model.train()
-        with autocast(torch.device("cpu"), amp):
+        with autocast(device, amp):
             logits = model(x1, x2)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return step
 
 
-def ceiling(step, batch, steps):
+def ceiling(step, batch, steps, device):
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is queued: time it to the end
     return batch * steps / (time.perf_counter() - start)
 
 
-def achieved(model, optimizer, iterator, steps, channels_last, amp):
-    stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, device=torch.device("cpu"),
-                            scaler=_NullScaler(), channels_last=channels_last, amp=amp)
+def achieved(model, optimizer, scaler, iterator, steps, device, channels_last, amp):
+    # train_one_epoch reads its loss sums back at the end, which waits for the GPU
+    stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, device=device,
+                            scaler=scaler, channels_last=channels_last, amp=amp)
     return stats["pairs"] / stats["seconds"]
 
 
@@ -77,37 +71,41 @@ def main():
     p.add_argument("--repeats", default=3, type=int, help="interleaved measurements of each; the best is kept")
     p.add_argument("--workers", default=2, type=int)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast, as train.py --amp on a CPU")
+    p.add_argument("--amp", action="store_true", help="mixed precision as train.py --amp (float16 on CUDA, bfloat16 on CPUs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", default="bench/results/train_throughput.json")
     args = p.parse_args()
     folder = scan_folder(data_folder(args.data))
+    device = resolve_device(args.device)
     rows = []
     for name, (batch, size, augment) in SETTINGS.items():
         torch.manual_seed(0)
-        model = SiameseNetwork(args.backbone, image_size=size)
+        model = SiameseNetwork(args.backbone, image_size=size).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
         steps = max(2, args.pairs // batch)
         dataset = TrainingPairs(folder, model.preprocessing, seed=0, augment=augment,
                                 pairs_per_image=(args.repeats * steps + 2) * batch // len(folder) + 1)
-        loader = training_loader(dataset, batch_size=batch, workers=args.workers, device="cpu", seed=0)
+        loader = training_loader(dataset, batch_size=batch, workers=args.workers, device=device, seed=0)
         loader.sampler.set_epoch(1)
         iterator = iter(loader)
-        step = ceiling_step(model, optimizer, batch, size, args.channels_last, args.amp)
+        step = ceiling_step(model, optimizer, scaler, batch, size, device, args.channels_last, args.amp)
         step()  # warm-up: kernels chosen, memory allocated
-        achieved(model, optimizer, iterator, 1, args.channels_last, args.amp)  # warm-up: workers started
+        achieved(model, optimizer, scaler, iterator, 1, device, args.channels_last, args.amp)  # warm-up: workers started
         # Interleaved and repeated, best of each: the two see the same machine state.
         tops, reals = [], []
         for _ in range(args.repeats):
-            tops.append(ceiling(step, batch, steps))
-            reals.append(achieved(model, optimizer, iterator, steps, args.channels_last, args.amp))
+            tops.append(ceiling(step, batch, steps, device))
+            reals.append(achieved(model, optimizer, scaler, iterator, steps, device, args.channels_last, args.amp))
         top, real = max(tops), max(reals)
         rows.append({"setting": name, "backbone": args.backbone, "image_size": size, "batch": batch, "augment": augment,
-                     "workers": args.workers, "amp": args.amp, "ceiling_pairs_s": top, "achieved_pairs_s": real, "efficiency": real / top,
+                     "workers": args.workers, "device": str(device), "amp": args.amp,
+                     "channels_last": args.channels_last, "ceiling_pairs_s": top, "achieved_pairs_s": real, "efficiency": real / top,
                      "ceiling_runs": tops, "achieved_runs": reals})
     report(f"Training throughput on {args.data} (pairs/s)", rows,
-           ["setting", "image_size", "batch", "workers", "amp", "ceiling_pairs_s", "achieved_pairs_s", "efficiency"], args.out)
+           ["setting", "image_size", "batch", "workers", "device", "amp", "channels_last", "ceiling_pairs_s", "achieved_pairs_s", "efficiency"], args.out)
 
 
 if __name__ == "__main__":
