@@ -28,7 +28,9 @@ from siamese.model import SiameseNetwork, SimilarityModel
 from siamese.runtime import OnnxRuntimeModel
 
 
-def median_seconds(fn, runs):
+def median_seconds(fn, runs, batch):
+    """Median over `runs` calls at batch 1, fewer for the slower batch-32 calls."""
+    runs = runs if batch == 1 else max(3, runs // 4)
     fn()  # warm-up
     times = []
     for _ in range(runs):
@@ -83,7 +85,7 @@ def gpu_rows(network, onnx_path, tmp, size, runs):
     rows = []
     for batch in (1, 32):
         x1, x2 = pair_inputs(batch, size)
-        measured = [(label, median_seconds(lambda: predict(x1, x2), runs if batch == 1 else max(3, runs // 4)))
+        measured = [(label, median_seconds(lambda: predict(x1, x2), runs, batch))
                     for label, predict in runtimes]
         reference = measured[0][1]
         rows += [row(label, batch, seconds, reference) for label, seconds in measured]
@@ -112,8 +114,8 @@ def main():
             x1, x2 = pair_inputs(batch, size)
             t1, t2 = torch.from_numpy(x1), torch.from_numpy(x2)
             with torch.inference_mode():
-                torch_s = median_seconds(lambda: eager(t1, t2), args.runs if batch == 1 else max(3, args.runs // 4))
-            onnx_s = median_seconds(lambda: runtime.predict(x1, x2), args.runs if batch == 1 else max(3, args.runs // 4))
+                torch_s = median_seconds(lambda: eager(t1, t2), args.runs, batch)
+            onnx_s = median_seconds(lambda: runtime.predict(x1, x2), args.runs, batch)
             rows.append(row("PyTorch eager (CPU)", batch, torch_s, torch_s))
             rows.append(row("ONNX Runtime (CPU)", batch, onnx_s, torch_s))
         images = scan_folder(data_folder("orl_faces")).paths[:2]

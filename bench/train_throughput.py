@@ -16,7 +16,7 @@ import torch
 
 from common import data_folder, report
 from siamese.data import TrainingPairs, training_loader
-from siamese.distributed import autocast, resolve_device
+from siamese.distributed import autocast, grad_scaler, resolve_device
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.training import train_one_epoch
@@ -84,7 +84,7 @@ def main():
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+        scaler = grad_scaler(device, args.amp)
         steps = max(2, args.pairs // batch)
         dataset = TrainingPairs(folder, model.preprocessing, seed=0, augment=augment,
                                 pairs_per_image=(args.repeats * steps + 2) * batch // len(folder) + 1)

@@ -55,6 +55,11 @@ def autocast(device, enabled):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
+def grad_scaler(device, amp):
+    """The loss scaler train.py steps through: active only for float16 (--amp on CUDA)."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+
+
 def cpu_has_bfloat16():
     """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bfloat16
     autocast is emulated and slower than float32. Linux only; elsewhere this says no."""

@@ -175,7 +175,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
 
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = make_scheduler(optimizer, lr_schedule, epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")  # bfloat16 needs none
+    scaler = distributed.grad_scaler(device, amp)
     best = {"auc": -1.0}
     if checkpoint is not None:
         if checkpoint.get("optimizer"):
