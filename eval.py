@@ -4,7 +4,7 @@ Example:
     python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth
     python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth --n-way 20 --trials 400
 
-Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.png into the out path.
+Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.jpg into the out path.
 """
 
 import argparse

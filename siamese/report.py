@@ -80,6 +80,14 @@ def _save_png(img, path):
         img.save(f, format="PNG", compress_level=1)
 
 
+def _save_jpeg(img, path):
+    # Pair pictures are mostly photographs: JPEG encodes them 4-8x faster than PNG (the larger
+    # share of writing a picture) into smaller files. Quality 90 without chroma subsampling keeps
+    # the coloured verdict text crisp.
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="JPEG", quality=90, subsampling=0)
+
+
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
     os.makedirs(folder, exist_ok=True)
     count = len(evaluation.pairs) if max_pictures is None else min(max_pictures, len(evaluation.pairs))
@@ -88,8 +96,8 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
     def one(i):
         pair, score = evaluation.pairs[i], float(evaluation.scores[i])
         correct = (score >= threshold) == pair.same
-        name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.png"
-        _save_png(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name))
+        name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.jpg"
+        _save_jpeg(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name))
 
     # Decoding, resizing and PNG encoding release the GIL, so threads overlap well.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

@@ -59,7 +59,8 @@ def test_eval_end_to_end(tiny_dataset, trained_checkpoint, tmp_path, capsys):
         assert Image.open(os.path.join(out, name)).size[0] > 100
     pictures = sorted(os.listdir(os.path.join(out, "pairs")))
     assert len(pictures) == 18
-    assert Image.open(os.path.join(out, "pairs", pictures[0])).mode == "RGB"
+    picture = Image.open(os.path.join(out, "pairs", pictures[0]))
+    assert pictures[0].endswith(".jpg") and picture.format == "JPEG" and picture.mode == "RGB"
     # same seed, same pairs and scores; --max-pictures limits the pictures
     out2 = str(tmp_path / "eval2")
     assert eval_script.main(["-v", val_dir, "-o", out2, "-c", trained_checkpoint, "--max-pictures", "4",
