@@ -27,6 +27,7 @@ bench: venv
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_throughput.py --amp --out bench/results/train_throughput_amp.json
 	$(PY) bench/eval_throughput.py
+	$(PY) bench/eval_throughput.py --pairs-per-image 9 --out bench/results/eval_throughput_9.json
 	$(PY) bench/inference.py
 	$(PY) bench/memory.py
 
