@@ -59,6 +59,10 @@ def get_args_parser():
                         "batches of --images-per-class images from each of several classes, every pair within a batch "
                         "scored, same and different pairs weighted equally (many more pairs per image computed)")
     p.add_argument("--images-per-class", default=4, type=int, help="images of each class in a batch with --pairing in-batch")
+    p.add_argument("--class-loss", default=0.0, type=float,
+                   help="with --pairing in-batch: also train a linear classifier over the training classes on the "
+                        "backbone features and add its cross-entropy, times this weight, to the loss (e.g. 1.0; "
+                        "features that generalise better to unseen classes; the classifier is not deployed); 0: off")
     p.add_argument("--ema", default=0.0, type=float,
                    help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999) and "
                         "validate, save and deploy it instead of the last step's weights; 0: off")
@@ -87,7 +91,7 @@ def main(argv=None):
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
                augment=args.augment, erase=args.erase, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
                mirror_classes=args.mirror_classes,
-               pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema,
+               pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema, class_loss=args.class_loss,
                val_pairs_per_image=args.val_pairs_per_image,
                eval_batch_size=args.eval_batch_size, run_args=vars(args))
     if best.get("epoch") is not None:

@@ -23,11 +23,14 @@ def atomic_save(obj, path):
 
 
 def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,
-                    average=None):
-    """average: a model.WeightAverage; then `model` holds its averaged weights."""
+                    average=None, classifier=None):
+    """average: a model.WeightAverage; then `model` holds its averaged weights. classifier: the
+    --class-loss classifier, kept only to resume training (it is not part of the model)."""
     extra = {}
     if average is not None:
         extra = {"training_model": average.network.state_dict(), "average_steps": average.steps}
+    if classifier is not None:
+        extra["classifier"] = classifier.state_dict()
     return {
         "format_version": FORMAT_VERSION,
         "config": dict(model.config),

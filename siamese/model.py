@@ -157,18 +157,25 @@ class WeightAverage:
 
 
 class AllPairs(nn.Module):
-    """Training view of a network: (images, labels) -> logits of every pair of images in the batch
-    and whether each pair is same-class. One backbone pass per image scores n(n-1)/2 pairs."""
+    """Training view of a network: (images, labels) -> logits of every pair of images in the batch,
+    whether each pair is same-class, and class logits. One backbone pass per image scores
+    n(n-1)/2 pairs.
 
-    def __init__(self, network):
+    With classes > 0 it carries a linear classifier over the training classes on the backbone
+    features (`--class-loss`): a training aid that shapes the features and is never deployed.
+    Without one the class logits are None."""
+
+    def __init__(self, network, classes=0):
         super().__init__()
         self.network = network
+        self.classifier = nn.Linear(network.config["feature_dim"], classes) if classes else None
 
     def forward(self, images, labels):
         features = self.network.embed(images)
         first, second = torch.triu_indices(len(images), len(images), offset=1, device=images.device)
         logits = self.network.score_features(features[first], features[second])
-        return logits, labels[first] == labels[second]
+        class_logits = None if self.classifier is None else self.classifier(features)
+        return logits, labels[first] == labels[second], class_logits
 
 
 class SimilarityModel(nn.Module):

@@ -29,7 +29,7 @@ from .predict import TorchPredictor
 LR_SCHEDULES = ("constant", "cosine", "step")
 PAIRINGS = ("sampled", "in-batch")
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
-                  "val_best_threshold", "learning_rate", "seconds", "pairs_per_second"]
+                  "val_best_threshold", "learning_rate", "seconds", "pairs_per_second", "train_class_loss"]
 
 
 def make_scheduler(optimizer, schedule, epochs):
@@ -52,39 +52,51 @@ def balanced_weights(same):
 
 
 def _forward_batch(model, batch, *, device, memory_format):
-    """(logits, targets, weights) for a batch of sampled pairs or of class-grouped images."""
+    """(logits, targets, weights, class logits or None, class labels or None) for a batch of
+    sampled pairs or of class-grouped images."""
     if len(batch) == 3:  # img1, img2, label
         img1, img2, label = batch
         img1 = img1.to(device, non_blocking=True, memory_format=memory_format)
         img2 = img2.to(device, non_blocking=True, memory_format=memory_format)
         label = label.to(device, non_blocking=True)
-        return model(img1, img2), label, torch.ones_like(label)
+        return model(img1, img2), label, torch.ones_like(label), None, None
     images, labels = batch  # model is AllPairs
     images = images.to(device, non_blocking=True, memory_format=memory_format)
-    logits, same = model(images, labels.to(device, non_blocking=True))
-    return logits, same.float(), balanced_weights(same)
+    labels = labels.to(device, non_blocking=True)
+    logits, same, class_logits = model(images, labels)
+    return logits, same.float(), balanced_weights(same), class_logits, labels
 
 
 def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, channels_last=False,
-                    progress=None, context=None, average=None):
-    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks.
+                    progress=None, context=None, average=None, class_loss=0.0):
+    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks,
+    and 'class_loss' when the model has a classifier.
 
     The loader yields sampled pairs (img1, img2, label) for a SiameseNetwork, or class-grouped
     images (images, labels) for an AllPairs model; then the loss and accuracy are balanced
-    between same-class and different-class pairs. progress advances by images;
-    a WeightAverage is updated after every step."""
+    between same-class and different-class pairs, and an AllPairs classifier adds its
+    cross-entropy times `class_loss` to the loss ('loss' reports the pair loss alone).
+    progress advances by images; a WeightAverage is updated after every step."""
     context = context or distributed.Context(device=device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
+    class_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps = 0
     start = time.perf_counter()
     for batch in loader:
         with distributed.autocast(device, amp):
-            logits, label, weight = _forward_batch(model, batch, device=device, memory_format=memory_format)
+            logits, label, weight, class_logits, classes = _forward_batch(model, batch, device=device,
+                                                                          memory_format=memory_format)
         per_pair = binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
         loss = (per_pair * weight).sum() / weight.sum()
+        if class_logits is not None:
+            cross_entropy = torch.nn.functional.cross_entropy(class_logits.float(), classes)
+            loss = loss + class_loss * cross_entropy
+            class_loss_sum += cross_entropy.detach()
+        steps += 1
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -99,9 +111,26 @@ def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, chan
         if progress is not None:
             images = sum(len(tensor) for tensor in batch[:-1])  # everything but the labels
             progress.update(images * context.world_size)
-    loss_sum, correct, count = distributed.all_reduce_sum([loss_sum.item(), correct.item(), count.item()], context)
-    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(round(count)),
-            "seconds": time.perf_counter() - start}
+    loss_sum, correct, count, class_loss_sum, steps = distributed.all_reduce_sum(
+        [loss_sum.item(), correct.item(), count.item(), class_loss_sum.item(), steps], context)
+    stats = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(round(count)),
+             "seconds": time.perf_counter() - start}
+    if getattr(getattr(model, "module", model), "classifier", None) is not None:
+        stats["class_loss"] = class_loss_sum / max(steps, 1)
+    return stats
+
+
+def _restore_classifier(classifier, checkpoint, resume):
+    """Resume the --class-loss classifier, which must be there exactly when the run had one."""
+    if ("classifier" in checkpoint) != (classifier is not None):
+        had = "with" if "classifier" in checkpoint else "without"
+        raise UserError(f"'{resume}' was trained {had} --class-loss; resume it {had} --class-loss")
+    if classifier is not None:
+        saved = checkpoint["classifier"]["weight"].shape[0]
+        if saved != classifier.out_features:
+            raise UserError(f"'{resume}' classified {saved} training classes, but this run has {classifier.out_features}; "
+                            f"resume on the same training folder with the same --rotations and --mirror-classes")
+        classifier.load_state_dict(checkpoint["classifier"])
 
 
 def _read_metric_rows(path, before_epoch):
@@ -122,7 +151,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
         augment="full", erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
-        images_per_class=4, ema=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
+        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
@@ -143,6 +172,9 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                         f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
     if not 0.0 <= erase <= 1.0:
         raise UserError(f"--erase is a probability between 0 and 1, got {erase}")
+    if class_loss < 0 or (class_loss > 0 and pairing != "in-batch"):
+        raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
+                        f"image's class); got {class_loss} with --pairing {pairing}")
     if mirror_classes and augment == "full":
         raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
                         "each class with its mirror class")
@@ -173,7 +205,19 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    augmentation = dict(augment=augment, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
+    if pairing == "in-batch":
+        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, visits=pairs_per_image, **augmentation)
+        train_model = AllPairs(model, classes=len(dataset.by_class) if class_loss > 0 else 0).to(device)
+    else:
+        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, pairs_per_image=pairs_per_image,
+                                **augmentation)
+        train_model = model
+    classifier = getattr(train_model, "classifier", None)
+    if checkpoint is not None:
+        _restore_classifier(classifier, checkpoint, resume)
+
+    optimizer = torch.optim.Adam(train_model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = make_scheduler(optimizer, lr_schedule, epochs)
     scaler = distributed.grad_scaler(device, amp)
     best = {"auc": -1.0}
@@ -188,14 +232,6 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if start_epoch > epochs:
         raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
 
-    augmentation = dict(augment=augment, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
-    if pairing == "in-batch":
-        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, visits=pairs_per_image, **augmentation)
-        train_model = AllPairs(model)
-    else:
-        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, pairs_per_image=pairs_per_image,
-                                **augmentation)
-        train_model = model
     try:
         loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
                                  num_replicas=context.world_size, rank=context.rank, images_per_class=images_per_class)
@@ -242,7 +278,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                        disable=not context.is_main, leave=False, dynamic_ncols=True,
                        mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
             stats = train_one_epoch(train_model, loader, optimizer, device=device, scaler=scaler, amp=amp,
-                                    channels_last=channels_last, progress=bar, context=context, average=average)
+                                    channels_last=channels_last, progress=bar, context=context, average=average,
+                                    class_loss=class_loss)
             bar.close()
             scheduler.step()
             if context.is_main:
@@ -253,12 +290,14 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                 row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                        "val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_eer": m["eer"],
                        "val_best_threshold": threshold, "learning_rate": learning_rate_now,
-                       "seconds": stats["seconds"], "pairs_per_second": pairs_per_second}
+                       "seconds": stats["seconds"], "pairs_per_second": pairs_per_second,
+                       "train_class_loss": stats.get("class_loss", "")}
                 rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 _write_metric_rows(metrics_path, rows)
                 for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
-                            "learning_rate", "pairs_per_second"):
-                    writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+                            "learning_rate", "pairs_per_second", "train_class_loss"):
+                    if row[key] != "":
+                        writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
                 writer.flush()
                 improved = m["auc"] > best["auc"]
                 if improved:
@@ -266,13 +305,15 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                             "accuracy": m["best_accuracy"]}
                 state = make_checkpoint(model=validated, average=average, epoch=epoch, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler, threshold=threshold,
-                                        metrics={"train": stats, "val": m, "best": best}, args=run_args)
+                                        metrics={"train": stats, "val": m, "best": best}, args=run_args,
+                                        classifier=classifier)
                 if improved:
                     atomic_save(state, os.path.join(out_path, "best.pth"))
                 atomic_save(state, os.path.join(out_path, "last.pth"))
                 if save_after > 0 and epoch % save_after == 0:
                     atomic_save(state, os.path.join(out_path, f"epoch_{epoch}.pth"))
-                log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f} | "
+                class_part = f" class loss {stats['class_loss']:.4f}" if "class_loss" in stats else ""
+                log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
                     f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | "
                     f"{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
             distributed.barrier(context)

@@ -87,12 +87,27 @@ def test_all_pairs_scores_every_pair_like_the_pair_forward():
     model = SiameseNetwork("resnet18", image_size=32).eval()
     images, labels = torch.randn(5, 3, 32, 32), torch.tensor([0, 0, 1, 2, 1])
     with torch.no_grad():
-        logits, same = AllPairs(model)(images, labels)
+        logits, same, class_logits = AllPairs(model)(images, labels)
         assert logits.shape == same.shape == (10,)  # 5 * 4 / 2 pairs
+        assert class_logits is None  # no classifier without --class-loss
         pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
         expected = model(images[[i for i, _ in pairs]], images[[j for _, j in pairs]])
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
     assert same.tolist() == [bool(labels[i] == labels[j]) for i, j in pairs]
+
+
+def test_all_pairs_classifier_scores_each_image_from_its_features():
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32).eval()
+    all_pairs = AllPairs(model, classes=7).eval()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 6, 6])
+    with torch.no_grad():
+        _, _, class_logits = all_pairs(images, labels)
+        expected = all_pairs.classifier(model.embed(images))
+    assert class_logits.shape == (4, 7)
+    torch.testing.assert_close(class_logits, expected)
+    # a training aid only: the deployed network has no classifier weights
+    assert not any(name.startswith("classifier") for name in model.state_dict())
 
 
 def test_balanced_weights_give_each_kind_of_pair_half_the_loss():

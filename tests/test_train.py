@@ -53,6 +53,22 @@ def test_in_batch_pairing_learns_the_demo_digits(tmp_path):
     assert checkpoint["metrics"]["train"]["pairs"] % 496 == 0 and checkpoint["metrics"]["train"]["pairs"] > 0
 
 
+def test_class_loss_trains_a_classifier_beside_the_pairs(tmp_path):
+    from siamese.demo import build_digits_dataset
+
+    train_dir, val_dir, _ = build_digits_dataset(str(tmp_path / "digits"))
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "2",
+                       *TINY_TRAIN_ARGS, "--batch-size", "32", "--pairing", "in-batch", "--class-loss", "1"]) == 0
+    last = torch.load(str(tmp_path / "out" / "last.pth"), weights_only=True)
+    assert last["metrics"]["best"]["auc"] > 0.85
+    assert last["classifier"]["weight"].shape == (10, 512)  # kept to resume, one row per digit
+    assert not any(name.startswith("classifier") for name in last["model"])  # not part of the model
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        class_losses = [float(r["train_class_loss"]) for r in csv.DictReader(f)]
+    # the 10-way cross-entropy starts near log(10) = 2.3 and falls as the features separate the digits
+    assert len(class_losses) == 2 and class_losses[1] < class_losses[0] < 2.6
+
+
 def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
     from siamese.model import AllPairs, SiameseNetwork
     from siamese.training import train_one_epoch
@@ -98,8 +114,9 @@ def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
     assert all(v.dtype in (torch.float32, torch.int64) for v in checkpoint["model"].values())
 
 
-@pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9"]],
-                         ids=["sampled", "in-batch-ema"])
+@pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9",
+                                         "--class-loss", "0.5"]],
+                         ids=["sampled", "in-batch-ema-class-loss"])
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch, extra):
     import siamese.training
 
@@ -124,8 +141,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path,
     a = torch.load(str(tmp_path / "straight" / "last.pth"), weights_only=True)
     b = torch.load(str(tmp_path / "resumed" / "last.pth"), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
-    weights = ["model", "training_model"] if extra else ["model"]
-    assert ("training_model" in a) == bool(extra)
+    weights = ["model", "training_model", "classifier"] if extra else ["model"]
+    assert ("training_model" in a) == ("classifier" in a) == bool(extra)
     if extra:  # the average's warm-up continues where it stopped
         assert a["average_steps"] == b["average_steps"] > 0
     for key in weights:
@@ -154,6 +171,8 @@ def _error_line(capsys):
     ("unwritable", "cannot write to output folder"),
     ("mirror_with_flips", "--mirror-classes needs --augment affine"),
     ("erase", "--erase is a probability between 0 and 1"),
+    ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
+    ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
     train_dir, val_dir = tiny_dataset
@@ -184,6 +203,15 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--pairing", "in-batch", "--images-per-class", "4", "--batch-size", "6"]
     elif case == "erase":
         extra = ["--erase", "1.5"]
+    elif case == "class_loss_sampled":
+        extra = ["--class-loss", "1"]
+    elif case == "class_loss_resume":
+        run = str(tmp_path / "plain")
+        assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", run, "-e", "1", *TINY_TRAIN_ARGS,
+                           "--pairing", "in-batch", "--images-per-class", "2"]) == 0
+        capsys.readouterr()
+        extra = ["--pairing", "in-batch", "--images-per-class", "2", "--class-loss", "1",
+                 "--resume", os.path.join(run, "last.pth"), "-e", "2"]
     elif case == "mirror_with_flips":
         extra = ["--augment", "full", "--mirror-classes"]
     elif case == "unwritable":
@@ -225,7 +253,8 @@ def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypat
     # 24 images: each rank gets 12 pairs = one full batch of 8 (drop_last); reduced over both ranks
     ("sampled", 16),
     # 4 classes x 6 images in groups of 2: 12 groups, 4 per batch of 8 images, 3 batches: one per
-    # rank (the odd one waits), 8 * 7 / 2 pairs each
+    # rank (the odd one waits), 8 * 7 / 2 pairs each; with the --class-loss classifier in the
+    # synchronised model
     ("in-batch", 56),
 ])
 def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
@@ -234,11 +263,13 @@ def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              os.path.join(ROOT, "train.py"), "--train_path", train_dir, "--val_path", val_dir,
-                             "-o", out, "-e", "2", *TINY_TRAIN_ARGS, "--pairing", pairing, "--images-per-class", "2"],
+                             "-o", out, "-e", "2", *TINY_TRAIN_ARGS, "--pairing", pairing, "--images-per-class", "2",
+                             *(["--class-loss", "1"] if pairing == "in-batch" else [])],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 prints
     assert json.load(open(os.path.join(out, "args.json")))["world_size"] == 2
     checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
     assert checkpoint["metrics"]["train"]["pairs"] == pairs
+    assert ("class_loss" in checkpoint["metrics"]["train"]) == (pairing == "in-batch")
     assert checkpoint["epoch"] == 2 and "auc" in checkpoint["metrics"]["val"]
