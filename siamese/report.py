@@ -99,7 +99,7 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
         name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.jpg"
         _save_jpeg(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name))
 
-    # Decoding, resizing and PNG encoding release the GIL, so threads overlap well.
+    # Decoding, resizing and JPEG encoding release the GIL, so threads overlap them.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(one, range(count)))
     return count
