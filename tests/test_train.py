@@ -173,6 +173,7 @@ def _error_line(capsys):
     ("erase", "--erase is a probability between 0 and 1"),
     ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
+    ("class_count_resume", "training classes, but this run has"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
     train_dir, val_dir = tiny_dataset
@@ -212,6 +213,13 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         capsys.readouterr()
         extra = ["--pairing", "in-batch", "--images-per-class", "2", "--class-loss", "1",
                  "--resume", os.path.join(run, "last.pth"), "-e", "2"]
+    elif case == "class_count_resume":  # turned copies as classes: 4x the classes of the run resumed
+        run = str(tmp_path / "classified")
+        in_batch = ["--pairing", "in-batch", "--images-per-class", "2", "--class-loss", "1"]
+        assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", run, "-e", "1", *TINY_TRAIN_ARGS,
+                           *in_batch]) == 0
+        capsys.readouterr()
+        extra = [*in_batch, "--rotations", "4", "--resume", os.path.join(run, "last.pth"), "-e", "2"]
     elif case == "mirror_with_flips":
         extra = ["--augment", "full", "--mirror-classes"]
     elif case == "unwritable":
