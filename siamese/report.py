@@ -75,17 +75,16 @@ def _tile(path, size):
     return _fit(load_image(path), size)
 
 
-def _save_png(img, path):
-    with atomic_open(path, "wb") as f:
-        img.save(f, format="PNG", compress_level=1)
+PNG = {"format": "PNG", "compress_level": 1}  # the plots: line art
+# Pair pictures are mostly photographs: JPEG encodes them 4-8x faster than PNG (the larger share
+# of writing a picture) into smaller files. Quality 90 without chroma subsampling keeps the
+# coloured verdict text crisp.
+JPEG = {"format": "JPEG", "quality": 90, "subsampling": 0}
 
 
-def _save_jpeg(img, path):
-    # Pair pictures are mostly photographs: JPEG encodes them 4-8x faster than PNG (the larger
-    # share of writing a picture) into smaller files. Quality 90 without chroma subsampling keeps
-    # the coloured verdict text crisp.
+def _save(img, path, options):
     with atomic_open(path, "wb") as f:
-        img.save(f, format="JPEG", quality=90, subsampling=0)
+        img.save(f, **options)
 
 
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
@@ -97,7 +96,7 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
         pair, score = evaluation.pairs[i], float(evaluation.scores[i])
         correct = (score >= threshold) == pair.same
         name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.jpg"
-        _save_jpeg(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name))
+        _save(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name), JPEG)
 
     # Decoding, resizing and JPEG encoding release the GIL, so threads overlap them.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -174,9 +173,9 @@ def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=Non
         for pair, score in zip(evaluation.pairs, evaluation.scores):
             writer.writerow([pair.left, pair.right, class_of(pair.left), class_of(pair.right), int(pair.same), f"{score:.6f}"])
     if "auc" in metrics:
-        _save_png(roc_picture(evaluation.scores, evaluation.labels, metrics), paths["roc"])
+        _save(roc_picture(evaluation.scores, evaluation.labels, metrics), paths["roc"], PNG)
     else:
         del paths["roc"]
-    _save_png(errors_picture(evaluation, threshold), paths["errors"])
+    _save(errors_picture(evaluation, threshold), paths["errors"], PNG)
     write_pair_pictures(evaluation, paths["pictures"], threshold=threshold, max_pictures=max_pictures, workers=workers)
     return paths

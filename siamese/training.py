@@ -84,7 +84,7 @@ def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, chan
     correct = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     class_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    steps = 0
+    class_steps = 0
     start = time.perf_counter()
     for batch in loader:
         with distributed.autocast(device, amp):
@@ -96,7 +96,7 @@ def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, chan
             cross_entropy = torch.nn.functional.cross_entropy(class_logits.float(), classes)
             loss = loss + class_loss * cross_entropy
             class_loss_sum += cross_entropy.detach()
-        steps += 1
+            class_steps += 1
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -111,12 +111,12 @@ def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, chan
         if progress is not None:
             images = sum(len(tensor) for tensor in batch[:-1])  # everything but the labels
             progress.update(images * context.world_size)
-    loss_sum, correct, count, class_loss_sum, steps = distributed.all_reduce_sum(
-        [loss_sum.item(), correct.item(), count.item(), class_loss_sum.item(), steps], context)
+    loss_sum, correct, count, class_loss_sum, class_steps = distributed.all_reduce_sum(
+        [loss_sum.item(), correct.item(), count.item(), class_loss_sum.item(), class_steps], context)
     stats = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1), "pairs": int(round(count)),
              "seconds": time.perf_counter() - start}
-    if getattr(getattr(model, "module", model), "classifier", None) is not None:
-        stats["class_loss"] = class_loss_sum / max(steps, 1)
+    if class_steps:
+        stats["class_loss"] = class_loss_sum / class_steps
     return stats
 
 
