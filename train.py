@@ -51,6 +51,9 @@ def get_args_parser():
                    help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
                         "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
+    p.add_argument("--jitter", default=0.0, type=float,
+                   help="random brightness and contrast: each scaled by a factor from [1 - J, 1 + J] per training image "
+                        "(robustness to lighting and exposure; 0: off)")
     p.add_argument("--erase", default=0.0, type=float,
                    help="probability of random erasing: one random rectangle of a training image set to the mean colour "
                         "(robustness to occlusion; 0: off)")
@@ -89,7 +92,7 @@ def main(argv=None):
                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
-               augment=args.augment, erase=args.erase, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
+               augment=args.augment, jitter=args.jitter, erase=args.erase, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
                mirror_classes=args.mirror_classes,
                pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema, class_loss=args.class_loss,
                val_pairs_per_image=args.val_pairs_per_image,

@@ -40,6 +40,14 @@ def augment(img, rng, *, flip=True):
     return TF.hflip(img) if flip and rng.random() < 0.5 else img
 
 
+def jitter_light(img, rng, strength):
+    """Brightness, then contrast, each scaled by a factor drawn from [1 - strength, 1 + strength]:
+    the same face under other lighting or exposure (the affine augmentation leaves pixel values
+    as they are)."""
+    img = TF.adjust_brightness(img, rng.uniform(1.0 - strength, 1.0 + strength))
+    return TF.adjust_contrast(img, rng.uniform(1.0 - strength, 1.0 + strength))
+
+
 def random_erase(array, rng, *, area=(0.02, 0.33), aspect=(0.3, 3.3)):
     """Random erasing (Zhong et al. 2017): one rectangle of a normalised (C, H, W) array, in place,
     set to 0, the mean colour. It teaches the model not to lean on any one part of the image."""
@@ -61,14 +69,16 @@ class _TrainingImages(Dataset):
     trick for more classes from the same images: a turned or mirrored character is another one).
     Decoded, resized files are cached: decoding and resizing dominate loading for small images."""
 
-    def __init__(self, folder, preprocessing, *, seed, augment="full", erase=0.0, rotations=1, mirror_classes=False,
-                 cache_images=True):
+    def __init__(self, folder, preprocessing, *, seed, augment="full", jitter=0.0, erase=0.0, rotations=1,
+                 mirror_classes=False, cache_images=True):
         if augment is True or augment is False:
             augment = "full" if augment else "none"
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}")
         if rotations not in (1, 2, 4):
             raise ValueError("rotations must be 1, 2 or 4")
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError("jitter is a strength from 0 up to (not including) 1")
         if not 0.0 <= erase <= 1.0:
             raise ValueError("erase is a probability between 0 and 1")
         if mirror_classes and augment == "full":
@@ -77,6 +87,7 @@ class _TrainingImages(Dataset):
         self.preprocessing = preprocessing
         self.seed = seed
         self.augment = augment
+        self.jitter = jitter
         self.erase = erase
         self.rotations = rotations
         variants = rotations * (2 if mirror_classes else 1)
@@ -108,6 +119,8 @@ class _TrainingImages(Dataset):
         img = self._image(v)
         if self.augment != "none":
             img = augment(img, rng, flip=self.augment == "full")
+        if self.jitter:
+            img = jitter_light(img, rng, self.jitter)
         array = self.preprocessing.normalize(img)
         if self.erase and rng.random() < self.erase:
             random_erase(array, rng)

@@ -150,7 +150,7 @@ def _write_metric_rows(path, rows):
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
-        augment="full", erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
+        augment="full", jitter=0.0, erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
         images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
@@ -170,6 +170,9 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
         raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
                         f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
+    if not 0.0 <= jitter < 1.0:
+        raise UserError(f"--jitter is a strength from 0 (off) up to, not including, 1 (0.4 draws factors from 0.6 to 1.4), "
+                        f"got {jitter}")
     if not 0.0 <= erase <= 1.0:
         raise UserError(f"--erase is a probability between 0 and 1, got {erase}")
     if class_loss < 0 or (class_loss > 0 and pairing != "in-batch"):
@@ -205,7 +208,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
-    augmentation = dict(augment=augment, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
+    augmentation = dict(augment=augment, jitter=jitter, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
     if pairing == "in-batch":
         dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, visits=pairs_per_image, **augmentation)
         train_model = AllPairs(model, classes=len(dataset.by_class) if class_loss > 0 else 0).to(device)

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from siamese.data import (ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, random_erase, set_loader_epoch,
-                          training_loader)
+from siamese.data import (ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, jitter_light, random_erase,
+                          set_loader_epoch, training_loader)
 from siamese.images import Preprocessing, scan_folder
 
 
@@ -106,6 +107,28 @@ def test_erase_applies_with_its_probability(tiny_folder):
         a, b = plain[key][0], always[key][0]
         changed = a != b
         assert changed.any() and (b[changed] == 0.0).all()
+
+
+def test_jitter_light_scales_brightness_and_contrast_within_its_strength():
+    ramp = Image.fromarray(np.tile(np.linspace(60, 190, 32).astype(np.uint8), (8, 1)))
+    rng = np.random.default_rng(0)
+    spreads = []
+    for _ in range(20):
+        out = np.asarray(jitter_light(ramp, rng, 0.4), dtype=float)
+        assert (np.diff(out, axis=1) >= 0).all()  # an increasing map of the pixel values: no geometry change
+        spreads.append(out.std() / np.asarray(ramp, dtype=float).std())
+    # contrast x brightness, each within [0.6, 1.4] (rounding to 8 bits aside)
+    assert all(0.6 * 0.6 - 0.03 <= r <= 1.4 * 1.4 + 0.03 for r in spreads)
+    assert max(spreads) > 1.2 and min(spreads) < 0.8
+
+
+def test_jitter_applies_to_training_images(tiny_folder):
+    folder = scan_folder(tiny_folder)
+    plain = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="none")
+    lit = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augment="none", jitter=0.4)
+    assert all(not torch.equal(plain[k][0], lit[k][0]) for k in [(0, v, 0) for v in range(6)])
+    with pytest.raises(ValueError, match="jitter"):
+        TrainingImages(folder, Preprocessing(image_size=16), seed=3, jitter=1.0)
 
 
 def _batches(sampler, epoch):

@@ -115,8 +115,8 @@ def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9",
-                                         "--class-loss", "0.5"]],
-                         ids=["sampled", "in-batch-ema-class-loss"])
+                                         "--class-loss", "0.5", "--jitter", "0.3"]],
+                         ids=["sampled", "in-batch-ema-class-loss-jitter"])
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch, extra):
     import siamese.training
 
@@ -171,6 +171,7 @@ def _error_line(capsys):
     ("unwritable", "cannot write to output folder"),
     ("mirror_with_flips", "--mirror-classes needs --augment affine"),
     ("erase", "--erase is a probability between 0 and 1"),
+    ("jitter", "--jitter is a strength from 0 (off) up to, not including, 1"),
     ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
     ("class_count_resume", "training classes, but this run has"),
@@ -204,6 +205,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--pairing", "in-batch", "--images-per-class", "4", "--batch-size", "6"]
     elif case == "erase":
         extra = ["--erase", "1.5"]
+    elif case == "jitter":
+        extra = ["--jitter", "1"]
     elif case == "class_loss_sampled":
         extra = ["--class-loss", "1"]
     elif case == "class_loss_resume":
