@@ -92,8 +92,8 @@ def main(argv=None):
                batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
                amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
-               augment=args.augment, jitter=args.jitter, erase=args.erase, pairs_per_image=args.pairs_per_image, rotations=args.rotations,
-               mirror_classes=args.mirror_classes,
+               augment=args.augment, jitter=args.jitter, erase=args.erase, pairs_per_image=args.pairs_per_image,
+               rotations=args.rotations, mirror_classes=args.mirror_classes,
                pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema, class_loss=args.class_loss,
                val_pairs_per_image=args.val_pairs_per_image,
                eval_batch_size=args.eval_batch_size, run_args=vars(args))

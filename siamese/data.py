@@ -42,8 +42,8 @@ def augment(img, rng, *, flip=True):
 
 def jitter_light(img, rng, strength):
     """Brightness, then contrast, each scaled by a factor drawn from [1 - strength, 1 + strength]:
-    the same face under other lighting or exposure (the affine augmentation leaves pixel values
-    as they are)."""
+    the same subject under other lighting or exposure (the affine augmentation moves pixels but
+    leaves their values as they are)."""
     img = TF.adjust_brightness(img, rng.uniform(1.0 - strength, 1.0 + strength))
     return TF.adjust_contrast(img, rng.uniform(1.0 - strength, 1.0 + strength))
 
