@@ -23,19 +23,31 @@ def prepare_output_dir(path, *, what="output folder"):
     return path
 
 
-@contextlib.contextmanager
-def atomic_open(path, mode="w", **kwargs):
-    """Open a temporary file beside path; on success it replaces path in one rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+def _read_umask():
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # the permissions of a normally created file, not mkstemp's 0600
+    return umask
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while threads create files.
+_UMASK = _read_umask()
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", *, durable=True, **kwargs):
+    """Open a temporary file beside path; on success it replaces path in one rename, so the file
+    is whole or absent even if the process is killed. durable=True also syncs the data to disk
+    first, so a power cut cannot leave an empty file either; outputs that are cheap to write
+    again (the pair pictures, thousands of them) skip that sync."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a normally created file, not mkstemp's 0600
     try:
         with os.fdopen(handle, mode, **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -18,6 +18,7 @@ TILE = 192
 GREEN, RED, GREY, BLUE = (0, 140, 60), (200, 30, 30), (120, 120, 120), (30, 80, 200)
 
 
+@functools.lru_cache(maxsize=None)
 def _font(size):
     try:
         return ImageFont.load_default(size=size)
@@ -36,13 +37,35 @@ def _fit(img, size):
     return tile
 
 
-def _fit_text(draw, text, font, width):
+def _fit_text(text, font, width):
     """Shorten text with an ellipsis until it fits the width in pixels."""
-    if draw.textlength(text, font=font) <= width:
+    if font.getlength(text) <= width:
         return text
-    while text and draw.textlength(text + "...", font=font) > width:
+    while text and font.getlength(text + "...") > width:
         text = text[:-1]
     return text + "..."
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_mask(text, size, max_width=None):
+    """(mask, advance): the text rendered once as a coverage mask, however many pictures show it
+    (rendering text is most of the time it takes to draw a pair picture)."""
+    font = _font(size)
+    if max_width is not None:
+        text = _fit_text(text, font, max_width)
+    _, _, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (max(1, right), max(1, bottom)))
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    return mask, font.getlength(text)
+
+
+def _write(canvas, xy, pieces, colour, size, max_width=None):
+    """Text made of pieces, each rendered once (a score's digits apart from the words around it)."""
+    x, y = xy
+    for piece in pieces:
+        mask, advance = _text_mask(piece, size, max_width)
+        canvas.paste(colour, (round(x), y), mask)
+        x += advance
 
 
 def class_of(path):
@@ -55,15 +78,14 @@ def pair_picture(left, right, score, same, threshold, *, tile=TILE):
     correct = predicted == same
     header = max(40, tile // 4)
     canvas = Image.new("RGB", (2 * tile + 12, tile + header + 8), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
     colour = GREEN if correct else RED
-    draw.rectangle([0, 0, canvas.width - 1, canvas.height - 1], outline=colour, width=4)
-    font = _font(max(11, tile // 14))
+    ImageDraw.Draw(canvas).rectangle([0, 0, canvas.width - 1, canvas.height - 1], outline=colour, width=4)
+    size = max(11, tile // 14)
     verdict = "RIGHT" if correct else "WRONG"
     truth = "same" if same else "different"
-    draw.text((8, 6), f"similarity {score:.3f}  {verdict}", fill=colour, font=font)
-    draw.text((8, 6 + header // 2), _fit_text(draw, f"{class_of(left)} | {class_of(right)} ({truth})", font,
-                                              canvas.width - 16), fill=(0, 0, 0), font=font)
+    _write(canvas, (8, 6), ("similarity ", f"{score:.3f}", f"  {verdict}"), colour, size)
+    _write(canvas, (8, 6 + header // 2), (f"{class_of(left)} | {class_of(right)} ({truth})",), (0, 0, 0), size,
+           max_width=canvas.width - 16)
     for k, path in enumerate((left, right)):
         canvas.paste(_tile(path, tile), (4 + k * (tile + 4), header))
     return canvas
@@ -82,8 +104,8 @@ PNG = {"format": "PNG", "compress_level": 1}  # the plots: line art
 JPEG = {"format": "JPEG", "quality": 90, "subsampling": 0}
 
 
-def _save(img, path, options):
-    with atomic_open(path, "wb") as f:
+def _save(img, path, options, durable=True):
+    with atomic_open(path, "wb", durable=durable) as f:
         img.save(f, **options)
 
 
@@ -96,7 +118,9 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
         pair, score = evaluation.pairs[i], float(evaluation.scores[i])
         correct = (score >= threshold) == pair.same
         name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.jpg"
-        _save(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name), JPEG)
+        # Not synced to disk one by one: thousands of fsyncs would take longer than the drawing.
+        _save(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name), JPEG,
+              durable=False)
 
     # Decoding, resizing and JPEG encoding release the GIL, so threads overlap them.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
