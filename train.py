@@ -78,7 +78,8 @@ def get_args_parser():
                    help="each class mirrored left-right is a class of its own (for characters; needs --augment "
                         "affine or none, since a flip would mix a class with its mirror)")
     p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
-    p.add_argument("--eval-batch-size", default=64, type=int, help="images per batch when validating")
+    p.add_argument("--eval-batch-size", default=None, type=int,
+                   help="images per batch when validating (default: 64 on a GPU, 8 at 224 px on a CPU; see eval.py)")
     return p
 
 

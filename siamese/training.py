@@ -151,7 +151,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
         augment="full", jitter=0.0, erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
-        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=64, run_args=None,
+        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=None, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""

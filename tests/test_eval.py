@@ -10,8 +10,10 @@ from PIL import Image
 import eval as eval_script
 from conftest import make_folder
 from siamese.checkpoint import load_model
+from siamese.errors import UserError
 from siamese.evaluate import evaluate, resolve_threshold
 from siamese.images import scan_folder
+from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs, one_shot_trials
 from siamese.predict import TorchPredictor
 
@@ -139,3 +141,38 @@ def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
                              "--workers", "0", "--device", "cpu"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["pairs"] == 3 and metrics["positive_pairs"] == 2
+
+
+def test_default_batch_size_follows_the_image_size_on_a_cpu():
+    from siamese.predict import default_batch_size
+
+    assert [default_batch_size("cpu", size) for size in (224, 128, 64, 32)] == [8, 16, 64, 256]
+    assert default_batch_size("cuda", 224) == default_batch_size("cuda:1", 32) == 64
+    model = SiameseNetwork("resnet18", image_size=32)
+    assert TorchPredictor(model).batch_size == 256 and TorchPredictor(model, batch_size=5).batch_size == 5
+    with pytest.raises(UserError, match="at least 1"):
+        TorchPredictor(model, batch_size=0)
+
+
+def test_images_load_in_the_main_process_on_a_cpu(tiny_dataset, trained_checkpoint, monkeypatch):
+    import siamese.predict
+
+    seen = []
+    real = siamese.predict.DataLoader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(siamese.predict, "DataLoader", spy)
+    model, _ = load_model(trained_checkpoint)
+    TorchPredictor(model, workers=2).embed_paths(scan_folder(tiny_dataset[1]).paths)
+    assert seen == [0]
+
+
+def test_bad_batch_size_is_one_line(tiny_dataset, trained_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert eval_script.main(["-v", tiny_dataset[1], "-o", out, "-c", trained_checkpoint, "--batch-size", "-4",
+                             "--device", "cpu"]) == 2
+    assert "batch size must be at least 1" in _error(capsys)
+    assert not os.path.exists(out)
