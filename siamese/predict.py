@@ -16,7 +16,7 @@ from .errors import UserError
 
 # On a CPU, the backbone ran fastest with batches of about this many pixels, whose activations
 # stay in the caches: resnet18 at 224 px gave 88 images/s at batch 8 against 59 at batch 64; the
-# best batch was 8 at 224 px, 16 at 128, 64 at 64 and 256 at 32 (bench/eval_throughput.py, 2 cores).
+# best batch was 8 at 224 px, 16 at 128, 64 at 64 and 256 at 32 (2 cores; README, Speed).
 CPU_BATCH_PIXELS = 320_000
 GPU_BATCH_SIZE = 64
 

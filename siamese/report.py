@@ -60,7 +60,8 @@ def _text_mask(text, size, max_width=None):
 
 
 def _write(canvas, xy, pieces, colour, size, max_width=None):
-    """Text made of pieces, each rendered once (a score's digits apart from the words around it)."""
+    """Text made of pieces, each rendered once (a score's digits apart from the words around it);
+    max_width shortens each piece on its own, so give it with a single piece."""
     x, y = xy
     for piece in pieces:
         mask, advance = _text_mask(piece, size, max_width)

@@ -68,6 +68,8 @@ class DeployedModel:
 
 class OnnxRuntimeModel(DeployedModel):
     def __init__(self, path, *, providers=None, batch_size=None):
+        if batch_size is not None and batch_size < 1:
+            raise UserError(f"the batch size must be at least 1, not {batch_size}")
         try:
             import onnxruntime
         except ImportError:

@@ -148,6 +148,10 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     assert "ONNX Runtime cannot load" in _error(capsys)
     assert torch_to_onnx.main(["-c", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "does not exist" in _error(capsys)
+    out = tmp_path / "eval"
+    assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(out), "--engine", onnx_model, "--batch-size", "0"]) == 2
+    assert "batch size must be at least 1" in _error(capsys)
+    assert not out.exists()
 
 
 def test_engine_path_without_tensorrt_is_clear(tmp_path, capsys, monkeypatch):
