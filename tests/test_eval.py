@@ -15,7 +15,7 @@ from siamese.evaluate import evaluate, resolve_threshold
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs, one_shot_trials
-from siamese.predict import TorchPredictor
+from siamese.predict import TorchPredictor, default_batch_size
 
 
 def test_cached_features_equal_the_full_pair_forward(tiny_dataset, trained_checkpoint):
@@ -144,8 +144,6 @@ def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
 
 
 def test_default_batch_size_follows_the_image_size_on_a_cpu():
-    from siamese.predict import default_batch_size
-
     assert [default_batch_size("cpu", size) for size in (224, 128, 64, 32)] == [8, 16, 64, 256]
     assert default_batch_size("cuda", 224) == default_batch_size("cuda:1", 32) == 64
     model = SiameseNetwork("resnet18", image_size=32)
