@@ -172,6 +172,7 @@ def _error_line(capsys):
     ("mirror_with_flips", "--mirror-classes needs --augment affine"),
     ("erase", "--erase is a probability between 0 and 1"),
     ("jitter", "--jitter is a strength from 0 (off) up to, not including, 1"),
+    ("eval_batch_size", "--eval-batch-size must be at least 1"),
     ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
     ("class_count_resume", "training classes, but this run has"),
@@ -207,6 +208,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--erase", "1.5"]
     elif case == "jitter":
         extra = ["--jitter", "1"]
+    elif case == "eval_batch_size":
+        extra = ["--eval-batch-size", "0"]
     elif case == "class_loss_sampled":
         extra = ["--class-loss", "1"]
     elif case == "class_loss_resume":
