@@ -9,6 +9,13 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
+def check_batch_size(batch_size, name="the batch size"):
+    """None (the default) or a positive count; anything else is the user's error."""
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"{name} must be at least 1, not {batch_size}")
+    return batch_size
+
+
 # A UserError raised inside a DataLoader worker comes back with the worker's traceback
 # folded into its message; the user only needs the last line.
 _WORKER_LINE = re.compile(r"UserError: (.+)\s*$")

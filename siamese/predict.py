@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .data import ImageFiles, loader_options
 from .distributed import autocast
-from .errors import UserError
+from .errors import check_batch_size
 
 
 # On a CPU, the backbone ran fastest with batches of about this many pixels, whose activations
@@ -33,9 +33,7 @@ class TorchPredictor:
     def __init__(self, model, *, device="cpu", batch_size=None, workers=0, amp=False, channels_last=False):
         self.model = model
         self.device = torch.device(device)
-        if batch_size is not None and batch_size < 1:
-            raise UserError(f"the batch size must be at least 1, not {batch_size}")
-        self.batch_size = batch_size or default_batch_size(self.device, model.preprocessing.image_size)
+        self.batch_size = check_batch_size(batch_size) or default_batch_size(self.device, model.preprocessing.image_size)
         self.workers = workers
         self.amp = amp
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

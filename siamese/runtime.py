@@ -16,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from tqdm import tqdm
 
-from .errors import UserError
+from .errors import UserError, check_batch_size
 from .images import Preprocessing
 
 INPUT_NAMES = ("img1", "img2")
@@ -68,8 +68,7 @@ class DeployedModel:
 
 class OnnxRuntimeModel(DeployedModel):
     def __init__(self, path, *, providers=None, batch_size=None):
-        if batch_size is not None and batch_size < 1:
-            raise UserError(f"the batch size must be at least 1, not {batch_size}")
+        check_batch_size(batch_size)
         try:
             import onnxruntime
         except ImportError:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
-from .errors import UserError
+from .errors import UserError, check_batch_size
 from .evaluate import evaluate
 from .files import atomic_open, prepare_output_dir
 from .images import scan_folder
@@ -167,8 +167,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         raise UserError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{pairing}'")
     if not 0.0 <= ema < 1.0:
         raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {ema}")
-    if eval_batch_size is not None and eval_batch_size < 1:
-        raise UserError(f"--eval-batch-size must be at least 1, got {eval_batch_size}")
+    check_batch_size(eval_batch_size, "--eval-batch-size")  # before the output folder is made
     if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
         raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
                         f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
