@@ -1,4 +1,5 @@
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -52,6 +53,17 @@ def test_preprocessing_resizes_then_normalises():
     expected = (np.array([1.0, 0.0, 128 / 255]) - np.array(prep.mean)) / np.array(prep.std)
     np.testing.assert_allclose(array[:, 4, 4], expected, rtol=1e-6)
 
+
+
+def test_normalize_gives_every_level_of_every_channel_its_formula_value():
+    prep = Preprocessing(image_size=16, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))
+    rng = np.random.default_rng(0)
+    pixels = rng.permutation(np.stack([np.arange(256, dtype=np.uint8)] * 3, axis=1)).reshape(16, 16, 3)
+    array = prep.normalize(Image.fromarray(pixels, "RGB"))
+    x = pixels.astype(np.float32) * np.float32(1.0 / 255.0)
+    expected = (x - np.float32([0.1, 0.5, 0.9])) / np.float32([0.2, 0.3, 0.4])
+    assert np.array_equal(array, expected.transpose(2, 0, 1))  # exactly, not merely close
+    assert pickle.loads(pickle.dumps(prep)) == prep  # loader processes receive it pickled
 
 def _two_classes(tmp_path, counts=(2, 1)):
     for c, n in enumerate(counts):
