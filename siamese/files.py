@@ -3,7 +3,9 @@ reported before any work starts."""
 
 import contextlib
 import os
+import shutil
 import tempfile
+import threading
 
 from .errors import UserError
 
@@ -23,33 +25,48 @@ def prepare_output_dir(path, *, what="output folder"):
     return path
 
 
-def _read_umask():
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-# Read once: os.umask can only be read by setting it, which is not safe while threads create files.
-_UMASK = _read_umask()
-
-
 @contextlib.contextmanager
-def atomic_open(path, mode="w", *, durable=True, **kwargs):
-    """Open a temporary file beside path; on success it replaces path in one rename, so the file
-    is whole or absent even if the process is killed. durable=True also syncs the data to disk
-    first, so a power cut cannot leave an empty file either; outputs that are cheap to write
-    again (the pair pictures, thousands of them) skip that sync."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions of a normally created file, not mkstemp's 0600
+def atomic_open(path, mode="w", **kwargs):
+    """Open a temporary file beside path; on success its data is synced to disk and it replaces
+    path in one rename, so the file is whole or absent even after a kill or a power cut."""
+    directory, name = os.path.split(os.path.abspath(path))
+    # Named after the file, the process and the thread, so concurrent writers never share one,
+    # and created as open() creates files, so the umask sets its permissions as usual.
+    tmp = os.path.join(directory, f".tmp-{name[:120]}.{os.getpid()}.{threading.get_ident()}")
+    handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     try:
         with os.fdopen(handle, mode, **kwargs) as f:
             yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a hidden folder beside path to fill with plain writes; on success it replaces path as
+    a whole, so the folder holds this run's files only (none left over from an earlier run) and
+    never a half-written one. On failure the earlier folder stays as it was."""
+    parent, name = os.path.split(os.path.abspath(path))
+    staging = os.path.join(parent, f".tmp-{name}.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run that had this process id
+    os.mkdir(staging)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if os.path.lexists(path):
+        earlier = os.path.join(parent, f".tmp-earlier-{name}.{os.getpid()}")
+        os.rename(path, earlier)
+        os.rename(staging, path)
+        if os.path.isdir(earlier) and not os.path.islink(earlier):
+            shutil.rmtree(earlier)
+        else:
+            os.remove(earlier)
+    else:
+        os.rename(staging, path)
