@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .files import atomic_open
+from .files import atomic_folder, atomic_open
 from .images import load_image
 from .metrics import roc
 
-TILE = 192
+TILE = 192  # pictures show images at their own size, scaled down to this at most
+MIN_TILE = 96  # and enlarged to this at least
 GREEN, RED, GREY, BLUE = (0, 140, 60), (200, 30, 30), (120, 120, 120), (30, 80, 200)
 
 
@@ -27,14 +28,13 @@ def _font(size):
 
 
 def _fit(img, size):
-    """Scale to fit a size x size tile, keeping the aspect ratio; small images are enlarged
+    """Scale to fit a size x size square, keeping the aspect ratio; small images are enlarged
     with hard pixel edges so they stay legible."""
     ratio = min(size / img.width, size / img.height)
     new_size = (max(1, round(img.width * ratio)), max(1, round(img.height * ratio)))
-    img = img.resize(new_size, Image.NEAREST if ratio >= 2 else Image.BILINEAR)
-    tile = Image.new("RGB", (size, size), (255, 255, 255))
-    tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
-    return tile
+    if new_size == img.size:
+        return img
+    return img.resize(new_size, Image.NEAREST if ratio >= 2 else Image.BILINEAR)
 
 
 def _fit_text(text, font, width):
@@ -73,8 +73,12 @@ def class_of(path):
     return os.path.basename(os.path.dirname(path))
 
 
-def pair_picture(left, right, score, same, threshold, *, tile=TILE):
-    """Both images in their own colours, their classes, the similarity, marked right or wrong."""
+def pair_picture(left, right, score, same, threshold, *, tile=None):
+    """Both images in their own colours, their classes, the similarity, marked right or wrong.
+    tile: the square each image is fitted to (default: the larger image's own size, within
+    MIN_TILE..TILE; enlarging a 92 x 112 face would only add pixels to encode, not detail)."""
+    images = [_tile(path, tile) for path in (left, right)]
+    tile = tile or max(side for img in images for side in img.size)
     predicted = score >= threshold
     correct = predicted == same
     header = max(40, tile // 4)
@@ -83,19 +87,21 @@ def pair_picture(left, right, score, same, threshold, *, tile=TILE):
     ImageDraw.Draw(canvas).rectangle([0, 0, canvas.width - 1, canvas.height - 1], outline=colour, width=4)
     size = max(11, tile // 14)
     verdict = "RIGHT" if correct else "WRONG"
-    truth = "same" if same else "different"
+    # The truth first: when long class names are cut short to fit, what is cut is a name.
+    truth = f"same: {class_of(left)}" if same else f"different: {class_of(left)} | {class_of(right)}"
     _write(canvas, (8, 6), ("similarity ", f"{score:.3f}", f"  {verdict}"), colour, size)
-    _write(canvas, (8, 6 + header // 2), (f"{class_of(left)} | {class_of(right)} ({truth})",), (0, 0, 0), size,
-           max_width=canvas.width - 16)
-    for k, path in enumerate((left, right)):
-        canvas.paste(_tile(path, tile), (4 + k * (tile + 4), header))
+    _write(canvas, (8, 6 + header // 2), (truth,), (0, 0, 0), size, max_width=canvas.width - 16)
+    for k, img in enumerate(images):
+        canvas.paste(img, (4 + k * (tile + 4) + (tile - img.width) // 2, header + (tile - img.height) // 2))
     return canvas
 
 
-@functools.lru_cache(maxsize=1024)  # at most ~110 MB of 192 px tiles
-def _tile(path, size):
-    """An image fitted to its tile, decoded once however many pairs show it."""
-    return _fit(load_image(path), size)
+@functools.lru_cache(maxsize=1024)  # at most ~110 MB of 192 px images
+def _tile(path, size=None):
+    """An image fitted to a size x size square (None: its own size within MIN_TILE..TILE),
+    decoded once however many pairs show it."""
+    img = load_image(path)
+    return _fit(img, size or min(TILE, max(MIN_TILE, img.width, img.height)))
 
 
 PNG = {"format": "PNG", "compress_level": 1}  # the plots: line art
@@ -105,13 +111,14 @@ PNG = {"format": "PNG", "compress_level": 1}  # the plots: line art
 JPEG = {"format": "JPEG", "quality": 90, "subsampling": 0}
 
 
-def _save(img, path, options, durable=True):
-    with atomic_open(path, "wb", durable=durable) as f:
+def _save(img, path, options):
+    with atomic_open(path, "wb") as f:
         img.save(f, **options)
 
 
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
-    os.makedirs(folder, exist_ok=True)
+    """One JPEG per pair in folder, which is replaced as a whole: no picture of an earlier run
+    (another model's verdicts) stays beside this run's."""
     count = len(evaluation.pairs) if max_pictures is None else min(max_pictures, len(evaluation.pairs))
     width = len(str(max(len(evaluation.pairs) - 1, 0)))  # stable names, whatever max_pictures is
 
@@ -119,13 +126,19 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
         pair, score = evaluation.pairs[i], float(evaluation.scores[i])
         correct = (score >= threshold) == pair.same
         name = f"{i:0{width}d}_{'same' if pair.same else 'diff'}_{'right' if correct else 'wrong'}.jpg"
-        # Not synced to disk one by one: thousands of fsyncs would take longer than the drawing.
-        _save(pair_picture(pair.left, pair.right, score, pair.same, threshold), os.path.join(folder, name), JPEG,
-              durable=False)
+        # A plain write: the folder only appears once every picture is whole, and thousands of
+        # fsyncs would take longer than the drawing.
+        pair_picture(pair.left, pair.right, score, pair.same, threshold).save(os.path.join(staging, name), **JPEG)
 
-    # Decoding, resizing and JPEG encoding release the GIL, so threads overlap them.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, range(count)))
+    def every(start, step):  # one task per thread: a task per picture cost a third more time
+        for i in range(start, count, step):
+            one(i)
+
+    workers = max(1, workers)
+    with atomic_folder(folder) as staging:
+        # Decoding, resizing and file writes release the GIL, so threads overlap them.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(every, range(workers), [workers] * workers))
     return count
 
 

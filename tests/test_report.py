@@ -1,6 +1,7 @@
 import os
 
 import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 import siamese.files
@@ -27,7 +28,7 @@ def test_long_class_names_are_shortened_to_fit(tmp_path):
     for path in (left, right):
         os.makedirs(os.path.dirname(path))
         Image.new("RGB", (40, 30), (90, 90, 90)).save(path)
-    text = f"{report.class_of(left)} | {report.class_of(right)} (different)"
+    text = f"different: {report.class_of(left)} | {report.class_of(right)}"
     mask, advance = report._text_mask(text, 13, 200)
     assert advance <= 200 and mask.width <= 200
     assert report._fit_text(text, report._font(13), 200).endswith("...")
@@ -55,3 +56,60 @@ def test_pictures_are_whole_files_and_only_the_results_are_synced(tmp_path, monk
         with Image.open(os.path.join(paths["pictures"], name)) as img:
             img.load()  # a truncated file would fail here
     assert not [name for name in os.listdir(out) if name.startswith(".tmp-")]
+    assert not [name for name in pictures if name.startswith(".tmp-")]
+
+
+def test_pictures_show_images_at_their_own_size_within_the_tile_limits(tmp_path):
+    sizes = {"face": (92, 112), "tiny": (30, 20), "photo": (1000, 500)}
+    paths = {}
+    for name, size in sizes.items():
+        paths[name] = str(tmp_path / name / "img.png")
+        os.makedirs(os.path.dirname(paths[name]))
+        Image.new("RGB", size, (90, 90, 90)).save(paths[name])
+    assert report._tile(paths["face"]).size == (92, 112)  # not enlarged: that adds pixels, not detail
+    assert report._tile(paths["tiny"]).size == (report.MIN_TILE, report.MIN_TILE * 20 // 30)
+    assert report._tile(paths["photo"]).size == (report.TILE, report.TILE // 2)
+    picture = report.pair_picture(paths["face"], paths["tiny"], 0.2, False, 0.5)
+    assert picture.size == (2 * 112 + 12, 112 + 40 + 8)  # the larger image sets the cell
+
+
+def _evaluation(folder_path, pairs_per_image):
+    folder = scan_folder(make_folder(folder_path, classes=3, per_class=4))
+    pairs = evaluation_pairs(folder, seed=0, pairs_per_image=pairs_per_image)
+    scores = np.linspace(0, 1, len(pairs))
+    return Evaluation(pairs=pairs, scores=scores, metrics=verification_metrics(scores, [p.same for p in pairs], 0.5))
+
+
+def test_a_new_run_replaces_every_picture_of_the_earlier_one(tmp_path):
+    folder = str(tmp_path / "pairs")
+    report.write_pair_pictures(_evaluation(str(tmp_path / "d"), 3), folder, threshold=0.5, workers=2)
+    earlier = set(os.listdir(folder))
+    fewer = _evaluation(str(tmp_path / "d"), 1)
+    fewer.scores = 1 - fewer.scores  # other verdicts: other file names for the same pair numbers
+    report.write_pair_pictures(fewer, folder, threshold=0.5, workers=2)
+    now = set(os.listdir(folder))
+    assert len(now) == len(fewer.pairs) < len(earlier)
+    assert now - earlier  # the new verdicts are there, and nothing of the earlier run is left beside them
+    assert sorted(os.listdir(tmp_path)) == ["d", "pairs"]  # no staging folder left behind
+
+
+def test_a_failed_run_leaves_the_earlier_pictures_as_they_were(tmp_path, monkeypatch):
+    folder = str(tmp_path / "pairs")
+    evaluation = _evaluation(str(tmp_path / "d"), 2)
+    report.write_pair_pictures(evaluation, folder, threshold=0.5, workers=2)
+    earlier = {name: (tmp_path / "pairs" / name).read_bytes() for name in os.listdir(folder)}
+    drawn = []
+
+    def fails_at_the_fifth(*args, **kwargs):
+        if len(drawn) == 4:
+            raise OSError("disk full")
+        drawn.append(1)
+        return real(*args, **kwargs)
+
+    real = report.pair_picture
+    monkeypatch.setattr(report, "pair_picture", fails_at_the_fifth)
+    evaluation.scores = 1 - evaluation.scores  # other pictures, had they been written
+    with pytest.raises(OSError, match="disk full"):
+        report.write_pair_pictures(evaluation, folder, threshold=0.5, workers=1)
+    assert {name: (tmp_path / "pairs" / name).read_bytes() for name in os.listdir(folder)} == earlier
+    assert sorted(os.listdir(tmp_path)) == ["d", "pairs"]
