@@ -50,10 +50,11 @@ def atomic_open(path, mode="w", **kwargs):
 def atomic_folder(path):
     """Yield a hidden folder beside path to fill with plain writes; on success it replaces path as
     a whole, so the folder holds this run's files only (none left over from an earlier run) and
-    never a half-written one. On failure the earlier folder stays as it was."""
+    never a half-written one. On failure the earlier folder stays as it was; what a killed run
+    left beside it is removed by the next run."""
     parent, name = os.path.split(os.path.abspath(path))
+    _remove_left_behind(parent, (f".tmp-{name}.", f".tmp-earlier-{name}."))
     staging = os.path.join(parent, f".tmp-{name}.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run that had this process id
     os.mkdir(staging)
     try:
         yield staging
@@ -64,9 +65,35 @@ def atomic_folder(path):
         earlier = os.path.join(parent, f".tmp-earlier-{name}.{os.getpid()}")
         os.rename(path, earlier)
         os.rename(staging, path)
-        if os.path.isdir(earlier) and not os.path.islink(earlier):
-            shutil.rmtree(earlier)
-        else:
-            os.remove(earlier)
+        _remove(earlier)
     else:
         os.rename(staging, path)
+
+
+def _remove_left_behind(parent, prefixes):
+    """Remove the hidden folders of runs that were killed (their process is gone, or is this one)."""
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            pid = entry.name.rsplit(".", 1)[-1]
+            if entry.name.startswith(prefixes) and pid.isdigit() and not _running_elsewhere(int(pid)):
+                _remove(entry.path)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def _running_elsewhere(pid):
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

@@ -113,3 +113,13 @@ def test_a_failed_run_leaves_the_earlier_pictures_as_they_were(tmp_path, monkeyp
         report.write_pair_pictures(evaluation, folder, threshold=0.5, workers=1)
     assert {name: (tmp_path / "pairs" / name).read_bytes() for name in os.listdir(folder)} == earlier
     assert sorted(os.listdir(tmp_path)) == ["d", "pairs"]
+
+
+def test_folders_left_by_a_killed_run_are_removed(tmp_path):
+    dead = tmp_path / ".tmp-pairs.999999999"  # above any process id Linux hands out
+    dead.mkdir()
+    (dead / "0_same_right.jpg").write_bytes(b"half")
+    alive = tmp_path / f".tmp-pairs.{os.getppid()}"  # a running process: perhaps another run
+    alive.mkdir()
+    report.write_pair_pictures(_evaluation(str(tmp_path / "d"), 1), str(tmp_path / "pairs"), threshold=0.5)
+    assert not dead.exists() and alive.exists()
