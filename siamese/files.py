@@ -59,7 +59,7 @@ def atomic_folder(path):
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
     if os.path.lexists(path):
         earlier = os.path.join(parent, f".tmp-earlier-{name}.{os.getpid()}")

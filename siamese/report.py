@@ -111,9 +111,9 @@ PNG = {"format": "PNG", "compress_level": 1}  # the plots: line art
 JPEG = {"format": "JPEG", "quality": 90, "subsampling": 0}
 
 
-def _save(img, path, options):
+def _save_png(img, path):
     with atomic_open(path, "wb") as f:
-        img.save(f, **options)
+        img.save(f, **PNG)
 
 
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
@@ -211,9 +211,9 @@ def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=Non
         for pair, score in zip(evaluation.pairs, evaluation.scores):
             writer.writerow([pair.left, pair.right, class_of(pair.left), class_of(pair.right), int(pair.same), f"{score:.6f}"])
     if "auc" in metrics:
-        _save(roc_picture(evaluation.scores, evaluation.labels, metrics), paths["roc"], PNG)
+        _save_png(roc_picture(evaluation.scores, evaluation.labels, metrics), paths["roc"])
     else:
         del paths["roc"]
-    _save(errors_picture(evaluation, threshold), paths["errors"], PNG)
+    _save_png(errors_picture(evaluation, threshold), paths["errors"])
     write_pair_pictures(evaluation, paths["pictures"], threshold=threshold, max_pictures=max_pictures, workers=workers)
     return paths
