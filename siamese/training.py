@@ -184,9 +184,12 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                         "each class with its mirror class")
     train_folder = scan_folder(train_path, what="training folder")
     val_folder = scan_folder(val_path, what="validation folder")
-    if context.is_main:
-        prepare_output_dir(out_path)
-    distributed.barrier(context)
+    val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
+    same = sum(pair.same for pair in val_pairs)
+    if same in (0, len(val_pairs)):  # no ROC-AUC to pick the best epoch by
+        raise UserError(f"the {len(val_pairs)} validation pairs drawn from '{val_path}' are all "
+                        f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs both "
+                        f"kinds: add validation images or raise --val-pairs-per-image")
 
     checkpoint = load_checkpoint(resume) if resume else None
     torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
@@ -246,7 +249,6 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     images_per_batch = (batch_size // images_per_class * images_per_class) if pairing == "in-batch" else 2 * batch_size
     if context.distributed:
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
     average = None
     if ema > 0:
         average = WeightAverage(model, ema, steps=checkpoint.get("average_steps", 0) if checkpoint else 0)
@@ -256,6 +258,9 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     predictor = TorchPredictor(validated, device=device, batch_size=eval_batch_size, workers=workers,
                                amp=amp, channels_last=channels_last)
 
+    if context.is_main:
+        prepare_output_dir(out_path)  # only once every input is known to be good: a bad one leaves no folder
+    distributed.barrier(context)
     writer = None
     metrics_path = os.path.join(out_path, "metrics.csv")
     if context.is_main:

@@ -9,6 +9,8 @@ import torch
 
 import train
 from conftest import ROOT, TINY_TRAIN_ARGS, make_folder
+from siamese.images import scan_folder
+from siamese.pairs import evaluation_pairs
 
 
 def run_train(train_dir, val_dir, out, *extra):
@@ -163,6 +165,7 @@ def _error_line(capsys):
     ("empty", "holds no images"),
     ("one_class", "only one class"),
     ("singletons", "has two images"),
+    ("one_kind_of_validation_pair", "validation pairs drawn from"),
     ("corrupt", "bad.png"),
     ("backbone", "unknown backbone"),
     ("weights", "does not fit backbone resnet18"),
@@ -190,6 +193,12 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         train_dir = make_folder(str(tmp_path / "one"), classes=1)
     elif case == "singletons":
         train_dir = make_folder(str(tmp_path / "single"), classes=3, per_class=1)
+    elif case == "one_kind_of_validation_pair":  # 3 images: a seed where every pair drawn is different-class
+        val_dir = make_folder(str(tmp_path / "small_val"), classes=2, per_class=1)
+        make_folder(str(tmp_path / "small_val"), classes=1, per_class=2, seed=1)  # class_0 gets a second image
+        folder = scan_folder(val_dir)
+        seed = next(s for s in range(100) if not any(p.same for p in evaluation_pairs(folder, seed=s)))
+        extra = ["--seed", str(seed)]
     elif case == "corrupt":
         train_dir = make_folder(str(tmp_path / "corrupt"))
         with open(os.path.join(train_dir, "class_1", "bad.png"), "wb") as f:
@@ -235,6 +244,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
     assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "1",
                        *TINY_TRAIN_ARGS, *extra]) == 2
     assert message in _error_line(capsys)
+    if case != "unwritable":
+        assert not os.path.exists(out)  # stopped before writing anything, not even an empty folder
 
 
 def test_script_exits_non_zero_without_traceback(tmp_path):
