@@ -124,7 +124,8 @@ def load_image(path, *, size_hint=None):
     size_hint lets JPEG decoding skip detail that the resize would throw away anyway.
     """
     if not os.path.isfile(path):
-        raise UserError(f"image '{path}' does not exist")
+        raise UserError(f"image '{path}' is a folder; give an image file" if os.path.isdir(path)
+                        else f"image '{path}' does not exist")
     try:
         with Image.open(path) as img:
             if size_hint and img.format == "JPEG":

@@ -134,6 +134,8 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     a = scan_folder(tiny_dataset[1]).paths[0]
     assert infer_tensorrt.main(["--image1", a, "--image2", str(tmp_path / "no.png"), "--engine", onnx_model]) == 2
     assert "no.png' does not exist" in _error(capsys)
+    assert infer_tensorrt.main(["--image1", str(tmp_path), "--image2", a, "--engine", onnx_model]) == 2
+    assert "is a folder; give an image file" in _error(capsys)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     assert infer_tensorrt.main(["--image1", a, "--image2", str(text), "--engine", onnx_model]) == 2
