@@ -70,6 +70,18 @@ def summary(metrics, *, classes=None, threshold_source=None):
     return "\n".join(lines)
 
 
+def constant_scores_note(scores):
+    """A line for a person when every pair got the same similarity, else None. Differences below
+    1e-6 are rounding noise, yet they rank the pairs: the ROC-AUC then strays from 0.5 by chance
+    (0.536 was seen) and looks like a weak model rather than none."""
+    scores = np.asarray(scores)
+    if len(scores) < 2 or np.ptp(scores) > 1e-6:
+        return None
+    return (f"note: every pair got the same similarity ({scores[0]:.3f}, to within 1e-6): the model does not tell these images apart. "
+            f"A backbone trained from scratch can start this way until its BatchNorm statistics settle; train "
+            f"longer, or check that this is the checkpoint meant")
+
+
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
                    calibrated_threshold=None, n_way=0, trials=400, max_pictures=None, workers=4, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
@@ -89,6 +101,9 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
                "pairs_file": pairs_file, **(extra or {})}
     paths = write_report(result, out_path, threshold=threshold, extra=details, max_pictures=max_pictures, workers=workers)
     log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
+    note = constant_scores_note(result.scores)
+    if note:
+        log(note)
     log(f"wrote {paths['metrics']}, {paths['scores']}, " + (f"{paths['roc']}, " if "roc" in paths else "")
         + f"{paths['errors']} and pair pictures in {paths['pictures']}/")
     return result

@@ -19,7 +19,7 @@ from . import distributed
 from .checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError, check_batch_size
-from .evaluate import evaluate
+from .evaluate import constant_scores_note, evaluate
 from .files import atomic_open, prepare_output_dir
 from .images import scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage, build_model
@@ -325,6 +325,9 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                 log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
                     f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | "
                     f"{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
+                note = constant_scores_note(result.scores)
+                if note:
+                    log(note)
             distributed.barrier(context)
     finally:
         if writer is not None:

@@ -11,7 +11,7 @@ import eval as eval_script
 from conftest import make_folder
 from siamese.checkpoint import load_model
 from siamese.errors import UserError
-from siamese.evaluate import evaluate, resolve_threshold
+from siamese.evaluate import evaluate, resolve_threshold, run_evaluation
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs, one_shot_trials
@@ -96,6 +96,17 @@ def test_one_shot_oracle_and_constant(tmp_path):
     assert evaluate(_Oracle(), pairs, trials=trials).one_shot["accuracy"] == 1.0
     assert evaluate(_Oracle(), pairs).metrics["auc"] == 1.0
     assert evaluate(_Constant(), pairs, trials=trials).one_shot["accuracy"] == pytest.approx(1 / 5)
+
+
+def test_a_constant_model_is_named_as_such(tmp_path):
+    val = make_folder(str(tmp_path / "d"), classes=3, per_class=4)
+    lines = []
+    result = run_evaluation(_Constant(), val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, log=lines.append)
+    assert result.metrics["auc"] == 0.5
+    assert any(line.startswith("note: every pair got the same similarity (0.500, to within 1e-6)") for line in lines)
+    lines.clear()
+    run_evaluation(_Oracle(), val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, log=lines.append)
+    assert not any(line.startswith("note:") for line in lines)
 
 
 def _error(capsys):

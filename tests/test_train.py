@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +104,16 @@ def test_amp_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatc
             device="cpu", amp=True, log=lines.append)
     assert any("no bfloat16 instructions" in line and "slower" in line for line in lines)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_constant_validation_scores_get_a_note(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from siamese.predict import TorchPredictor
+
+    monkeypatch.setattr(TorchPredictor, "score_pairs", lambda self, pairs, progress=False: np.full(len(pairs), 0.3))
+    train_dir, val_dir = tiny_dataset
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "1",
+                       *TINY_TRAIN_ARGS]) == 0
+    assert "note: every pair got the same similarity (0.300, to within 1e-6)" in capsys.readouterr().out
 
 
 def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
