@@ -85,15 +85,26 @@ def load_checkpoint(path):
     raise UserError(f"'{path}' is a PyTorch file but not a checkpoint of this toolkit; give a .pth file written by train.py")
 
 
-def load_model(path, *, device="cpu"):
-    """(network in eval mode on device, checkpoint dict) from a checkpoint file."""
+def build_checkpoint_model(checkpoint, path, key="model"):
+    """The network the checkpoint's config describes, holding its weights `key` (`model`, or
+    `training_model` for a run to resume); a UserError when they do not fit each other."""
     from .model import build_model
 
-    checkpoint = load_checkpoint(path)
     model = build_model(checkpoint["config"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise UserError(f"checkpoint '{path}' does not match its recorded model {checkpoint['config'].get('backbone')} ({first})") from None
-    return model.to(device).eval(), checkpoint
+    expected, state = model.state_dict(), checkpoint[key]
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    reshaped = [name for name in expected if name in state and tuple(state[name].shape) != tuple(expected[name].shape)]
+    if missing or unexpected or reshaped:
+        found = [f"{len(names)} {what} (such as {names[0]})" for names, what in
+                 ((missing, "weights missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if names]
+        raise UserError(f"checkpoint '{path}' does not match its recorded model {checkpoint['config'].get('backbone')}: "
+                        f"{', '.join(found)}; it was altered or damaged, so use one as train.py wrote it")
+    model.load_state_dict(state)
+    return model
+
+
+def load_model(path, *, device="cpu"):
+    """(network in eval mode on device, checkpoint dict) from a checkpoint file."""
+    checkpoint = load_checkpoint(path)
+    return build_checkpoint_model(checkpoint, path).to(device).eval(), checkpoint

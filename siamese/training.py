@@ -16,13 +16,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError, check_batch_size
 from .evaluate import constant_scores_note, evaluate
 from .files import atomic_open, prepare_output_dir
 from .images import scan_folder
-from .model import AllPairs, SiameseNetwork, WeightAverage, build_model
+from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
 
@@ -194,8 +194,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     checkpoint = load_checkpoint(resume) if resume else None
     torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
     if checkpoint is not None:
-        model = build_model(checkpoint["config"])
-        model.load_state_dict(checkpoint.get("training_model", checkpoint["model"]))
+        model = build_checkpoint_model(checkpoint, resume, "training_model" if "training_model" in checkpoint else "model")
         start_epoch = checkpoint["epoch"] + 1
         if context.is_main:
             log(f"resuming from {resume} after epoch {checkpoint['epoch']}; the model settings come from it")

@@ -190,6 +190,7 @@ def _error_line(capsys):
     ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
     ("class_count_resume", "training classes, but this run has"),
+    ("altered_resume", "does not match its recorded model resnet34"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
     train_dir, val_dir = tiny_dataset
@@ -246,6 +247,14 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
                            *in_batch]) == 0
         capsys.readouterr()
         extra = [*in_batch, "--rotations", "4", "--resume", os.path.join(run, "last.pth"), "-e", "2"]
+    elif case == "altered_resume":
+        run = str(tmp_path / "altered")
+        assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", run, "-e", "1", *TINY_TRAIN_ARGS]) == 0
+        capsys.readouterr()
+        state = torch.load(os.path.join(run, "last.pth"), weights_only=True)
+        state["config"]["backbone"] = "resnet34"
+        torch.save(state, os.path.join(run, "last.pth"))
+        extra = ["--resume", os.path.join(run, "last.pth"), "-e", "2"]
     elif case == "mirror_with_flips":
         extra = ["--augment", "full", "--mirror-classes"]
     elif case == "unwritable":
