@@ -9,11 +9,15 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
+def check_at_least(value, minimum, name):
+    """None (the default) or a number of at least minimum; anything else is the user's error."""
+    if value is not None and value < minimum:
+        raise UserError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
 def check_batch_size(batch_size, name="the batch size"):
-    """None (the default) or a positive count; anything else is the user's error."""
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"{name} must be at least 1, not {batch_size}")
-    return batch_size
+    return check_at_least(batch_size, 1, name)
 
 
 # A UserError raised inside a DataLoader worker comes back with the worker's traceback

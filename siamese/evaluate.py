@@ -86,10 +86,14 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
                    calibrated_threshold=None, n_way=0, trials=400, max_pictures=None, workers=4, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files."""
+    from .errors import check_at_least
     from .files import prepare_output_dir
     from .images import scan_folder
     from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
     from .report import write_report
+
+    check_at_least(pairs_per_image, 1, "--pairs-per-image")
+    check_at_least(max_pictures, 0, "--max-pictures")
 
     folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
     pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)

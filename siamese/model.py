@@ -114,6 +114,23 @@ class SiameseNetwork(nn.Module):
     def embed(self, images):
         return self.backbone(images)
 
+    def check_image_size(self):
+        """A UserError unless the backbone takes images of the model's size: one image through it
+        before a run writes anything (a ViT takes only the size it was built for)."""
+        size = self.preprocessing.image_size
+        if size < 1:
+            raise UserError(f"--image-size must be at least 1 pixel, not {size}")
+        training = self.training
+        try:
+            with torch.no_grad():
+                self.backbone.eval()(torch.zeros(1, 3, size, size))
+        except Exception as error:  # backbones assert, or fail inside a layer
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"{self.config['backbone']} cannot take {size} px images ({first}); choose another "
+                            f"--image-size or backbone") from None
+        finally:
+            self.train(training)
+
     def score_features(self, features1, features2):
         """Logits (N,) from two batches of backbone features."""
         return self.cls_head(features1 * features2).squeeze(1)

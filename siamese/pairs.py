@@ -110,6 +110,8 @@ def one_shot_trials(folder, *, n_way, trials, seed):
     eligible = [c for c, group in enumerate(by_class) if len(group) >= 2]
     if n_way < 2:
         raise UserError(f"--n-way must be at least 2, got {n_way}")
+    if trials < 1:
+        raise UserError(f"--trials must be at least 1 with --n-way, not {trials}")
     if n_way > len(by_class):
         raise UserError(f"--n-way {n_way} needs {n_way} classes, but the folder has {len(by_class)}")
     result = []

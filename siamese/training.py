@@ -207,6 +207,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         if not context.is_main:
             model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout)
         start_epoch = 1
+    model.check_image_size()
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -191,6 +191,8 @@ def _error_line(capsys):
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
     ("class_count_resume", "training classes, but this run has"),
     ("altered_resume", "does not match its recorded model resnet34"),
+    ("image_size", "--image-size must be at least 1 pixel, not 0"),
+    ("size_for_backbone", "vit_b_16 cannot take 32 px images (Wrong image height! Expected 224 but got 32!)"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
     train_dir, val_dir = tiny_dataset
@@ -255,6 +257,10 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         state["config"]["backbone"] = "resnet34"
         torch.save(state, os.path.join(run, "last.pth"))
         extra = ["--resume", os.path.join(run, "last.pth"), "-e", "2"]
+    elif case == "image_size":
+        extra = ["--image-size", "0"]
+    elif case == "size_for_backbone":
+        extra = ["-b", "vit_b_16"]  # TINY_TRAIN_ARGS train at 32 px
     elif case == "mirror_with_flips":
         extra = ["--augment", "full", "--mirror-classes"]
     elif case == "unwritable":
