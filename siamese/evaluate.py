@@ -94,6 +94,7 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
 
     check_at_least(pairs_per_image, 1, "--pairs-per-image")
     check_at_least(max_pictures, 0, "--max-pictures")
+    check_at_least(workers, 0, "--workers")
 
     folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
     pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)

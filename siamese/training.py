@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
-from .errors import UserError, check_batch_size
+from .errors import UserError, check_at_least, check_batch_size
 from .evaluate import constant_scores_note, evaluate
 from .files import atomic_open, prepare_output_dir
 from .images import scan_folder
@@ -168,6 +168,12 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if not 0.0 <= ema < 1.0:
         raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {ema}")
     check_batch_size(eval_batch_size, "--eval-batch-size")  # before the output folder is made
+    check_at_least(workers, 0, "--workers")
+    check_at_least(weight_decay, 0, "--weight-decay")
+    if not learning_rate > 0:
+        raise UserError(f"-lr/--learning_rate must be above 0, not {learning_rate}")
+    if not 0.0 <= dropout < 1.0:
+        raise UserError(f"--dropout is a probability from 0 up to, not including, 1, not {dropout}")
     if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
         raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
                         f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")

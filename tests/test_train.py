@@ -192,6 +192,10 @@ def _error_line(capsys):
     ("class_count_resume", "training classes, but this run has"),
     ("altered_resume", "does not match its recorded model resnet34"),
     ("image_size", "--image-size must be at least 1 pixel, not 0"),
+    ("learning_rate", "-lr/--learning_rate must be above 0, not -0.001"),
+    ("weight_decay", "--weight-decay must be at least 0, not -1"),
+    ("dropout", "--dropout is a probability from 0 up to, not including, 1, not 1.5"),
+    ("workers", "--workers must be at least 0, not -1"),
     ("size_for_backbone", "vit_b_16 cannot take 32 px images (Wrong image height! Expected 224 but got 32!)"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
@@ -257,6 +261,9 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         state["config"]["backbone"] = "resnet34"
         torch.save(state, os.path.join(run, "last.pth"))
         extra = ["--resume", os.path.join(run, "last.pth"), "-e", "2"]
+    elif case in ("learning_rate", "weight_decay", "dropout", "workers"):
+        value = {"learning_rate": "-0.001", "weight_decay": "-1", "dropout": "1.5", "workers": "-1"}[case]
+        extra = ["-lr" if case == "learning_rate" else "--" + case.replace("_", "-"), value]
     elif case == "image_size":
         extra = ["--image-size", "0"]
     elif case == "size_for_backbone":
