@@ -26,13 +26,14 @@ def get_args_parser():
     return p
 
 
-def check_images(folder, preprocessing, count=10):
-    """Preprocessed real images for the check, or None when no folder is available."""
+def check_images(folder, preprocessing, *, given, count=10):
+    """Preprocessed real images for the check, or None when the checkpoint's validation folder is
+    not on this machine (a folder given with --images must be there)."""
     import numpy as np
 
     from siamese.images import scan_folder
 
-    if not folder or not os.path.isdir(folder):
+    if not folder or (not given and not os.path.isdir(folder)):
         return None
     paths = scan_folder(folder, check_images=False).paths
     chosen = [paths[i % len(paths)] for i in np.linspace(0, len(paths) - 1, count).astype(int)]
@@ -49,14 +50,14 @@ def main(argv=None):
     from siamese.files import prepare_output_dir
 
     model, checkpoint = load_model(args.checkpoint)
+    folder = args.images or checkpoint.get("args", {}).get("val_path")
+    images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
     out = os.path.join(args.out_path, "model.onnx") if os.path.isdir(args.out_path) else args.out_path
     prepare_output_dir(os.path.dirname(os.path.abspath(out)))
     metadata = export_onnx(model, out, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
           f"inputs img1, img2 (N, 3, {model.config['image_size']}, {model.config['image_size']}), output similarity (N, 1)")
 
-    folder = args.images or checkpoint.get("args", {}).get("val_path")
-    images = check_images(folder, model.preprocessing)
     source = f"real images from {folder}"
     if images is None:
         size = model.config["image_size"]

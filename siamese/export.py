@@ -4,6 +4,7 @@ every runtime configures itself from the file alone."""
 
 import copy
 import json
+import logging
 import os
 import warnings
 
@@ -57,6 +58,10 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
     example = (torch.randn(2, 3, size, size), torch.randn(2, 3, size, size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp_path = path + ".partial"
+    # A failed opset conversion is logged there with a traceback; it is reported below in one line.
+    converter_log = logging.getLogger("onnxscript.version_converter")
+    level = converter_log.level
+    converter_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # img1 and img2 share it
@@ -68,8 +73,14 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
         raise UserError(f"ONNX export of {network.config['backbone']} failed ({type(error).__name__}: "
                         f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); try another --opset") from None
     finally:
+        converter_log.setLevel(level)
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:  # torch.onnx keeps its own opset when it cannot convert, with only a logged warning
+        raise UserError(f"torch.onnx could not convert {network.config['backbone']} to opset {opset} and would have "
+                        f"written opset {written}; choose another --opset, such as {written} or the default "
+                        f"{DEFAULT_OPSET}")
     for value in list(proto.graph.input) + list(proto.graph.output):
         if not value.type.tensor_type.shape.dim[0].dim_param:
             raise UserError(f"the exported '{value.name}' has a fixed batch size; this backbone cannot be exported "
