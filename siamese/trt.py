@@ -6,7 +6,7 @@ No torch here. The `trt` module is a parameter so the control flow can be tested
 import json
 import os
 
-from .errors import UserError
+from .errors import UserError, check_at_least
 from .files import atomic_open
 from .runtime import INPUT_NAMES, engine_metadata_path
 
@@ -53,6 +53,7 @@ def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048,
         raise UserError(f"ONNX file '{onnx_path}' does not exist; make one with torch_to_onnx.py")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise UserError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got {min_batch}, {opt_batch}, {max_batch}")
+    check_at_least(workspace_mib, 1, "--workspace (MiB)")
     meta, input_types = _onnx_facts(onnx_path)
     trt = trt or import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)

@@ -97,6 +97,8 @@ def test_errors(onnx_model, tmp_path):
         _build(onnx_model, tmp_path, make_fake_tensorrt(fail_build=True))
     with pytest.raises(UserError, match="min-batch"):
         _build(onnx_model, tmp_path, make_fake_tensorrt(), min_batch=4, opt_batch=2)
+    with pytest.raises(UserError, match=r"--workspace \(MiB\) must be at least 1, not 0"):
+        _build(onnx_model, tmp_path, make_fake_tensorrt(), workspace_mib=0)
     with pytest.raises(UserError, match="does not exist"):
         _build(str(tmp_path / "none.onnx"), tmp_path, make_fake_tensorrt())
     assert not os.path.exists(tmp_path / "model.engine")  # failed builds write nothing
