@@ -7,6 +7,7 @@ Example:
 
 import argparse
 import os
+import shutil
 
 import eval as eval_script
 import infer_tensorrt
@@ -31,6 +32,7 @@ def main(argv=None):
     train_dir, val_dir, counts = build_digits_dataset(data)
     print(f"demo data: {counts['train']} training and {counts['val']} validation images of handwritten digits in {data}")
     model_dir = os.path.join(args.out, "model")
+    shutil.rmtree(model_dir, ignore_errors=True)  # the demo's own earlier model: train.py never trains over a run
     # From scratch (no download needed), small images; flips and rotations would turn digits into other digits.
     status = train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", model_dir, "--weights", "none",
                          "--image-size", "32", "-e", str(args.epochs), "-lr", "1e-3", "--no-augment",

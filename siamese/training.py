@@ -188,6 +188,10 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if mirror_classes and augment == "full":
         raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
                         "each class with its mirror class")
+    earlier = [name for name in ("last.pth", "best.pth", "metrics.csv") if os.path.exists(os.path.join(out_path, name))]
+    if earlier and not resume:  # a new run would replace its best.pth and mix their TensorBoard curves
+        raise UserError(f"output folder '{out_path}' already holds a training run ({', '.join(earlier)}); continue it "
+                        f"with --resume {os.path.join(out_path, 'last.pth')}, or give another --out_path")
     train_folder = scan_folder(train_path, what="training folder")
     val_folder = scan_folder(val_path, what="validation folder")
     val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)

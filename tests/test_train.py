@@ -307,6 +307,19 @@ def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypat
     assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
 
 
+def test_a_new_run_never_trains_over_an_earlier_one(tiny_dataset, tmp_path, capsys):
+    train_dir, val_dir = tiny_dataset
+    out = str(tmp_path / "out")
+    assert run_train(train_dir, val_dir, out, "-e", "1") == 0
+    before = {name: open(os.path.join(out, name), "rb").read() for name in sorted(os.listdir(out)) if "." in name}
+    events = os.listdir(os.path.join(out, "tensorboard"))
+    capsys.readouterr()
+    assert run_train(train_dir, val_dir, out, "-e", "1", "--seed", "5") == 2
+    assert f"output folder '{out}' already holds a training run (last.pth, best.pth, metrics.csv)" in _error_line(capsys)
+    assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before
+    assert os.listdir(os.path.join(out, "tensorboard")) == events  # no second run's curves mixed in
+
+
 @pytest.mark.parametrize("pairing, pairs", [
     # 24 images: each rank gets 12 pairs = one full batch of 8 (drop_last); reduced over both ranks
     ("sampled", 16),
