@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import check_at_least
 from .metrics import one_shot_accuracy, verification_metrics
 
 DEFAULT_THRESHOLD = 0.5
@@ -77,16 +78,15 @@ def constant_scores_note(scores):
     scores = np.asarray(scores)
     if len(scores) < 2 or np.ptp(scores) > 1e-6:
         return None
-    return (f"note: every pair got the same similarity ({scores[0]:.3f}, to within 1e-6): the model does not tell these images apart. "
-            f"A backbone trained from scratch can start this way until its BatchNorm statistics settle; train "
-            f"longer, or check that this is the checkpoint meant")
+    return (f"note: every pair got the same similarity ({scores[0]:.3f}, to within 1e-6): the model does not tell "
+            f"these images apart. A backbone trained from scratch can start this way until its BatchNorm statistics "
+            f"settle; train longer, or check that this is the checkpoint meant")
 
 
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
                    calibrated_threshold=None, n_way=0, trials=400, max_pictures=None, workers=4, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files."""
-    from .errors import check_at_least
     from .files import prepare_output_dir
     from .images import scan_folder
     from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv

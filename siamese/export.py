@@ -76,7 +76,7 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
         converter_log.setLevel(level)
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
-    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if written != opset:  # torch.onnx keeps its own opset when it cannot convert, with only a logged warning
         raise UserError(f"torch.onnx could not convert {network.config['backbone']} to opset {opset} and would have "
                         f"written opset {written}; choose another --opset, such as {written} or the default "
