@@ -68,24 +68,26 @@ def read_pairs_csv(csv_path, root):
         raise UserError(f"pair list '{csv_path}' does not exist")
     bases = [root, os.path.dirname(os.path.abspath(root))]
     pairs = []
-    with open(csv_path, newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header[:3]] != ["left", "right", "same"]:
-            raise UserError(f"pair list '{csv_path}' must start with the header 'left,right,same'")
-        for line, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 3 or row[2].strip() not in ("0", "1"):
-                raise UserError(f"pair list '{csv_path}' line {line}: expected 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
-            resolved = []
-            for rel in row[:2]:
-                rel = rel.strip()
-                found = next((os.path.join(b, rel) for b in bases if os.path.isfile(os.path.join(b, rel))), None)
-                if found is None:
-                    raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
-                resolved.append(os.path.normpath(found))
-            pairs.append(Pair(resolved[0], resolved[1], row[2].strip() == "1"))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: the byte-order mark spreadsheets write
+            rows = list(csv.reader(handle))
+    except UnicodeDecodeError:
+        raise UserError(f"pair list '{csv_path}' is not UTF-8 text; save it as UTF-8 CSV") from None
+    if not rows or [h.strip().lower() for h in rows[0][:3]] != ["left", "right", "same"]:
+        raise UserError(f"pair list '{csv_path}' must start with the header 'left,right,same'")
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 3 or row[2].strip() not in ("0", "1"):
+            raise UserError(f"pair list '{csv_path}' line {line}: expected 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
+        resolved = []
+        for rel in row[:2]:
+            rel = rel.strip()
+            found = next((os.path.join(b, rel) for b in bases if os.path.isfile(os.path.join(b, rel))), None)
+            if found is None:
+                raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
+            resolved.append(os.path.normpath(found))
+        pairs.append(Pair(resolved[0], resolved[1], row[2].strip() == "1"))
     if not pairs:
         raise UserError(f"pair list '{csv_path}' has no pairs")
     if len({p.same for p in pairs}) < 2:

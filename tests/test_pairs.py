@@ -52,6 +52,17 @@ def test_pair_csv_reads_the_shared_format(tiny_folder, tmp_path):
     assert pairs[1].right.endswith("class_1/img_00.png")
 
 
+def test_pair_csv_from_a_spreadsheet(tiny_folder, tmp_path):
+    """Byte-order mark and Windows line ends, as spreadsheets save CSV files."""
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfleft,right,same\r\nclass_0/img_00.png,class_0/img_01.png,1\r\n"
+                         b"class_0/img_00.png,class_1/img_00.png,0\r\n")
+    assert [p.same for p in read_pairs_csv(str(csv_path), tiny_folder)] == [True, False]
+    csv_path.write_bytes("left,right,same\nclass_0/é.png,class_1/img_00.png,0\n".encode("latin-1"))
+    with pytest.raises(UserError, match="is not UTF-8 text; save it as UTF-8 CSV"):
+        read_pairs_csv(str(csv_path), tiny_folder)
+
+
 @pytest.mark.parametrize("text, message", [
     ("a,b\n", "header"),
     ("left,right,same\nclass_0/img_00.png,class_0/img_01.png,yes\n", "line 2"),
