@@ -161,8 +161,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
             "so mixed precision will likely run slower than without --amp")
     if epochs < 1 or batch_size < 2 or pairs_per_image < 1 or val_pairs_per_image < 1:
-        raise UserError("--epochs and --pairs-per-image must be at least 1, and --batch-size at least 2 "
-                        "(BatchNorm needs two pairs)")
+        raise UserError("--epochs, --pairs-per-image and --val-pairs-per-image must be at least 1, and --batch-size "
+                        "at least 2 (BatchNorm needs two pairs)")
     if pairing not in PAIRINGS:
         raise UserError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{pairing}'")
     if not 0.0 <= ema < 1.0:

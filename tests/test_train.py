@@ -196,6 +196,7 @@ def _error_line(capsys):
     ("weight_decay", "--weight-decay must be at least 0, not -1"),
     ("dropout", "--dropout is a probability from 0 up to, not including, 1, not 1.5"),
     ("workers", "--workers must be at least 0, not -1"),
+    ("val_pairs_per_image", "--val-pairs-per-image must be at least 1"),
     ("size_for_backbone", "vit_b_16 cannot take 32 px images (Wrong image height! Expected 224 but got 32!)"),
 ])
 def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, message):
@@ -264,6 +265,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
     elif case in ("learning_rate", "weight_decay", "dropout", "workers"):
         value = {"learning_rate": "-0.001", "weight_decay": "-1", "dropout": "1.5", "workers": "-1"}[case]
         extra = ["-lr" if case == "learning_rate" else "--" + case.replace("_", "-"), value]
+    elif case == "val_pairs_per_image":
+        extra = ["--val-pairs-per-image", "0"]
     elif case == "image_size":
         extra = ["--image-size", "0"]
     elif case == "size_for_backbone":
