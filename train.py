@@ -6,8 +6,13 @@ Example (one CPU or GPU):
 Many GPUs or machines (one process per GPU):
     torchrun --nproc_per_node 4 train.py --train_path data/train --val_path data/val -o runs/exp1
 
-Writes best.pth, last.pth (for --resume), epoch_N.pth, args.json, metrics.csv and
-tensorboard/ (view with: tensorboard --logdir runs/exp1) into the out path.
+Without --val_path (the final model, once cross-validation has chosen the settings and the
+number of epochs; see crossval.py):
+    python train.py --train_path data/all -o runs/final -b resnet18 -e 20
+
+Writes best.pth (with validation), last.pth (for --resume; the final model without validation),
+epoch_N.pth, args.json, metrics.csv and tensorboard/ (view with: tensorboard --logdir runs/exp1)
+into the out path.
 """
 
 import argparse
@@ -21,9 +26,18 @@ from siamese.training import LR_SCHEDULES, PAIRINGS, fit
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train_path", "--train-path", required=True, type=str, help="training folder: ROOT/ClassName/image")
-    p.add_argument("--val_path", "--val-path", required=True, type=str,
-                   help="validation folder in the same layout (ideally classes not seen in training)")
+    p.add_argument("--val_path", "--val-path", default=None, type=str,
+                   help="validation folder in the same layout (classes not seen in training): picks best.pth and "
+                        "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
     p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="folder for checkpoints and logs")
+    p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
+    p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
+    add_training_options(p)
+    return p
+
+
+def add_training_options(p):
+    """The model and optimisation options, shared with crossval.py."""
     p.add_argument("-b", "--backbone", default="resnet18", type=str, help="any torchvision classification model name")
     p.add_argument("--weights", default="imagenet", type=str,
                    help="backbone weights: 'imagenet' (download), 'none' (random init) or a path to a torchvision state dict")
@@ -46,7 +60,6 @@ def get_args_parser():
                    help="mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (often faster on GPUs)")
     p.add_argument("--seed", default=0, type=int, help="seed for initialisation, pairs, augmentation and shuffling")
-    p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
     p.add_argument("--augment", default="full", choices=AUGMENTATIONS,
                    help="training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, shear) and "
                         "horizontal flip; 'affine' without the flip (for characters, digits); 'none'")
@@ -77,30 +90,33 @@ def get_args_parser():
     p.add_argument("--mirror-classes", action="store_true",
                    help="each class mirrored left-right is a class of its own (for characters; needs --augment "
                         "affine or none, since a flip would mix a class with its mirror)")
-    p.add_argument("--val-pairs-per-image", default=1, type=int, help="validation pairs per image (fixed by --seed)")
     p.add_argument("--eval-batch-size", default=None, type=int,
                    help="images per batch when validating (default: 64 on a GPU, 8 at 224 px on a CPU; see eval.py)")
     return p
+
+
+TRAINING_OPTIONS = ("backbone", "weights", "features", "image_size", "dropout", "epochs", "batch_size", "learning_rate",
+                    "weight_decay", "lr_schedule", "save_after", "workers", "device", "amp", "channels_last", "seed",
+                    "augment", "jitter", "erase", "pairs_per_image", "rotations", "mirror_classes", "pairing",
+                    "images_per_class", "ema", "class_loss", "eval_batch_size")
+
+
+def fit_options(args):
+    """fit()'s keyword arguments from the options add_training_options() defines."""
+    return {name: getattr(args, name) for name in TRAINING_OPTIONS}
 
 
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
 
-    best = fit(train_path=args.train_path, val_path=args.val_path, out_path=args.out_path, backbone=args.backbone,
-               weights=args.weights, features=args.features, image_size=args.image_size, dropout=args.dropout,
-               epochs=args.epochs,
-               batch_size=args.batch_size, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
-               lr_schedule=args.lr_schedule, save_after=args.save_after, workers=args.workers, device=args.device,
-               amp=args.amp, channels_last=args.channels_last, seed=args.seed, resume=args.resume,
-               augment=args.augment, jitter=args.jitter, erase=args.erase, pairs_per_image=args.pairs_per_image,
-               rotations=args.rotations, mirror_classes=args.mirror_classes,
-               pairing=args.pairing, images_per_class=args.images_per_class, ema=args.ema, class_loss=args.class_loss,
-               val_pairs_per_image=args.val_pairs_per_image,
-               eval_batch_size=args.eval_batch_size, run_args=vars(args))
+    best = fit(train_path=args.train_path, val_path=args.val_path, out_path=args.out_path, resume=args.resume,
+               val_pairs_per_image=args.val_pairs_per_image, run_args=vars(args), **fit_options(args))
     if best.get("epoch") is not None:
         print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "
               f"checkpoints in {args.out_path}")
+    elif args.val_path is None:
+        print(f"trained {args.epochs} epochs without validation; the final model is {args.out_path}/last.pth")
     return 0
 
 

@@ -21,7 +21,7 @@ from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_load
 from .errors import UserError, check_at_least, check_batch_size
 from .evaluate import constant_scores_note, evaluate
 from .files import atomic_open, prepare_output_dir
-from .images import scan_folder
+from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
@@ -154,7 +154,12 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=None, run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
-    best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/."""
+    best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/.
+
+    train_path and val_path are folders or scanned `ImageFolder`s (cross-validation passes
+    subsets of classes). Without val_path nothing is validated: no epoch is picked, best.pth is
+    not written, and last.pth (with the weight average under --ema) is the final model; the
+    returned metrics are then {'epoch': None}."""
     context = distributed.setup(device)
     device = context.device
     if amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
@@ -192,14 +197,17 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if earlier and not resume:  # a new run would replace its best.pth and mix their TensorBoard curves
         raise UserError(f"output folder '{out_path}' already holds a training run ({', '.join(earlier)}); continue it "
                         f"with --resume {os.path.join(out_path, 'last.pth')}, or give another --out_path")
-    train_folder = scan_folder(train_path, what="training folder")
-    val_folder = scan_folder(val_path, what="validation folder")
-    val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
-    same = sum(pair.same for pair in val_pairs)
-    if same in (0, len(val_pairs)):  # no ROC-AUC to pick the best epoch by
-        raise UserError(f"the {len(val_pairs)} validation pairs drawn from '{val_path}' are all "
-                        f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs both "
-                        f"kinds: add validation images or raise --val-pairs-per-image")
+    train_folder = train_path if isinstance(train_path, ImageFolder) else scan_folder(train_path, what="training folder")
+    train_path = train_folder.root
+    val_folder = val_pairs = None
+    if val_path is not None:
+        val_folder = val_path if isinstance(val_path, ImageFolder) else scan_folder(val_path, what="validation folder")
+        val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
+        same = sum(pair.same for pair in val_pairs)
+        if same in (0, len(val_pairs)):  # no ROC-AUC to pick the best epoch by
+            raise UserError(f"the {len(val_pairs)} validation pairs drawn from '{val_folder.root}' are all "
+                            f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
+                            f"both kinds: add validation images or raise --val-pairs-per-image")
 
     checkpoint = load_checkpoint(resume) if resume else None
     torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
@@ -237,7 +245,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     optimizer = torch.optim.Adam(train_model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = make_scheduler(optimizer, lr_schedule, epochs)
     scaler = distributed.grad_scaler(device, amp)
-    best = {"auc": -1.0}
+    best = {"auc": -1.0} if val_folder is not None else {"epoch": None}
     if checkpoint is not None:
         if checkpoint.get("optimizer"):
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -283,10 +291,11 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         classes = f"{len(train_folder.classes)} classes"
         if len(dataset.by_class) > len(train_folder.classes):
             classes += f", {len(dataset.by_class)} with turned or mirrored copies"
+        validation = (f"validating on {len(val_pairs)} pairs from {len(val_folder.classes)} classes" if val_folder else
+                      "no validation: last.pth is the final model, best.pth is not written")
         log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
             f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
-            f"epoch, {pairing} pairs); validating on {len(val_pairs)} pairs "
-            f"from {len(val_folder.classes)} classes; {context.world_size} process(es) on {device}")
+            f"epoch, {pairing} pairs); {validation}; {context.world_size} process(es) on {device}")
 
     try:
         for epoch in range(start_epoch, epochs + 1):
@@ -302,15 +311,15 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
             bar.close()
             scheduler.step()
             if context.is_main:
-                result = evaluate(predictor, val_pairs)
-                m = result.metrics
-                threshold = m["best_threshold"]
+                result = evaluate(predictor, val_pairs) if val_folder is not None else None
+                m = result.metrics if result is not None else {}
+                threshold = m.get("best_threshold")
                 pairs_per_second = stats["pairs"] / stats["seconds"]
                 row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-                       "val_loss": m["loss"], "val_accuracy": m["accuracy"], "val_auc": m["auc"], "val_eer": m["eer"],
-                       "val_best_threshold": threshold, "learning_rate": learning_rate_now,
-                       "seconds": stats["seconds"], "pairs_per_second": pairs_per_second,
-                       "train_class_loss": stats.get("class_loss", "")}
+                       "val_loss": m.get("loss", ""), "val_accuracy": m.get("accuracy", ""), "val_auc": m.get("auc", ""),
+                       "val_eer": m.get("eer", ""), "val_best_threshold": "" if threshold is None else threshold,
+                       "learning_rate": learning_rate_now, "seconds": stats["seconds"],
+                       "pairs_per_second": pairs_per_second, "train_class_loss": stats.get("class_loss", "")}
                 rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
                 _write_metric_rows(metrics_path, rows)
                 for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
@@ -318,7 +327,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                     if row[key] != "":
                         writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
                 writer.flush()
-                improved = m["auc"] > best["auc"]
+                improved = result is not None and m["auc"] > best["auc"]
                 if improved:
                     best = {"epoch": epoch, "auc": m["auc"], "eer": m["eer"], "threshold": threshold,
                             "accuracy": m["best_accuracy"]}
@@ -332,10 +341,10 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                 if save_after > 0 and epoch % save_after == 0:
                     atomic_save(state, os.path.join(out_path, f"epoch_{epoch}.pth"))
                 class_part = f" class loss {stats['class_loss']:.4f}" if "class_loss" in stats else ""
+                val_part = f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | " if m else ""
                 log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
-                    f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | "
-                    f"{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
-                note = constant_scores_note(result.scores)
+                    f"{val_part}{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
+                note = constant_scores_note(result.scores) if result is not None else None
                 if note:
                     log(note)
             distributed.barrier(context)
