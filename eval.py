@@ -3,6 +3,7 @@
 Example:
     python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth
     python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth --n-way 20 --trials 400
+    python eval.py -v data/val -o runs/exp1/eval -c runs/exp1/best.pth --baselines   # beside raw pixels and LBP
 
 Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.jpg into the out path.
 """
@@ -32,7 +33,25 @@ def add_evaluation_options(p):
     p.add_argument("--max-pictures", default=None, type=int, help="write at most this many pair pictures (default: all)")
     p.add_argument("--n-way", default=0, type=int, help="also run N-way one-shot trials (0: off)")
     p.add_argument("--trials", default=400, type=int, help="number of one-shot trials")
+    p.add_argument("--within-group", action="store_true",
+                   help="draw the N classes of each one-shot trial from one group (--group-regex or --group-csv), "
+                        "e.g. one alphabet (Lake et al. 2015)")
+    p.add_argument("--group-regex", default=None, type=str,
+                   help="the group of a class: the first capture group (or match) in its name, e.g. "
+                        "'(.+)_character[0-9]+$' for Omniglot's alphabets")
+    p.add_argument("--group-csv", default=None, type=str, help="CSV 'class,group' naming the group of every class")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score the same pairs and trials with no-learning baselines (raw-pixel cosine "
+                        "similarity, LBP histograms) and report them beside the model")
     return p
+
+
+def evaluation_settings(args):
+    """run_evaluation()'s keyword arguments from the options add_evaluation_options() defines."""
+    return dict(val_path=args.val_path, out_path=args.out_path, seed=args.seed, pairs_file=args.pairs,
+                pairs_per_image=args.pairs_per_image, threshold=args.threshold, n_way=args.n_way, trials=args.trials,
+                within_group=args.within_group, group_regex=args.group_regex, group_csv=args.group_csv,
+                baselines=args.baselines, max_pictures=args.max_pictures, workers=args.workers)
 
 
 def get_args_parser():
@@ -55,11 +74,9 @@ def main(argv=None):
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, device=device)
     predictor = TorchPredictor(model, device=device, batch_size=args.batch_size, workers=args.workers, amp=args.amp)
-    run_evaluation(predictor, val_path=args.val_path, out_path=args.out_path, seed=args.seed, pairs_file=args.pairs,
-                   pairs_per_image=args.pairs_per_image, threshold=args.threshold,
-                   calibrated_threshold=checkpoint.get("threshold"), n_way=args.n_way, trials=args.trials,
-                   max_pictures=args.max_pictures, workers=args.workers,
-                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
+    run_evaluation(predictor, calibrated_threshold=checkpoint.get("threshold"),
+                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]},
+                   **evaluation_settings(args))
     return 0
 
 

@@ -7,7 +7,7 @@ Example:
 
 import argparse
 
-from eval import add_evaluation_options
+from eval import add_evaluation_options, evaluation_settings
 from siamese.errors import cli
 
 
@@ -24,10 +24,9 @@ def main(argv=None):
     from siamese.runtime import load_deployed_model
 
     model = load_deployed_model(args.engine, batch_size=args.batch_size)
-    run_evaluation(model, val_path=args.val_path, out_path=args.out_path, seed=args.seed, pairs_file=args.pairs,
-                   pairs_per_image=args.pairs_per_image, threshold=args.threshold, calibrated_threshold=model.threshold,
-                   n_way=args.n_way, trials=args.trials, max_pictures=args.max_pictures, workers=args.workers,
-                   extra={"engine": args.engine, "backbone": model.metadata.get("siamese.backbone")})
+    run_evaluation(model, calibrated_threshold=model.threshold,
+                   extra={"engine": args.engine, "backbone": model.metadata.get("siamese.backbone")},
+                   **evaluation_settings(args))
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import check_at_least
+from .errors import UserError, check_at_least
 from .metrics import one_shot_accuracy, verification_metrics
 
 DEFAULT_THRESHOLD = 0.5
@@ -67,7 +67,8 @@ def summary(metrics, *, classes=None, threshold_source=None):
         lines.append(f"TAR at FAR 1e-2: {m['tar_at_far_1e-2']:.2%}   TAR at FAR 1e-3: {m['tar_at_far_1e-3']:.2%}")
     if m.get("one_shot"):
         o = m["one_shot"]
-        lines.append(f"{o['n_way']}-way one-shot accuracy: {o['accuracy']:.2%} over {o['trials']} trials")
+        within = " (classes of each trial from one group)" if o.get("within_group") else ""
+        lines.append(f"{o['n_way']}-way one-shot accuracy{within}: {o['accuracy']:.2%} over {o['trials']} trials")
     return "\n".join(lines)
 
 
@@ -83,11 +84,28 @@ def constant_scores_note(scores):
             f"settle; train longer, or check that this is the checkpoint meant")
 
 
+def baselines_summary(baselines, model_metrics):
+    """Lines comparing the model with each baseline on the same pairs (ranking metrics only)."""
+    rows = [("model", model_metrics)] + [(f"baseline: {name}", m) for name, m in baselines.items()]
+    lines = [f"{'':<20}{'ROC-AUC':>9}{'EER':>8}{'TAR@FAR1e-2':>13}" + ("  one-shot" if "one_shot" in model_metrics else "")]
+    for label, m in rows:
+        if "auc" not in m:
+            continue
+        line = f"{label:<20}{m['auc']:>9.4f}{m['eer']:>8.2%}{m['tar_at_far_1e-2']:>13.2%}"
+        if "one_shot" in m:
+            line += f"{m['one_shot']['accuracy']:>10.2%}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
-                   calibrated_threshold=None, n_way=0, trials=400, max_pictures=None, workers=4, extra=None, log=print):
+                   calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
+                   group_csv=None, baselines=False, max_pictures=None, workers=4, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
-    (a function of the files and the seed, or a given list), metrics, pictures, files."""
+    (a function of the files and the seed, or a given list), metrics, pictures, files; with
+    `baselines`, the no-learning baselines on the same pairs and trials."""
     from .files import prepare_output_dir
+    from .folds import class_groups
     from .images import scan_folder
     from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
     from .report import write_report
@@ -95,17 +113,28 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     check_at_least(pairs_per_image, 1, "--pairs-per-image")
     check_at_least(max_pictures, 0, "--max-pictures")
     check_at_least(workers, 0, "--workers")
+    if within_group and not (n_way and (group_regex or group_csv)):
+        raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
 
     folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
     pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)
-    shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed) if n_way else None
+    groups = class_groups(folder.classes, regex=group_regex, csv_path=group_csv) if within_group else None
+    shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed, groups=groups) if n_way else None
     prepare_output_dir(out_path)  # only once the inputs are known to be good
     threshold, source = resolve_threshold(threshold, calibrated_threshold)
     result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
+    if shots and within_group:
+        result.metrics["one_shot"]["within_group"] = True
+    if baselines:
+        from .baselines import baseline_metrics
+
+        result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
     details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
                "pairs_file": pairs_file, **(extra or {})}
     paths = write_report(result, out_path, threshold=threshold, extra=details, max_pictures=max_pictures, workers=workers)
     log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
+    if baselines:
+        log(baselines_summary(result.metrics["baselines"], result.metrics))
     note = constant_scores_note(result.scores)
     if note:
         log(note)

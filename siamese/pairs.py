@@ -58,6 +58,13 @@ def evaluation_pairs(folder, *, seed, pairs_per_image=1):
     return pairs
 
 
+def all_pairs(folder):
+    """Every unordered pair of distinct images: the exhaustive (lowest-variance) pair list for a
+    small held-out set; n(n-1)/2 pairs, mostly different-class ones."""
+    paths, labels = folder.paths, folder.labels
+    return [Pair(paths[i], paths[j], labels[i] == labels[j]) for i in range(len(paths)) for j in range(i + 1, len(paths))]
+
+
 def read_pairs_csv(csv_path, root):
     """A pair list `left,right,same` with paths relative to root (or to its parent).
 
@@ -102,25 +109,40 @@ class OneShotTrial:
     answer: int
 
 
-def one_shot_trials(folder, *, n_way, trials, seed):
+def one_shot_trials(folder, *, n_way, trials, seed, groups=None):
     """Koch et al. (2015) N-way one-shot trials, seeded.
 
     Each trial picks n_way classes (the first among those with two images), a query and a
     different support image from the first class, one support image from each other class.
+    With `groups` (the group of each class, such as its alphabet) all n_way classes of a trial
+    come from one group, the harder protocol of Lake et al. (2015): the group is drawn first,
+    among those with n_way classes.
     """
     by_class = folder.images_by_class()
-    eligible = [c for c, group in enumerate(by_class) if len(group) >= 2]
     if n_way < 2:
         raise UserError(f"--n-way must be at least 2, got {n_way}")
     if trials < 1:
         raise UserError(f"--trials must be at least 1 with --n-way, not {trials}")
     if n_way > len(by_class):
         raise UserError(f"--n-way {n_way} needs {n_way} classes, but the folder has {len(by_class)}")
+    if groups is None:
+        pools = [list(range(len(by_class)))]
+    else:
+        members = {}
+        for c, group in enumerate(groups):
+            members.setdefault(group, []).append(c)
+        pools = [classes for _, classes in sorted(members.items())
+                 if len(classes) >= n_way and any(len(by_class[c]) >= 2 for c in classes)]
+        if not pools:
+            raise UserError(f"--n-way {n_way} within a group needs a group of at least {n_way} classes, but the largest "
+                            f"has {max(len(c) for c in members.values())}; lower --n-way")
     result = []
     for t in range(trials):
         rng = rng_for(seed, 1_000_003, t)
+        pool = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
+        eligible = [c for c in pool if len(by_class[c]) >= 2]
         true_class = eligible[int(rng.integers(len(eligible)))]
-        others = [c for c in range(len(by_class)) if c != true_class]
+        others = [c for c in pool if c != true_class]
         chosen = [true_class] + [others[i] for i in rng.choice(len(others), n_way - 1, replace=False)]
         query, support = rng.choice(by_class[true_class], 2, replace=False)
         candidates = [folder.paths[support]] + [folder.paths[by_class[c][int(rng.integers(len(by_class[c])))]] for c in chosen[1:]]
