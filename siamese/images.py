@@ -46,6 +46,41 @@ class ImageFolder:
             groups[label].append(index)
         return groups
 
+    def subset(self, classes):
+        """The same images restricted to the named classes (in this folder's class order)."""
+        keep = set(classes)
+        unknown = keep - set(self.classes)
+        if unknown:
+            raise ValueError(f"classes not in the folder: {sorted(unknown)}")
+        names = [name for name in self.classes if name in keep]
+        new_label = {self.classes.index(name): i for i, name in enumerate(names)}
+        kept = [(path, new_label[label]) for path, label in zip(self.paths, self.labels) if label in new_label]
+        return ImageFolder(self.root, names, [p for p, _ in kept], [label for _, label in kept])
+
+
+def merge_folders(folders):
+    """One folder of the classes of several (train/ and val/ together, for cross-validation);
+    a class name found in two of them is the user's error, since the classes would merge."""
+    if len(folders) == 1:
+        return folders[0]
+    seen = {}
+    for folder in folders:
+        for name in folder.classes:
+            if name in seen:
+                raise UserError(f"class '{name}' is in both '{seen[name]}' and '{folder.root}'; give folders whose "
+                                f"classes differ, or rename one of them")
+            seen[name] = folder.root
+    classes, paths, labels = [], [], []
+    for folder in folders:
+        paths += folder.paths
+        labels += [label + len(classes) for label in folder.labels]
+        classes += folder.classes
+    order = sorted(range(len(classes)), key=lambda c: classes[c])  # classes sorted by name, as a scan gives them
+    rank = {c: i for i, c in enumerate(order)}
+    samples = sorted(zip(paths, labels), key=lambda s: (rank[s[1]], s[0]))
+    return ImageFolder(os.path.commonpath([f.root for f in folders]), [classes[c] for c in order],
+                       [p for p, _ in samples], [rank[label] for _, label in samples])
+
 
 def scan_folder(root, *, what="image folder", check_images=True):
     """Scan ROOT/ClassName/* for images; raise UserError for anything unusable.

@@ -1,0 +1,178 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import crossval
+import train
+from conftest import TINY_TRAIN_ARGS, make_folder
+from siamese.baselines import LocalBinaryPatterns, PixelCosine, baseline_metrics
+from siamese.errors import UserError
+from siamese.folds import class_folds, class_groups
+from siamese.images import merge_folders, scan_folder
+from siamese.pairs import all_pairs, one_shot_trials
+
+
+def test_folds_are_disjoint_cover_every_class_and_follow_the_seed():
+    classes = [f"s{i}" for i in range(30)]
+    folds = class_folds(classes, classes, folds=5, seed=0)
+    assert sorted(sum(folds, [])) == sorted(classes)  # covering, and disjoint (no class twice)
+    assert [len(f) for f in folds] == [6] * 5
+    assert class_folds(classes, classes, folds=5, seed=0) == folds
+    assert class_folds(classes, classes, folds=5, seed=1) != folds
+
+
+def test_folds_hold_out_whole_groups():
+    classes = [f"{alphabet}_character{i:02d}" for alphabet, n in (("A", 10), ("B", 8), ("C", 7), ("D", 5), ("E", 4))
+               for i in range(n)]
+    groups = class_groups(classes, regex=r"(.+)_character\d+$")
+    assert groups[:10] == ["A"] * 10
+    folds = class_folds(classes, groups, folds=2, seed=3)
+    assert sorted(sum(folds, [])) == sorted(classes)
+    for fold in folds:
+        fold_groups = {name.split("_")[0] for name in fold}
+        for group in fold_groups:  # every class of a held-out group is in that fold
+            assert all(name in fold for name in classes if name.startswith(group + "_"))
+    assert abs(len(folds[0]) - len(folds[1])) <= 4  # balanced by classes as far as whole groups allow
+
+
+def test_groups_from_a_csv_and_the_errors(tmp_path):
+    table = tmp_path / "groups.csv"
+    table.write_text("class,group\na,x\nb,x\nc,y\n")
+    assert class_groups(["a", "b", "c"], csv_path=str(table)) == ["x", "x", "y"]
+    with pytest.raises(UserError, match="no group for 1 class"):
+        class_groups(["a", "b", "d"], csv_path=str(table))
+    with pytest.raises(UserError, match="does not match class 'b'"):
+        class_groups(["a_1", "b"], regex=r"(.+)_\d")
+    with pytest.raises(UserError, match="not a regular expression"):
+        class_groups(["a"], regex="(")
+    with pytest.raises(UserError, match="at least 5 groups"):
+        class_folds(["a", "b", "c"], ["x", "x", "y"], folds=5, seed=0)
+
+
+def _save(path, array):
+    Image.fromarray(np.asarray(array, dtype=np.uint8), "L").save(path)
+    return str(path)
+
+
+def test_pixel_cosine_on_hand_made_images(tmp_path):
+    gradient = np.tile(np.arange(0, 240, 5), (48, 1))  # 48 x 48, each row 0..235
+    a = _save(tmp_path / "a.png", gradient)
+    brighter = _save(tmp_path / "b.png", gradient + 10)  # the mean is removed: same pattern, cosine 1
+    inverted = _save(tmp_path / "c.png", 235 - gradient)  # the pattern reversed: cosine -1
+    scores = PixelCosine(size=48).score_pairs([(a, brighter), (a, inverted), (a, a)])
+    np.testing.assert_allclose(scores, [1.0, -1.0, 1.0], atol=1e-9)
+
+
+def test_lbp_similarity_is_minus_the_chi_square_distance(tmp_path):
+    rng = np.random.default_rng(0)
+    noise = _save(tmp_path / "noise.png", rng.integers(0, 256, (96, 96)))
+    flat = _save(tmp_path / "flat.png", np.full((96, 96), 128))
+    lbp = LocalBinaryPatterns()
+    same, different = lbp.score_pairs([(noise, noise), (noise, flat)])
+    assert same == 0.0
+    # a flat image has one code everywhere: against noise, whose codes are spread, the chi-square
+    # distance is near its maximum of 2 per histogram pair (sum over cells of normalised histograms)
+    a, b = lbp.features(noise), lbp.features(flat)
+    expected = np.sum(np.where(a + b > 0, (a - b) ** 2 / np.where(a + b > 0, a + b, 1), 0))
+    assert different == pytest.approx(-expected) and different < -1.0
+
+
+def test_baselines_tell_classes_apart_when_pixels_do(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(3):  # each class: a fixed pattern of its own, each image with its own noise
+        pattern = rng.integers(40, 216, (48, 48))
+        os.makedirs(tmp_path / f"c{c}")
+        for i in range(4):
+            _save(tmp_path / f"c{c}" / f"{i}.png", pattern + rng.integers(-30, 31, (48, 48)))
+    results = baseline_metrics(all_pairs(scan_folder(str(tmp_path))))
+    assert set(results) == {"pixels", "lbp"}
+    assert results["pixels"]["auc"] == 1.0 and results["pixels"]["eer"] == 0.0
+    assert results["lbp"]["auc"] > 0.9
+    assert "loss" not in results["pixels"]  # not probabilities: ranking metrics only
+
+
+def test_all_pairs_is_every_unordered_pair(tiny_folder):
+    folder = scan_folder(tiny_folder)  # 3 classes x 6 images
+    pairs = all_pairs(folder)
+    assert len(pairs) == 18 * 17 // 2 and len({(p.left, p.right) for p in pairs}) == len(pairs)
+    assert sum(p.same for p in pairs) == 3 * (6 * 5 // 2)
+
+
+def test_one_shot_trials_within_a_group_draw_every_class_from_one_group(tmp_path):
+    for alphabet in ("Greek", "Latin", "Runic"):
+        for c in range(4):
+            make_folder(str(tmp_path / "tmp"), classes=1, per_class=3, seed=c)
+            os.rename(tmp_path / "tmp" / "class_0", tmp_path / f"{alphabet}_character{c:02d}")
+    folder = scan_folder(str(tmp_path))
+    groups = class_groups(folder.classes, regex=r"(.+)_character\d+$")
+    trials = one_shot_trials(folder, n_way=4, trials=50, seed=0, groups=groups)
+    seen = set()
+    for trial in trials:
+        alphabets = {os.path.basename(os.path.dirname(p)).split("_")[0] for p in trial.candidates}
+        assert len(alphabets) == 1
+        seen |= alphabets
+        assert os.path.dirname(trial.candidates[trial.answer]) == os.path.dirname(trial.query)
+        assert trial.candidates[trial.answer] != trial.query
+    assert seen == {"Greek", "Latin", "Runic"}
+    # across groups, a 4-way trial mixes alphabets
+    mixed = one_shot_trials(folder, n_way=4, trials=50, seed=0)
+    assert any(len({os.path.basename(os.path.dirname(p)).split("_")[0] for p in t.candidates}) > 1 for t in mixed)
+    with pytest.raises(UserError, match="group of at least 5 classes"):
+        one_shot_trials(folder, n_way=5, trials=5, seed=0, groups=groups)
+
+
+def test_merged_folders_refuse_a_class_in_both(tmp_path):
+    a = scan_folder(make_folder(str(tmp_path / "a"), classes=2))
+    with pytest.raises(UserError, match="class 'class_0' is in both"):
+        merge_folders([a, scan_folder(make_folder(str(tmp_path / "b"), classes=2))])
+    os.rename(tmp_path / "b" / "class_0", tmp_path / "b" / "other")
+    os.rename(tmp_path / "b" / "class_1", tmp_path / "b" / "another")
+    merged = merge_folders([a, scan_folder(str(tmp_path / "b"))])
+    assert merged.classes == ["another", "class_0", "class_1", "other"]
+    assert all(merged.classes[label] in path for path, label in zip(merged.paths, merged.labels))
+
+
+def test_training_without_a_validation_folder_keeps_the_final_model(tiny_dataset, tmp_path, capsys):
+    out = str(tmp_path / "final")
+    assert train.main(["--train_path", tiny_dataset[0], "-o", out, "-e", "2", *TINY_TRAIN_ARGS]) == 0
+    assert "last.pth is the final model" in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, "best.pth"))
+    last = torch.load(os.path.join(out, "last.pth"), weights_only=True)
+    assert last["epoch"] == 2 and last["threshold"] is None
+
+
+def _cv(data, out, *extra):
+    return crossval.main(["--data", data, "-o", out, "--folds", "3", "-e", "1", *TINY_TRAIN_ARGS, *extra])
+
+
+def test_cross_validation_end_to_end_and_resumed(tmp_path, capsys):
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
+    out = str(tmp_path / "cv")
+    assert _cv(data, out, "--fold", "2") == 0
+    assert os.path.exists(os.path.join(out, "fold_2", "result.json"))
+    assert not os.path.exists(os.path.join(out, "fold_1"))
+    assert "2 of 3 folds" not in capsys.readouterr().out
+    assert _cv(data, out) == 0  # the other two folds; fold 2 is not trained again
+    printed = capsys.readouterr().out
+    assert "fold 2: already scored" in printed and "3 of 3 folds" in printed
+    report = json.load(open(os.path.join(out, "crossval.json")))
+    held_out = [fold["held_out"] for fold in report["per_fold"]]
+    assert sorted(sum(held_out, [])) == [f"class_{c}" for c in range(6)]
+    for fold in report["per_fold"]:
+        assert fold["pairs"] == 10 * 9 // 2 and fold["positive_pairs"] == 2 * 10  # every pair of 2 classes x 5
+        assert set(fold["baselines"]) == {"pixels", "lbp"}
+    auc = report["summary"]["model"]["auc"]
+    assert auc["folds"] == [fold["model"]["auc"] for fold in report["per_fold"]]
+    assert auc["mean"] == pytest.approx(np.mean(auc["folds"])) and auc["std"] == pytest.approx(np.std(auc["folds"], ddof=1))
+    lines = open(os.path.join(out, "crossval.csv")).read().splitlines()
+    assert lines[0] == "system,metric,mean,std,fold_1,fold_2,fold_3"
+    assert any(line.startswith("pixels,auc,") for line in lines)
+    # other folds or settings into the same out path are refused, not mixed
+    assert _cv(data, out, "--fold-seed", "5") == 2
+    assert "other folds" in capsys.readouterr().err
+    assert _cv(data, out, "--dropout", "0.2") == 2
+    assert "other training" in capsys.readouterr().err
