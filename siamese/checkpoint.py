@@ -7,6 +7,8 @@ average's step count, for --resume. Files are written to a temporary name and
 renamed, so an interrupted save never leaves a half-written checkpoint.
 """
 
+import io
+import math
 import os
 
 import torch
@@ -18,12 +20,17 @@ FORMAT_VERSION = 1
 
 
 def atomic_save(obj, path):
+    """Serialise in memory, then write: a Ctrl-C or a full disk then interrupts a plain file write
+    (KeyboardInterrupt, OSError) instead of torch's writer, which turns both into an opaque
+    RuntimeError; the file at path stays as it was either way."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
 
 
 def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,
-                    average=None, classifier=None):
+                    average=None, classifier=None, run_id=None):
     """average: a model.WeightAverage; then `model` holds its averaged weights. classifier: the
     --class-loss classifier, kept only to resume training (it is not part of the model)."""
     extra = {}
@@ -42,6 +49,7 @@ def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None
         "threshold": None if threshold is None else float(threshold),
         "metrics": dict(metrics or {}),
         "args": dict(args or {}),
+        "run_id": run_id,
         **extra,
     }
 
@@ -77,12 +85,47 @@ def load_checkpoint(path):
     except Exception as error:
         raise UserError(f"'{path}' is not a readable checkpoint ({type(error).__name__}); give a .pth file written by train.py") from None
     if isinstance(data, dict) and "format_version" in data:
-        if data["format_version"] > FORMAT_VERSION:
-            raise UserError(f"checkpoint '{path}' has format {data['format_version']}, newer than this toolkit reads ({FORMAT_VERSION}); update the toolkit")
+        version = data["format_version"]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise _altered(path, f"its format_version is {version!r}, not a whole number")
+        if version > FORMAT_VERSION:
+            raise UserError(f"checkpoint '{path}' has format {version}, newer than this toolkit reads ({FORMAT_VERSION}); update the toolkit")
+        _check_config(data, path)
         return data
     if isinstance(data, dict) and "model_state_dict" in data and "backbone" in data:
         return _from_original(data)
     raise UserError(f"'{path}' is a PyTorch file but not a checkpoint of this toolkit; give a .pth file written by train.py")
+
+
+def _altered(path, why):
+    return UserError(f"checkpoint '{path}' cannot be used: {why}; it was altered or damaged, so use one as train.py wrote it")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_config(data, path):
+    """The recorded model settings, checked before anything is built from them."""
+    config = data.get("config")
+    if not isinstance(config, dict):
+        raise _altered(path, "it has no model config")
+    if not isinstance(config.get("backbone"), str) or config.get("features") not in ("pooled", "logits"):
+        raise _altered(path, f"its config names backbone {config.get('backbone')!r} with features {config.get('features')!r}")
+    size = config.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 8192:
+        raise _altered(path, f"its image_size is {size!r}, not a whole number of pixels from 1 to 8192")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if not (isinstance(values, (list, tuple)) and len(values) == 3 and all(_is_number(v) for v in values)):
+            raise _altered(path, f"its {key} is {values!r}, not three numbers (one per colour channel)")
+    if any(v <= 0 for v in config["std"]):
+        raise _altered(path, f"its std {config['std']} has a value at or below 0")
+    dropout = config.get("dropout", 0.5)
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise _altered(path, f"its dropout is {dropout!r}, not a probability below 1")
+    if not isinstance(data.get("model"), dict) or not isinstance(data.get("epoch", 0), int):
+        raise _altered(path, "its weights or epoch are missing")
 
 
 def build_checkpoint_model(checkpoint, path, key="model"):
@@ -100,6 +143,11 @@ def build_checkpoint_model(checkpoint, path, key="model"):
                  ((missing, "weights missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if names]
         raise UserError(f"checkpoint '{path}' does not match its recorded model {checkpoint['config'].get('backbone')}: "
                         f"{', '.join(found)}; it was altered or damaged, so use one as train.py wrote it")
+    broken = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise UserError(f"checkpoint '{path}' holds weights that are not finite numbers (NaN or infinity) in "
+                        f"{len(broken)} tensor(s), such as {broken[0]}: it comes from a training run that diverged; "
+                        f"use an earlier checkpoint, or train again with a lower -lr")
     model.load_state_dict(state)
     return model
 

@@ -1,6 +1,8 @@
 """User errors and the one place that turns them into a clear line and an exit code."""
 
+import errno
 import functools
+import math
 import re
 import sys
 
@@ -13,6 +15,21 @@ def check_at_least(value, minimum, name):
     """None (the default) or a number of at least minimum; anything else is the user's error."""
     if value is not None and value < minimum:
         raise UserError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def check_finite(value, name):
+    """None or a finite number; NaN and infinity are the user's error."""
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, not {value}")
+    return value
+
+
+def check_between(value, low, high, name, *, high_open=False):
+    """None or a finite number in [low, high] (or [low, high) with high_open)."""
+    check_finite(value, name)
+    if value is not None and not (low <= value and (value < high if high_open else value <= high)):
+        raise UserError(f"{name} must be from {low} to {high}{' (not included)' if high_open else ''}, not {value}")
     return value
 
 
@@ -33,18 +50,40 @@ def user_message(error):
     return text
 
 
+def _close_progress_bars():
+    """Close open tqdm bars, so that a message starts on a line of its own, not on a bar's."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def cli(main):
-    """Decorate a script's main(argv): user errors print 'error: ...' and return 2."""
+    """Decorate a script's main(argv): user errors print 'error: ...' and return 2; a full disk
+    is one line too, and Ctrl-C says that what was written before is intact."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
             return main(argv)
         except UserError as error:
+            _close_progress_bars()
             print(f"error: {user_message(error)}", file=sys.stderr)
             return 2
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _close_progress_bars()
+            where = f" that holds '{error.filename}'" if error.filename else ""
+            print(f"error: no space left on the device{where}; files written before are intact: free some space and "
+                  f"run again", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            _close_progress_bars()
+            print("interrupted; files written before are intact (a training run continues with --resume)",
+                  file=sys.stderr)
             return 130
 
     return wrapper

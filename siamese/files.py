@@ -1,7 +1,12 @@
-"""Writing outputs safely: a file appears whole or not at all, and unusable folders are
-reported before any work starts."""
+"""Writing outputs safely: a file appears whole or not at all, one command at a time writes
+into an out path, an out path never replaces an input, and unusable folders or a full disk are
+one line, not a traceback."""
 
 import contextlib
+import errno
+import fcntl
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,6 +30,102 @@ def prepare_output_dir(path, *, what="output folder"):
     return path
 
 
+def disk_error(error, path):
+    """A UserError for an OSError met while writing path, or None when it is not about the disk."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"no space left on the device that holds '{path}'; nothing was replaced, files written "
+                         f"before are intact: free some space and run again")
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return UserError(f"cannot write '{path}' ({error.strerror}); choose a writable path")
+    return None
+
+
+def same_path(a, b):
+    """Whether two paths name one file (through links, or relative and absolute spellings)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def inside(path, folder):
+    """Whether path is folder itself or lies below it (after resolving links)."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_new_file(path, *, inputs=(), force=False, option="--out_path"):
+    """Refuse an out file that is one of the inputs (ever) or already exists (unless force)."""
+    for given in inputs:
+        if given and os.path.exists(given) and os.path.exists(path) and same_path(path, given):
+            raise UserError(f"{option} '{path}' is the input '{given}'; writing there would destroy it: give another path")
+    if os.path.isdir(path):
+        raise UserError(f"{option} '{path}' is a folder; give a file name")
+    if os.path.lexists(path) and not force:
+        raise UserError(f"{option} '{path}' already exists; give another path, or --force to replace it")
+
+
+def check_not_inside(out_path, folders, *, option="--out_path"):
+    """Refuse an out path inside a folder of images that is read: what is written there would be
+    taken for images (or a class) by the next command that reads the folder."""
+    for folder in folders:
+        if folder and os.path.isdir(folder) and inside(out_path, folder):
+            raise UserError(f"{option} '{out_path}' is inside the image folder '{folder}'; its files would become "
+                            f"images of the next run over that folder: give a path outside it")
+
+
+class OutputClaim:
+    """An exclusive claim on an out path for the life of a command: an advisory lock (flock) on a
+    hidden file, which the kernel drops when the process ends however it ends, so a killed run
+    never leaves a path stuck. A second command claiming the same path is refused in one line."""
+
+    def __init__(self, lock_path, what):
+        self.lock_path, self.what = lock_path, what
+        self.handle = None
+
+    def __enter__(self):
+        handle = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.what} is in use by another command ({holder}); wait for it to finish, or give "
+                            f"another out path") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()  # closing drops the lock; the empty file stays for the next claim
+            self.handle = None
+        return False
+
+
+def claim_folder(path, *, what="output folder"):
+    """Create the folder if needed and claim it (OutputClaim on path/.lock). Temporary files of
+    killed runs inside it are removed: no other command can be writing there now."""
+    prepare_output_dir(path, what=what)
+    claim = OutputClaim(os.path.join(path, ".lock"), f"{what} '{path}'").__enter__()
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".tmp-"):
+                _remove(entry.path)
+    return claim
+
+
+def claim_beside(path, *, what="output"):
+    """Claim an out path that is replaced as a whole (a file, or an evaluation's folder): the lock
+    file stands beside it, hidden, so that it survives the replacement."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return OutputClaim(os.path.join(parent, f".{name}.lock"), f"{what} '{path}'")
+
+
 @contextlib.contextmanager
 def atomic_open(path, mode="w", **kwargs):
     """Open a temporary file beside path; on success its data is synced to disk and it replaces
@@ -40,10 +141,47 @@ def atomic_open(path, mode="w", **kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(error, OSError) and disk_error(error, path):
+            raise disk_error(error, path) from None
         raise
+
+
+def _json_safe(value):
+    """NaN and infinity are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path, data):
+    """Atomically write data as JSON that any reader accepts (no NaN or Infinity)."""
+    with atomic_open(path, "w") as f:
+        json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def temporary_beside(path):
+    """A hidden temporary file name beside path, for a file that must be checked before it takes
+    path's place; removed on the way out unless it was moved."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp-{name[:120]}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        yield tmp
+    except OSError as error:
+        if disk_error(error, path):
+            raise disk_error(error, path) from None
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 @contextlib.contextmanager
@@ -58,8 +196,10 @@ def atomic_folder(path):
     os.mkdir(staging)
     try:
         yield staging
-    except BaseException:
+    except BaseException as error:
         _remove(staging)
+        if isinstance(error, OSError) and disk_error(error, path):
+            raise disk_error(error, path) from None
         raise
     if os.path.lexists(path):
         earlier = os.path.join(parent, f".tmp-earlier-{name}.{os.getpid()}")

@@ -6,9 +6,13 @@ dropout, so a run resumed from last.pth continues exactly as if it had not stopp
 
 import csv
 import json
+import math
 import os
+import re
+import shutil
 import sys
 import time
+import uuid
 
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
@@ -18,9 +22,9 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
-from .errors import UserError, check_at_least, check_batch_size
+from .errors import UserError, check_at_least, check_batch_size, check_finite
 from .evaluate import constant_scores_note, evaluate
-from .files import atomic_open, prepare_output_dir
+from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
@@ -147,6 +151,60 @@ def _write_metric_rows(path, rows):
         writer.writerows(rows)
 
 
+CHECKPOINT_NAME = re.compile(r"(last|best|epoch_\d+)\.pth$")
+RUN_FILES = ("args.json", "metrics.csv", "tensorboard")  # what a run writes besides its checkpoints
+
+
+def _checkpoints_in(out_path):
+    return sorted(n for n in os.listdir(out_path) if CHECKPOINT_NAME.match(n)) if os.path.isdir(out_path) else []
+
+
+def _check_out_path(out_path, resume, run_id):
+    """Refuse an out path that holds another run's checkpoints: a new run never writes over a run,
+    and a resumed one continues only in its own folder or in one that holds no run."""
+    found = _checkpoints_in(out_path)
+    if not found:
+        return
+    if not resume:
+        raise UserError(f"output folder '{out_path}' already holds a training run ({', '.join(found)}); continue it "
+                        f"with --resume {os.path.join(out_path, 'last.pth')}, or give another --out_path")
+    for name in ("last.pth", "best.pth", found[0]):
+        path = os.path.join(out_path, name)
+        if os.path.exists(path):
+            break
+    if same_path(path, resume):
+        return
+    try:
+        theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
+    except Exception:
+        theirs = None
+    if theirs is None or theirs != run_id:
+        raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' ({', '.join(found)}); "
+                        f"resume into the run's own folder or an empty one, so that neither run is overwritten")
+
+
+def _remove_unfinished_run(out_path, log):
+    """A run stopped before its first checkpoint leaves logs with nothing to continue: a new run
+    replaces them (there is nothing to protect) instead of refusing the folder."""
+    left = [name for name in RUN_FILES if os.path.lexists(os.path.join(out_path, name))]
+    if left and not _checkpoints_in(out_path):
+        for name in left:
+            path = os.path.join(out_path, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        log(f"note: removed {', '.join(left)} of an earlier run in '{out_path}' that stopped before its first checkpoint")
+
+
+def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
+    """Stop before a diverged epoch is saved: a checkpoint with NaN weights must never replace a good one."""
+    broken = not math.isfinite(stats["loss"]) or not math.isfinite(stats.get("class_loss", 0.0)) or any(
+        value.is_floating_point() and not torch.isfinite(value).all() for value in model.state_dict().values())
+    if broken:
+        raise UserError(f"training diverged in epoch {epoch}: the loss or the weights became NaN or infinite, most "
+                        f"likely from a learning rate ({learning_rate:g}) or weight decay ({weight_decay:g}) too large; "
+                        f"nothing of epoch {epoch} was saved: lower -lr (e.g. 1e-4) and train again, or --resume the "
+                        f"last good last.pth")
+
+
 def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
@@ -174,7 +232,10 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {ema}")
     check_batch_size(eval_batch_size, "--eval-batch-size")  # before the output folder is made
     check_at_least(workers, 0, "--workers")
-    check_at_least(weight_decay, 0, "--weight-decay")
+    check_at_least(check_finite(weight_decay, "--weight-decay"), 0, "--weight-decay")
+    check_finite(learning_rate, "-lr/--learning_rate")
+    check_finite(class_loss, "--class-loss")
+    check_at_least(seed, 0, "--seed")
     if not learning_rate > 0:
         raise UserError(f"-lr/--learning_rate must be above 0, not {learning_rate}")
     if not 0.0 <= dropout < 1.0:
@@ -193,23 +254,24 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     if mirror_classes and augment == "full":
         raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
                         "each class with its mirror class")
-    earlier = [name for name in ("last.pth", "best.pth", "metrics.csv") if os.path.exists(os.path.join(out_path, name))]
-    if earlier and not resume:  # a new run would replace its best.pth and mix their TensorBoard curves
-        raise UserError(f"output folder '{out_path}' already holds a training run ({', '.join(earlier)}); continue it "
-                        f"with --resume {os.path.join(out_path, 'last.pth')}, or give another --out_path")
+    checkpoint = load_checkpoint(resume) if resume else None
+    run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
+    _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
     train_folder = train_path if isinstance(train_path, ImageFolder) else scan_folder(train_path, what="training folder")
     train_path = train_folder.root
     val_folder = val_pairs = None
     if val_path is not None:
-        val_folder = val_path if isinstance(val_path, ImageFolder) else scan_folder(val_path, what="validation folder")
+        # decoded whole: a truncated validation image is found now, not after the first epoch
+        val_folder = val_path if isinstance(val_path, ImageFolder) else scan_folder(val_path, what="validation folder",
+                                                                                     decode=True)
         val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
         same = sum(pair.same for pair in val_pairs)
         if same in (0, len(val_pairs)):  # no ROC-AUC to pick the best epoch by
             raise UserError(f"the {len(val_pairs)} validation pairs drawn from '{val_folder.root}' are all "
                             f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
                             f"both kinds: add validation images or raise --val-pairs-per-image")
+    check_not_inside(out_path, [train_folder.root] + ([val_folder.root] if val_folder else []))
 
-    checkpoint = load_checkpoint(resume) if resume else None
     torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
     if checkpoint is not None:
         model = build_checkpoint_model(checkpoint, resume, "training_model" if "training_model" in checkpoint else "model")
@@ -276,28 +338,31 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
     predictor = TorchPredictor(validated, device=device, batch_size=eval_batch_size, workers=workers,
                                amp=amp, channels_last=channels_last)
 
-    if context.is_main:
-        prepare_output_dir(out_path)  # only once every input is known to be good: a bad one leaves no folder
-    distributed.barrier(context)
-    writer = None
+    writer = claim = None
     metrics_path = os.path.join(out_path, "metrics.csv")
-    if context.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with atomic_open(os.path.join(out_path, "args.json"), "w") as f:
-            json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size), f, indent=2)
-        rows = _read_metric_rows(metrics_path, start_epoch)
-        writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
-        classes = f"{len(train_folder.classes)} classes"
-        if len(dataset.by_class) > len(train_folder.classes):
-            classes += f", {len(dataset.by_class)} with turned or mirrored copies"
-        validation = (f"validating on {len(val_pairs)} pairs from {len(val_folder.classes)} classes" if val_folder else
-                      "no validation: last.pth is the final model, best.pth is not written")
-        log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
-            f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
-            f"epoch, {pairing} pairs); {validation}; {context.world_size} process(es) on {device}")
-
     try:
+        if context.is_main:
+            # Only once every input is known to be good (a bad one leaves no folder), and for the
+            # whole run: a second run into this path is refused while this one lives.
+            claim = claim_folder(out_path)
+            from torch.utils.tensorboard import SummaryWriter
+
+            _check_out_path(out_path, resume, run_id)
+            _remove_unfinished_run(out_path, log)
+            with atomic_open(os.path.join(out_path, "args.json"), "w") as f:
+                json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size, run_id=run_id), f,
+                          indent=2)
+            rows = _read_metric_rows(metrics_path, start_epoch)
+            writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
+            classes = f"{len(train_folder.classes)} classes"
+            if len(dataset.by_class) > len(train_folder.classes):
+                classes += f", {len(dataset.by_class)} with turned or mirrored copies"
+            validation = (f"validating on {len(val_pairs)} pairs from {len(val_folder.classes)} classes" if val_folder else
+                          "no validation: last.pth is the final model, best.pth is not written")
+            log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
+                f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
+                f"epoch, {pairing} pairs); {validation}; {context.world_size} process(es) on {device}")
+        distributed.barrier(context)
         for epoch in range(start_epoch, epochs + 1):
             set_loader_epoch(loader, epoch)
             torch.manual_seed(seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
@@ -309,6 +374,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                                     channels_last=channels_last, progress=bar, context=context, average=average,
                                     class_loss=class_loss)
             bar.close()
+            _check_finite_training(stats, validated, epoch, learning_rate, weight_decay)
             scheduler.step()
             if context.is_main:
                 result = evaluate(predictor, val_pairs) if val_folder is not None else None
@@ -334,7 +400,7 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
                 state = make_checkpoint(model=validated, average=average, epoch=epoch, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler, threshold=threshold,
                                         metrics={"train": stats, "val": m, "best": best}, args=run_args,
-                                        classifier=classifier)
+                                        classifier=classifier, run_id=run_id)
                 if improved:
                     atomic_save(state, os.path.join(out_path, "best.pth"))
                 atomic_save(state, os.path.join(out_path, "last.pth"))
@@ -352,4 +418,6 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         if writer is not None:
             writer.close()
         distributed.cleanup(context)
+        if claim is not None:
+            claim.__exit__(None, None, None)
     return best

@@ -318,7 +318,7 @@ def test_a_new_run_never_trains_over_an_earlier_one(tiny_dataset, tmp_path, caps
     events = os.listdir(os.path.join(out, "tensorboard"))
     capsys.readouterr()
     assert run_train(train_dir, val_dir, out, "-e", "1", "--seed", "5") == 2
-    assert f"output folder '{out}' already holds a training run (last.pth, best.pth, metrics.csv)" in _error_line(capsys)
+    assert f"output folder '{out}' already holds a training run (best.pth, last.pth)" in _error_line(capsys)
     assert {name: open(os.path.join(out, name), "rb").read() for name in before} == before
     assert os.listdir(os.path.join(out, "tensorboard")) == events  # no second run's curves mixed in
 
