@@ -25,14 +25,19 @@ def get_args_parser():
     p.add_argument("--opt-batch", default=8, type=int, help="batch the engine is tuned for")
     p.add_argument("--max-batch", default=32, type=int, help="largest batch the engine accepts")
     p.add_argument("--timing-cache", default=None, type=str, help="reuse/update this timing cache file (faster rebuilds)")
+    p.add_argument("--force", action="store_true", help="replace an existing engine at --engine (never the ONNX file)")
     return p
 
 
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    from siamese.files import check_new_file
+    from siamese.runtime import engine_metadata_path
     from siamese.trt import build_engine_file, import_tensorrt
 
+    for path, option in ((args.engine, "--engine"), (engine_metadata_path(args.engine), "--engine's sidecar")):
+        check_new_file(path, inputs=[args.onnx, args.timing_cache], force=args.force, option=option)
     trt = import_tensorrt()
     try:
         from siamese.cuda_memory import default_cuda

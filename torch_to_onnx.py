@@ -23,6 +23,7 @@ def get_args_parser():
     p.add_argument("--images", default=None, type=str,
                    help="folder of real images for the check (default: the checkpoint's validation folder, if present)")
     p.add_argument("--tolerance", default=None, type=float, help="largest allowed |ONNX - PyTorch| (default 1e-4; 1e-2 with --fp16)")
+    p.add_argument("--force", action="store_true", help="replace an existing file at the out path (never the checkpoint)")
     return p
 
 
@@ -43,35 +44,50 @@ def check_images(folder, preprocessing, *, given, count=10):
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    import numpy as np
-
     from siamese.checkpoint import load_model
-    from siamese.export import check_against_pytorch, export_onnx
-    from siamese.files import prepare_output_dir
+    from siamese.errors import check_finite
+    from siamese.export import export_onnx
+    from siamese.files import check_new_file, claim_beside, prepare_output_dir, temporary_beside
 
+    if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
+        raise UserError(f"--tolerance must be above 0, not {args.tolerance}")
+    out = os.path.join(args.out_path, "model.onnx") if os.path.isdir(args.out_path) else args.out_path
+    check_new_file(out, inputs=[args.checkpoint], force=args.force)
     model, checkpoint = load_model(args.checkpoint)
     folder = args.images or checkpoint.get("args", {}).get("val_path")
     images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
-    out = os.path.join(args.out_path, "model.onnx") if os.path.isdir(args.out_path) else args.out_path
     prepare_output_dir(os.path.dirname(os.path.abspath(out)))
-    metadata = export_onnx(model, out, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
+    with claim_beside(out, what="out path"), temporary_beside(out) as written:
+        # Checked before it takes the out path: a failed check leaves an earlier file there as it was.
+        metadata = export_onnx(model, written, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
+        check_export(model, written, out, images, folder, fp16=args.fp16, tolerance=args.tolerance)
+        check_new_file(out, inputs=[args.checkpoint], force=args.force)  # again: another command may have written it
+        os.replace(written, out)
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
           f"inputs img1, img2 (N, 3, {model.config['image_size']}, {model.config['image_size']}), output similarity (N, 1)")
+    return 0
+
+
+def check_export(model, written, out, images, folder, *, fp16, tolerance):
+    """ONNX Runtime against PyTorch on real images (or random inputs); a UserError above the
+    tolerance, with the failed file kept as OUT.failed for inspection."""
+    import numpy as np
+    from siamese.export import check_against_pytorch
 
     source = f"real images from {folder}"
     if images is None:
         size = model.config["image_size"]
         images = np.random.default_rng(0).standard_normal((10, 3, size, size)).astype(np.float32)
         source = "random inputs (pass --images FOLDER to check on real images)"
-    tolerance = args.tolerance if args.tolerance is not None else (1e-2 if args.fp16 else 1e-4)
-    difference = check_against_pytorch(model, out, images[:5], images[5:10], batch_sizes=(1, 5))
+    tolerance = tolerance if tolerance is not None else (1e-2 if fp16 else 1e-4)
+    difference = check_against_pytorch(model, written, images[:5], images[5:10], batch_sizes=(1, 5))
     print(f"ONNX Runtime vs PyTorch (float32) on {source}, batch sizes 1 and 5: max |difference| = {difference:.2e} "
           f"(tolerance {tolerance:g})")
-    if difference > tolerance:
-        os.replace(out, out + ".failed")
+    if not difference <= tolerance:
+        os.replace(written, out + ".failed")
+        kept = f"; the earlier '{out}' is as it was" if os.path.exists(out) else ""
         raise UserError(f"the exported model differs from PyTorch by {difference:.2e} > {tolerance:g}; kept it as "
-                        f"{out}.failed for inspection")
-    return 0
+                        f"{out}.failed for inspection{kept}")
 
 
 if __name__ == "__main__":

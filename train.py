@@ -8,7 +8,7 @@ Many GPUs or machines (one process per GPU):
 
 Without --val_path (the final model, once cross-validation has chosen the settings and the
 number of epochs; see crossval.py):
-    python train.py --train_path data/all -o runs/final -b resnet18 -e 20
+    python train.py --train_path data/train data/val -o runs/final -b resnet18 -e 20
 
 Writes best.pth (with validation), last.pth (for --resume; the final model without validation),
 epoch_N.pth, args.json, metrics.csv and tensorboard/ (view with: tensorboard --logdir runs/exp1)
@@ -25,7 +25,8 @@ from siamese.training import LR_SCHEDULES, PAIRINGS, fit
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--train_path", "--train-path", required=True, type=str, help="training folder: ROOT/ClassName/image")
+    p.add_argument("--train_path", "--train-path", required=True, nargs="+", type=str,
+                   help="training folder: ROOT/ClassName/image; several folders train on their classes together")
     p.add_argument("--val_path", "--val-path", default=None, type=str,
                    help="validation folder in the same layout (classes not seen in training): picks best.pth and "
                         "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
@@ -106,11 +107,19 @@ def fit_options(args):
     return {name: getattr(args, name) for name in TRAINING_OPTIONS}
 
 
+def training_folders(paths):
+    """Several training folders as one (train/ and val/ together for the final model)."""
+    from siamese.images import merge_folders, scan_folder
+
+    return merge_folders([scan_folder(path, what="training folder") for path in paths])
+
+
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
 
-    best = fit(train_path=args.train_path, val_path=args.val_path, out_path=args.out_path, resume=args.resume,
+    train_path = args.train_path[0] if len(args.train_path) == 1 else training_folders(args.train_path)
+    best = fit(train_path=train_path, val_path=args.val_path, out_path=args.out_path, resume=args.resume,
                val_pairs_per_image=args.val_pairs_per_image, run_args=vars(args), **fit_options(args))
     if best.get("epoch") is not None:
         print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "
