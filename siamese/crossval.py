@@ -17,7 +17,7 @@ import numpy as np
 from .baselines import BASELINES, RANKING_METRICS, baseline_metrics
 from .errors import UserError
 from .evaluate import evaluate
-from .files import atomic_open, prepare_output_dir
+from .files import atomic_open, prepare_output_dir, write_json
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 
 SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
@@ -26,11 +26,6 @@ SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path, data):
-    with atomic_open(path, "w") as f:
-        json.dump(data, f, indent=2)
 
 
 def check_plan(out_path, plan):
@@ -43,7 +38,7 @@ def check_plan(out_path, plan):
             raise UserError(f"'{out_path}' holds a cross-validation with other {', '.join(changed)}; continue it with "
                             f"the same options, or give another --out_path")
     else:
-        _write_json(path, plan)
+        write_json(path, plan)
 
 
 def _fold_metrics(result):
@@ -95,7 +90,7 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baseline_metrics(pairs, trials=shots).items()},
     }
-    _write_json(result_path, fold_result)
+    write_json(result_path, fold_result)
     return fold_result
 
 
@@ -148,7 +143,7 @@ def format_table(summary, folds_done, folds_total):
 def write_summary(out_path, fold_results, folds_total):
     """OUT/crossval.json and OUT/crossval.csv (one row per system and metric, a column per fold)."""
     summary = summarize(fold_results)
-    _write_json(os.path.join(out_path, "crossval.json"),
+    write_json(os.path.join(out_path, "crossval.json"),
                 {"folds_done": len(fold_results), "folds": folds_total, "summary": summary, "per_fold": fold_results})
     with atomic_open(os.path.join(out_path, "crossval.csv"), "w", newline="") as f:
         f.write("system,metric,mean,std," + ",".join(f"fold_{r['fold']}" for r in fold_results) + "\n")

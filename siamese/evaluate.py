@@ -5,11 +5,12 @@ similarities`) and a pair list, and returns the scores and the metrics. No torch
 TensorRT and ONNX Runtime predictors use it on machines without PyTorch.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UserError, check_at_least
+from .errors import UserError, check_at_least, check_between
 from .metrics import one_shot_accuracy, verification_metrics
 
 DEFAULT_THRESHOLD = 0.5
@@ -30,7 +31,7 @@ class Evaluation:
 def resolve_threshold(requested=None, calibrated=None):
     """(threshold, where it came from): --threshold, else the one calibrated in training, else 0.5."""
     if requested is not None:
-        return float(requested), "--threshold"
+        return float(check_between(requested, 0.0, 1.0, "--threshold")), "--threshold"
     if calibrated is not None:
         return float(calibrated), "calibrated on the validation set during training"
     return DEFAULT_THRESHOLD, "default"
@@ -98,13 +99,37 @@ def baselines_summary(baselines, model_metrics):
     return "\n".join(lines)
 
 
+EVALUATION_FILES = {"metrics.json", "scores.csv", "roc.png", "errors.png", "pairs"}
+
+
+def check_evaluation_out_path(out_path):
+    """An evaluation replaces its out folder as a whole: refuse a folder that holds anything else
+    (a training run, a user's files) rather than replace it."""
+    if not os.path.lexists(out_path):
+        return
+    if not os.path.isdir(out_path):
+        raise UserError(f"evaluation out path '{out_path}' is a file; give a folder path")
+    other = sorted(n for n in os.listdir(out_path) if not n.startswith(".") and n not in EVALUATION_FILES)
+    if other:
+        raise UserError(f"evaluation out path '{out_path}' holds files that are not an evaluation's (such as "
+                        f"'{other[0]}'); an evaluation replaces its folder as a whole, so give a new or an "
+                        f"evaluation's folder")
+
+
+def check_finite_scores(scores):
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise UserError(f"the model gave {bad} pair(s) a similarity that is not a number (NaN or infinity); its weights "
+                        f"are broken (a diverged training run?): use an earlier checkpoint or train again")
+
+
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
                    calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
                    group_csv=None, baselines=False, max_pictures=None, workers=4, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files; with
     `baselines`, the no-learning baselines on the same pairs and trials."""
-    from .files import prepare_output_dir
+    from .files import atomic_folder, check_not_inside, claim_beside, prepare_output_dir
     from .folds import class_groups
     from .images import scan_folder
     from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
@@ -113,6 +138,10 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     check_at_least(pairs_per_image, 1, "--pairs-per-image")
     check_at_least(max_pictures, 0, "--max-pictures")
     check_at_least(workers, 0, "--workers")
+    check_at_least(seed, 0, "--seed")
+    check_between(threshold, 0.0, 1.0, "--threshold")
+    check_not_inside(out_path, [val_path])
+    check_evaluation_out_path(out_path)
     if within_group and not (n_way and (group_regex or group_csv)):
         raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
 
@@ -120,18 +149,24 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)
     groups = class_groups(folder.classes, regex=group_regex, csv_path=group_csv) if within_group else None
     shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed, groups=groups) if n_way else None
-    prepare_output_dir(out_path)  # only once the inputs are known to be good
+    prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
     threshold, source = resolve_threshold(threshold, calibrated_threshold)
-    result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
-    if shots and within_group:
-        result.metrics["one_shot"]["within_group"] = True
-    if baselines:
-        from .baselines import baseline_metrics
+    with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
+        result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
+        check_finite_scores(result.scores)
+        if shots and within_group:
+            result.metrics["one_shot"]["within_group"] = True
+        if baselines:
+            from .baselines import baseline_metrics
 
-        result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
-    details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
-               "pairs_file": pairs_file, **(extra or {})}
-    paths = write_report(result, out_path, threshold=threshold, extra=details, max_pictures=max_pictures, workers=workers)
+            result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
+        details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
+                   "pairs_file": pairs_file, **(extra or {})}
+        # The result set appears as a whole, replacing an earlier evaluation's, or not at all.
+        with atomic_folder(out_path) as staging:
+            paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=max_pictures,
+                                 workers=workers)
+    paths = {name: os.path.join(out_path, os.path.basename(path)) for name, path in paths.items()}
     log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
     if baselines:
         log(baselines_summary(result.metrics["baselines"], result.metrics))

@@ -9,10 +9,11 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UserError
 
+ORIENTATION = 0x0112  # the EXIF tag
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -82,7 +83,7 @@ def merge_folders(folders):
                        [p for p, _ in samples], [rank[label] for _, label in samples])
 
 
-def scan_folder(root, *, what="image folder", check_images=True):
+def scan_folder(root, *, what="image folder", check_images=True, decode=False):
     """Scan ROOT/ClassName/* for images; raise UserError for anything unusable.
 
     A pair model needs two classes and at least one class with two images. Each image's
@@ -97,12 +98,11 @@ def scan_folder(root, *, what="image folder", check_images=True):
         class_dir = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(class_dir):
             continue
-        files = sorted(f for f in os.listdir(class_dir) if is_image_file(f) and os.path.isfile(os.path.join(class_dir, f)))
+        files = class_images(class_dir)
         if not files:
             continue
-        for f in files:
-            paths.append(os.path.join(class_dir, f))
-            labels.append(len(classes))
+        paths += files
+        labels += [len(classes)] * len(files)
         classes.append(name)
     if not paths:
         raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
@@ -111,10 +111,24 @@ def scan_folder(root, *, what="image folder", check_images=True):
     folder = ImageFolder(root, classes, paths, labels)
     if max(len(group) for group in folder.images_by_class()) < 2:
         raise UserError(f"no class in {what} '{root}' has two images, so no same-class pair can be made; add images")
-    if check_images:
+    if decode:  # every pixel: finds truncated files too, for folders read whole anyway (validation)
+        for path in paths:
+            load_image(path)
+    elif check_images:
         for path in paths:
             check_image(path)
     return folder
+
+
+def class_images(class_dir):
+    """The image files of one class, sorted, sub-folders included (a class may keep its images
+    by session or source); hidden files and folders are left out."""
+    found = []
+    for parent, folders, files in os.walk(class_dir):
+        folders[:] = sorted(d for d in folders if not d.startswith("."))
+        found += [os.path.join(parent, f) for f in sorted(files) if is_image_file(f)
+                  and os.path.isfile(os.path.join(parent, f))]
+    return sorted(found)
 
 
 def check_image(path):
@@ -166,6 +180,8 @@ def load_image(path, *, size_hint=None):
             if size_hint and img.format == "JPEG":
                 img.draft("RGB", (size_hint, size_hint))
             img.load()
+            if img.getexif().get(ORIENTATION, 1) != 1:  # a phone photo stored on its side
+                img = ImageOps.exif_transpose(img)
             return _to_rgb(img)
     except UserError:
         raise

@@ -73,8 +73,10 @@ def read_pairs_csv(csv_path, root):
     """
     if not os.path.isfile(csv_path):
         raise UserError(f"pair list '{csv_path}' does not exist")
+    from .images import check_image
+
     bases = [root, os.path.dirname(os.path.abspath(root))]
-    pairs = []
+    pairs, seen = [], {}
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: the byte-order mark spreadsheets write
             rows = list(csv.reader(handle))
@@ -90,13 +92,22 @@ def read_pairs_csv(csv_path, root):
         resolved = []
         for rel in row[:2]:
             rel = rel.strip()
+            if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+                raise UserError(f"pair list '{csv_path}' line {line}: '{rel}' must be a path relative to '{root}' (or to "
+                                f"its parent) that stays inside it: no absolute paths, no '..'")
             found = next((os.path.join(b, rel) for b in bases if os.path.isfile(os.path.join(b, rel))), None)
             if found is None:
                 raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
             resolved.append(os.path.normpath(found))
+        key = tuple(sorted(resolved))
+        if key in seen:  # it would count twice in every metric
+            raise UserError(f"pair list '{csv_path}' line {line} repeats the pair of line {seen[key]}; list each pair once")
+        seen[key] = line
         pairs.append(Pair(resolved[0], resolved[1], row[2].strip() == "1"))
     if not pairs:
         raise UserError(f"pair list '{csv_path}' has no pairs")
+    for path in sorted({p for pair in pairs for p in (pair.left, pair.right)}):
+        check_image(path)  # before anything is written
     if len({p.same for p in pairs}) < 2:
         raise UserError(f"pair list '{csv_path}' has only {'same' if pairs[0].same else 'different'}-class pairs; metrics need both")
     return pairs

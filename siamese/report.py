@@ -3,14 +3,13 @@ pair. Pictures are drawn with Pillow (no matplotlib figure per pair); no torch h
 
 import csv
 import functools
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .files import atomic_folder, atomic_open
+from .files import atomic_folder, atomic_open, write_json
 from .images import load_image
 from .metrics import roc
 
@@ -202,9 +201,7 @@ def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=Non
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "scores": os.path.join(out_dir, "scores.csv"),
              "roc": os.path.join(out_dir, "roc.png"), "errors": os.path.join(out_dir, "errors.png"),
              "pictures": os.path.join(out_dir, "pairs")}
-    with atomic_open(paths["metrics"], "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
+    write_json(paths["metrics"], metrics)
     with atomic_open(paths["scores"], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["left", "right", "left_class", "right_class", "same", "similarity"])
