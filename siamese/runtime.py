@@ -10,6 +10,7 @@ metadata, or for a TensorRT engine from the ENGINE.json written beside it.
 """
 
 import json
+import math
 import os
 from functools import lru_cache
 
@@ -24,16 +25,60 @@ OUTPUT_NAME = "similarity"
 IMAGE_CACHE_BYTES = 512 * 2**20
 
 
+def _numbers(text, count):
+    values = json.loads(text)
+    if not (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ValueError(f"{text!r} is not {count} numbers")
+    return tuple(float(v) for v in values)
+
+
 def parse_metadata(meta, source):
-    """Metadata strings (from ONNX or ENGINE.json) -> (Preprocessing, threshold or None, dict)."""
+    """Metadata strings (from ONNX or ENGINE.json) -> (Preprocessing, threshold or None, dict),
+    each value checked: an edited file is refused in one line, not run on nonsense."""
+    def broken(why):
+        return UserError(f"'{source}' has unusable metadata: {why}; export the model again with torch_to_onnx.py "
+                         f"(and build engines with onnx_to_trt.py)")
+
+    missing = [key for key in ("siamese.image_size", "siamese.mean", "siamese.std") if key not in meta]
+    if missing:
+        raise UserError(f"'{source}' lacks the toolkit's preprocessing metadata ({', '.join(missing)}); "
+                        f"export it with torch_to_onnx.py (and build engines with onnx_to_trt.py)")
+    size = str(meta["siamese.image_size"])
+    if not size.isdigit() or not 1 <= int(size) <= 8192:
+        raise broken(f"image size {size!r} is not a whole number of pixels from 1 to 8192")
     try:
-        preprocessing = Preprocessing(int(meta["siamese.image_size"]), tuple(json.loads(meta["siamese.mean"])),
-                                      tuple(json.loads(meta["siamese.std"])))
-    except (KeyError, ValueError) as error:
-        raise UserError(f"'{source}' lacks the toolkit's preprocessing metadata ({error}); "
-                        f"export it with torch_to_onnx.py (and build engines with onnx_to_trt.py)") from None
+        mean, std = _numbers(meta["siamese.mean"], 3), _numbers(meta["siamese.std"], 3)
+    except ValueError as error:
+        raise broken(f"mean or std: {error} (one per colour channel)") from None
+    if min(std) <= 0:
+        raise broken(f"std {list(std)} has a value at or below 0")
     threshold = meta.get("siamese.threshold") or None
-    return preprocessing, None if threshold is None else float(threshold), dict(meta)
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise broken(f"threshold {threshold!r} is not a number") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise broken(f"threshold {threshold} is not between 0 and 1")
+    return Preprocessing(int(size), mean, std), threshold, dict(meta)
+
+
+def check_interface(inputs, outputs, image_size, source):
+    """The graph's own inputs and output (name -> shape, None for a dynamic dimension) against
+    the deployed contract and the metadata's image size."""
+    if sorted(inputs) != sorted(INPUT_NAMES):
+        raise UserError(f"'{source}' has inputs {sorted(inputs)}, not img1 and img2; export it with torch_to_onnx.py")
+    if list(outputs) != [OUTPUT_NAME]:
+        raise UserError(f"'{source}' has outputs {list(outputs)}, not one named '{OUTPUT_NAME}'; export it with "
+                        f"torch_to_onnx.py")
+    for name, shape in inputs.items():
+        if len(shape) != 4 or tuple(shape[1:]) != (3, image_size, image_size):
+            raise UserError(f"'{source}' input {name} has shape {list(shape)}, but its metadata says "
+                            f"(N, 3, {image_size}, {image_size}); the file was altered: export it again")
+    shape = outputs[OUTPUT_NAME]
+    if len(shape) != 2 or shape[1] != 1:
+        raise UserError(f"'{source}' output {OUTPUT_NAME} has shape {list(shape)}, not (N, 1); export it again")
 
 
 class DeployedModel:
@@ -81,10 +126,13 @@ class OnnxRuntimeModel(DeployedModel):
         except Exception as error:
             raise UserError(f"ONNX Runtime cannot load '{path}' ({str(error).strip().splitlines()[0][:200]}); "
                             f"give an .onnx file written by torch_to_onnx.py") from None
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise UserError(f"'{path}' has inputs {names}, not img1 and img2; export it with torch_to_onnx.py")
         self.preprocessing, self.threshold, self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+
+        def shape(value):  # symbolic dimensions (the batch) as None
+            return [d if isinstance(d, int) else None for d in value.shape]
+
+        check_interface({i.name: shape(i) for i in self.session.get_inputs()},
+                        {o.name: shape(o) for o in self.session.get_outputs()}, self.preprocessing.image_size, path)
         self.max_batch = batch_size or 64  # on a CPU, batches of 4 to 64 pairs ran equally fast here
         self.providers = self.session.get_providers()
 
