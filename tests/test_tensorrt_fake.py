@@ -151,3 +151,19 @@ def test_removed_tensorrt_calls_are_absent_from_the_code():
         code = open(os.path.join(root, name)).read()
         for call in removed:
             assert call not in code, f"{name} uses {call}"
+
+
+def test_onnx_to_trt_never_replaces_its_input_or_an_existing_engine(onnx_model, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import onnx_to_trt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.9.0"))
+    before = open(onnx_model, "rb").read()
+    assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", onnx_model, "--force"]) == 2
+    assert "is the input" in capsys.readouterr().err and open(onnx_model, "rb").read() == before
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"an engine built last week")
+    assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", str(engine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and "\n" not in err and engine.read_bytes() == b"an engine built last week"
