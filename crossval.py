@@ -16,7 +16,7 @@ Run it again to continue an interrupted cross-validation; --fold K runs one fold
 import argparse
 
 import train
-from siamese.errors import UserError, check_at_least, cli
+from siamese.errors import UserError, cli
 
 
 def get_args_parser():
