@@ -46,8 +46,7 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    from siamese.crossval import check_plan, cross_validate
-    from siamese.files import prepare_output_dir
+    from siamese.crossval import cross_validate
     from siamese.folds import class_folds, class_groups
     from siamese.images import merge_folders, scan_folder
 
@@ -69,11 +68,9 @@ def main(argv=None):
     plan = {"data": sorted(args.data), "folds": held_out, "training": settings,
             "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
             "trials": args.trials, "within_group": args.within_group}
-    prepare_output_dir(args.out_path)
-    check_plan(args.out_path, plan)
     print(f"{len(folder.classes)} classes in {len(set(groups))} groups, {len(folder)} images; "
           f"{args.folds} folds holding out {', '.join(str(len(f)) for f in held_out)} classes")
-    cross_validate(folder, groups, held_out, out_path=args.out_path, training=training,
+    cross_validate(folder, groups, held_out, out_path=args.out_path, training=training, plan=plan,
                    pairs_per_image=pairs, n_way=args.n_way, trials=args.trials,
                    within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold)
     return 0

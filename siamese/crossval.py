@@ -17,7 +17,7 @@ import numpy as np
 from .baselines import BASELINES, RANKING_METRICS, baseline_metrics
 from .errors import UserError
 from .evaluate import evaluate
-from .files import atomic_open, prepare_output_dir, write_json
+from .files import atomic_open, claim_folder, write_json
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 
 SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
@@ -156,15 +156,17 @@ def write_summary(out_path, fold_results, folds_total):
     return summary
 
 
-def cross_validate(folder, groups, held_out_folds, *, out_path, training, pairs_per_image=5, n_way=0, trials=400,
+def cross_validate(folder, groups, held_out_folds, *, out_path, training, plan, pairs_per_image=5, n_way=0, trials=400,
                    within_group=False, eval_seed=1, only_fold=None, log=print):
-    """Run every fold (or only_fold, 1-based) and write the summary of the folds scored so far."""
-    prepare_output_dir(out_path)
+    """Run every fold (or only_fold, 1-based) and write the summary of the folds scored so far.
+    `plan` (the folds and every setting that changes results) must match OUT/plan.json, if any."""
     indices = range(1, len(held_out_folds) + 1) if only_fold is None else [only_fold]
-    for index in indices:
-        run_fold(folder, held_out_folds[index - 1], groups, index=index, out_path=out_path, training=training,
-                 pairs_per_image=pairs_per_image, n_way=n_way, trials=trials, within_group=within_group,
-                 eval_seed=eval_seed, log=log)
+    with claim_folder(out_path, what="cross-validation out path"):  # one cross-validation at a time per path
+        check_plan(out_path, plan)
+        for index in indices:
+            run_fold(folder, held_out_folds[index - 1], groups, index=index, out_path=out_path, training=training,
+                     pairs_per_image=pairs_per_image, n_way=n_way, trials=trials, within_group=within_group,
+                     eval_seed=eval_seed, log=log)
     done = [_read_json(os.path.join(out_path, f"fold_{i}", "result.json")) for i in range(1, len(held_out_folds) + 1)
             if os.path.exists(os.path.join(out_path, f"fold_{i}", "result.json"))]
     summary = write_summary(out_path, done, len(held_out_folds))

@@ -84,6 +84,8 @@ class OutputClaim:
         self.handle = None
 
     def __enter__(self):
+        if self.handle is not None:  # already claimed (claim_folder claims before it returns)
+            return self
         handle = open(self.lock_path, "a+")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,8 +110,9 @@ class OutputClaim:
 
 
 def claim_folder(path, *, what="output folder"):
-    """Create the folder if needed and claim it (OutputClaim on path/.lock). Temporary files of
-    killed runs inside it are removed: no other command can be writing there now."""
+    """Create the folder if needed and claim it (OutputClaim on path/.lock); the claim is held
+    until its __exit__ (or the end of a `with` block). Temporary files of killed runs inside it
+    are removed: no other command can be writing there now."""
     prepare_output_dir(path, what=what)
     claim = OutputClaim(os.path.join(path, ".lock"), f"{what} '{path}'").__enter__()
     with os.scandir(path) as entries:

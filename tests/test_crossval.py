@@ -176,3 +176,14 @@ def test_cross_validation_end_to_end_and_resumed(tmp_path, capsys):
     assert "other folds" in capsys.readouterr().err
     assert _cv(data, out, "--dropout", "0.2") == 2
     assert "other training" in capsys.readouterr().err
+
+
+def test_a_cross_validation_in_progress_keeps_a_second_one_out(tmp_path, capsys):
+    from siamese.files import claim_folder
+
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
+    out = str(tmp_path / "cv")
+    with claim_folder(out, what="cross-validation out path"):
+        assert _cv(data, out, "--fold", "1") == 2
+    assert "in use by another command" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "fold_1")) and not os.path.exists(os.path.join(out, "plan.json"))
