@@ -47,6 +47,9 @@ def add_training_options(p):
                         "'logits': the ImageNet classifier's outputs (the original toolkit's behaviour)")
     p.add_argument("--image-size", default=224, type=int, help="images are resized to this square size")
     p.add_argument("--dropout", default=0.5, type=float, help="dropout of the head's three Dropout layers")
+    p.add_argument("--normalize-features", action="store_true",
+                   help="scale each image's feature vector to unit length before the product (the head then sees "
+                        "the cosine similarity's terms); stored in the model")
     p.add_argument("-e", "--epochs", default=20, type=int, help="number of epochs")
     p.add_argument("--batch-size", default=32, type=int,
                    help="pairs per batch, or images per batch with --pairing in-batch (per process under torchrun)")
@@ -99,7 +102,7 @@ def add_training_options(p):
 TRAINING_OPTIONS = ("backbone", "weights", "features", "image_size", "dropout", "epochs", "batch_size", "learning_rate",
                     "weight_decay", "lr_schedule", "save_after", "workers", "device", "amp", "channels_last", "seed",
                     "augment", "jitter", "erase", "pairs_per_image", "rotations", "mirror_classes", "pairing",
-                    "images_per_class", "ema", "class_loss", "eval_batch_size")
+                    "images_per_class", "ema", "class_loss", "eval_batch_size", "normalize_features")
 
 
 def fit_options(args):

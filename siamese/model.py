@@ -94,12 +94,12 @@ class SiameseNetwork(nn.Module):
     """forward(img1, img2) returns the logit that the two images show the same class."""
 
     def __init__(self, backbone="resnet18", features=DEFAULT_FEATURES, weights="none", image_size=224,
-                 mean=None, std=None, dropout=0.5):
+                 mean=None, std=None, dropout=0.5, normalize=False):
         super().__init__()
         self.backbone, feature_dim = build_backbone(backbone, features=features, weights=weights)
         preprocessing = Preprocessing(image_size, *(() if mean is None else (tuple(mean), tuple(std))))
         self.config = {"backbone": backbone, "features": features, "feature_dim": feature_dim,
-                       "dropout": float(dropout), **preprocessing.to_dict()}
+                       "dropout": float(dropout), "normalize": bool(normalize), **preprocessing.to_dict()}
         # The original head, layer for layer (index 10 was a Sigmoid: we keep the logit).
         self.cls_head = nn.Sequential(
             nn.Dropout(p=dropout), nn.Linear(feature_dim, 512), nn.BatchNorm1d(512), nn.ReLU(),
@@ -132,7 +132,12 @@ class SiameseNetwork(nn.Module):
             self.train(training)
 
     def score_features(self, features1, features2):
-        """Logits (N,) from two batches of backbone features."""
+        """Logits (N,) from two batches of backbone features. With `normalize` each feature vector
+        is scaled to unit length first, so the product's elements sum to the cosine similarity
+        and the head weighs the directions of the features, not their lengths."""
+        if self.config["normalize"]:
+            features1 = nn.functional.normalize(features1, dim=1)
+            features2 = nn.functional.normalize(features2, dim=1)
         return self.cls_head(features1 * features2).squeeze(1)
 
     def forward(self, img1, img2):
@@ -210,4 +215,4 @@ def build_model(config, *, weights="none"):
     """Rebuild a network from the config stored in a checkpoint."""
     return SiameseNetwork(backbone=config["backbone"], features=config["features"], weights=weights,
                           image_size=config["image_size"], mean=config.get("mean"), std=config.get("std"),
-                          dropout=config.get("dropout", 0.5))
+                          dropout=config.get("dropout", 0.5), normalize=config.get("normalize", False))

@@ -209,7 +209,8 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
         save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
         augment="full", jitter=0.0, erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
-        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=None, run_args=None,
+        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=None, normalize_features=False,
+        run_args=None,
         log=print):
     """Train a Siamese network; returns the best validation metrics. Writes into out_path:
     best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/.
@@ -282,10 +283,12 @@ def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagene
         # Rank 0 downloads ImageNet weights first; the others then read its cache.
         # (DistributedDataParallel copies rank 0's parameters to every rank.)
         if context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout)
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout,
+                                   normalize=normalize_features)
         distributed.barrier(context)
         if not context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout)
+            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout,
+                                   normalize=normalize_features)
         start_epoch = 1
     model.check_image_size()
     model.to(device)

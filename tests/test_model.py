@@ -142,3 +142,17 @@ def test_weight_average_follows_closely_at_first():
         model.cls_head[1].weight.add_(1.0)
     average.update()  # first step: decay (1 + 1) / (10 + 1), not 0.999
     torch.testing.assert_close(average.model.cls_head[1].weight, before + 9 / 11)
+
+
+def test_normalized_features_make_the_score_blind_to_feature_length():
+    from siamese.checkpoint import make_checkpoint
+    from siamese.model import SiameseNetwork, build_model
+
+    torch.manual_seed(0)
+    network = SiameseNetwork("resnet18", image_size=32, normalize=True).eval()
+    f1, f2 = torch.randn(4, 512), torch.randn(4, 512)
+    torch.testing.assert_close(network.score_features(3.0 * f1, 0.5 * f2), network.score_features(f1, f2))
+    plain = SiameseNetwork("resnet18", image_size=32).eval()
+    assert not torch.allclose(plain.score_features(3.0 * f1, f2), plain.score_features(f1, f2))
+    rebuilt = build_model(make_checkpoint(model=network, epoch=1)["config"])  # the setting travels with the model
+    assert rebuilt.config["normalize"] is True
