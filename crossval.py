@@ -16,6 +16,7 @@ Run it again to continue an interrupted cross-validation; --fold K runs one fold
 import argparse
 
 import train
+from eval import add_one_shot_options
 from siamese.errors import UserError, cli
 
 
@@ -27,18 +28,12 @@ def get_args_parser():
     p.add_argument("--folds", default=5, type=int, help="number of folds of held-out classes")
     p.add_argument("--fold-seed", default=0, type=int, help="seed of the assignment of classes (or groups) to folds")
     p.add_argument("--fold", default=None, type=int, help="run only this fold (1 to --folds), then report the folds done")
-    p.add_argument("--group-regex", default=None, type=str,
-                   help="classes whose names give the same first capture group (or match) are held out together, "
-                        "e.g. '(.+)_character[0-9]+$' for Omniglot's alphabets")
-    p.add_argument("--group-csv", default=None, type=str, help="CSV 'class,group' naming the group of every class")
     p.add_argument("--eval-pairs", default="all", type=str,
                    help="held-out pairs: 'all' (every pair of held-out images, for small folds) or N pairs per image "
                         "(same class with probability 0.5, fixed by --eval-seed)")
     p.add_argument("--eval-seed", default=1, type=int, help="seed of the held-out pairs and one-shot trials")
-    p.add_argument("--n-way", default=0, type=int, help="also score N-way one-shot trials on the held-out classes (0: off)")
-    p.add_argument("--trials", default=400, type=int, help="one-shot trials per fold")
-    p.add_argument("--within-group", action="store_true",
-                   help="draw the N classes of each one-shot trial from one group (one alphabet: Lake et al. 2015)")
+    # the groups also keep each group's classes in one fold
+    add_one_shot_options(p)
     train.add_training_options(p)
     return p
 

@@ -31,6 +31,15 @@ def add_evaluation_options(p):
                    help="similarity at or above which a pair is called 'same' (default: the threshold calibrated in "
                         "training, else 0.5)")
     p.add_argument("--max-pictures", default=None, type=int, help="write at most this many pair pictures (default: all)")
+    add_one_shot_options(p)
+    p.add_argument("--baselines", action="store_true",
+                   help="also score the same pairs and trials with no-learning baselines (raw-pixel cosine "
+                        "similarity, LBP histograms) and report them beside the model")
+    return p
+
+
+def add_one_shot_options(p):
+    """N-way one-shot trials and the class groups they may be drawn within (shared with crossval.py)."""
     p.add_argument("--n-way", default=0, type=int, help="also run N-way one-shot trials (0: off)")
     p.add_argument("--trials", default=400, type=int, help="number of one-shot trials")
     p.add_argument("--within-group", action="store_true",
@@ -40,10 +49,6 @@ def add_evaluation_options(p):
                    help="the group of a class: the first capture group (or match) in its name, e.g. "
                         "'(.+)_character[0-9]+$' for Omniglot's alphabets")
     p.add_argument("--group-csv", default=None, type=str, help="CSV 'class,group' naming the group of every class")
-    p.add_argument("--baselines", action="store_true",
-                   help="also score the same pairs and trials with no-learning baselines (raw-pixel cosine "
-                        "similarity, LBP histograms) and report them beside the model")
-    return p
 
 
 def evaluation_settings(args):
