@@ -48,7 +48,7 @@ def main(argv=None):
         return status
     onnx_path = os.path.join(args.out, "model.onnx")
     print("\n== export to ONNX (torch_to_onnx.py)")
-    status = torch_to_onnx.main(["-c", checkpoint, "-o", onnx_path])
+    status = torch_to_onnx.main(["-c", checkpoint, "-o", onnx_path, "--force"])  # the demo's own earlier export
     if status:
         return status
     left, right = (os.path.join(val_dir, "three", sorted(os.listdir(os.path.join(val_dir, "three")))[k]) for k in (0, 1))
