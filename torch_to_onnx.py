@@ -47,7 +47,7 @@ def main(argv=None):
     from siamese.checkpoint import load_model
     from siamese.errors import check_finite
     from siamese.export import export_onnx
-    from siamese.files import check_new_file, claim_beside, prepare_output_dir, temporary_beside
+    from siamese.files import check_new_file, claim_beside, prepare_output_dir, remove_killed_temporaries, temporary_beside
 
     if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
         raise UserError(f"--tolerance must be above 0, not {args.tolerance}")
@@ -58,6 +58,7 @@ def main(argv=None):
     images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
     prepare_output_dir(os.path.dirname(os.path.abspath(out)))
     with claim_beside(out, what="out path"), temporary_beside(out) as written:
+        remove_killed_temporaries(out)
         # Checked before it takes the out path: a failed check leaves an earlier file there as it was.
         metadata = export_onnx(model, written, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
         check_export(model, written, out, images, folder, fp16=args.fp16, tolerance=args.tolerance)

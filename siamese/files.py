@@ -122,6 +122,19 @@ def claim_folder(path, *, what="output folder"):
     return claim
 
 
+def remove_killed_temporaries(path):
+    """Remove the temporary files that killed writers of path left beside it (`.tmp-NAME.*`, also
+    nested as `.tmp-.tmp-NAME.*`). Only while path is claimed: no live writer can own them then."""
+    parent, name = os.path.split(os.path.abspath(path))
+    with os.scandir(parent) as entries:
+        for entry in entries:
+            stem = entry.name
+            while stem.startswith(".tmp-"):
+                stem = stem[len(".tmp-"):]
+            if entry.name.startswith(".tmp-") and stem.startswith(name + ".") and entry.is_file(follow_symlinks=False):
+                _remove(entry.path)
+
+
 def claim_beside(path, *, what="output"):
     """Claim an out path that is replaced as a whole (a file, or an evaluation's folder): the lock
     file stands beside it, hidden, so that it survives the replacement."""

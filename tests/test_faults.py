@@ -140,6 +140,9 @@ def test_export_killed_at_random_moments_keeps_the_checkpoint_and_a_whole_export
         _kill_after(_start("torch_to_onnx.py", *args), seconds, sig)
         onnx.checker.check_model(onnx.load(out))  # the earlier export or the new one, whole
         assert open(trained_checkpoint, "rb").read() == checkpoint
+    (tmp_path / ".tmp-model.onnx.999999.1").write_bytes(b"what a killed export leaves")
+    rc, _, err = _run("torch_to_onnx.py", *args)  # the next export goes ahead and clears that
+    assert rc == 0, err[-2000:]
     _no_temporary_files(str(tmp_path))
 
 
