@@ -32,12 +32,15 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    from siamese.files import check_new_file
+    from siamese.files import check_new_file, claim_beside
     from siamese.runtime import engine_metadata_path
     from siamese.trt import build_engine_file, import_tensorrt
 
-    for path, option in ((args.engine, "--engine"), (engine_metadata_path(args.engine), "--engine's sidecar")):
-        check_new_file(path, inputs=[args.onnx, args.timing_cache], force=args.force, option=option)
+    def check_out_paths():
+        for path, option in ((args.engine, "--engine"), (engine_metadata_path(args.engine), "--engine's sidecar")):
+            check_new_file(path, inputs=[args.onnx, args.timing_cache], force=args.force, option=option)
+
+    check_out_paths()
     trt = import_tensorrt()
     try:
         from siamese.cuda_memory import default_cuda
@@ -45,9 +48,11 @@ def main(argv=None):
         gpu = default_cuda().device_name()
     except Exception:
         gpu = None
-    meta = build_engine_file(args.onnx, args.engine, fp16=args.fp16, workspace_mib=args.workspace, min_batch=args.min_batch,
-                        opt_batch=args.opt_batch, max_batch=args.max_batch, timing_cache=args.timing_cache, trt=trt,
-                        gpu_name=gpu)
+    with claim_beside(args.engine, what="engine path"):  # one build at a time into a path
+        check_out_paths()  # again: another build may have written it meanwhile
+        meta = build_engine_file(args.onnx, args.engine, fp16=args.fp16, workspace_mib=args.workspace,
+                                 min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+                                 timing_cache=args.timing_cache, trt=trt, gpu_name=gpu)
     print(f"wrote {args.engine} ({meta['precision']}, batches {meta['min_batch']}-{meta['max_batch']}, TensorRT "
           f"{meta['tensorrt_version']} on {meta['gpu']}) and {args.engine}.json")
     return 0

@@ -167,3 +167,16 @@ def test_onnx_to_trt_never_replaces_its_input_or_an_existing_engine(onnx_model, 
     assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", str(engine)]) == 2
     err = capsys.readouterr().err.strip()
     assert "already exists" in err and "\n" not in err and engine.read_bytes() == b"an engine built last week"
+
+
+def test_onnx_to_trt_refuses_a_second_build_into_one_path(onnx_model, tmp_path, capsys, monkeypatch):
+    import sys
+
+    import onnx_to_trt
+    from siamese.files import claim_beside
+
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.9.0"))
+    engine = str(tmp_path / "m.engine")
+    with claim_beside(engine, what="engine path"):  # as another onnx_to_trt.py building it
+        assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", engine]) == 2
+    assert "in use by another command" in capsys.readouterr().err and not os.path.exists(engine)
