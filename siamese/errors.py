@@ -25,11 +25,11 @@ def check_finite(value, name):
     return value
 
 
-def check_between(value, low, high, name, *, high_open=False):
-    """None or a finite number in [low, high] (or [low, high) with high_open)."""
+def check_between(value, low, high, name):
+    """None or a finite number in [low, high]."""
     check_finite(value, name)
-    if value is not None and not (low <= value and (value < high if high_open else value <= high)):
-        raise UserError(f"{name} must be from {low} to {high}{' (not included)' if high_open else ''}, not {value}")
+    if value is not None and not low <= value <= high:
+        raise UserError(f"{name} must be from {low} to {high}, not {value}")
     return value
 
 

@@ -139,7 +139,7 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     check_at_least(max_pictures, 0, "--max-pictures")
     check_at_least(workers, 0, "--workers")
     check_at_least(seed, 0, "--seed")
-    check_between(threshold, 0.0, 1.0, "--threshold")
+    threshold, source = resolve_threshold(threshold, calibrated_threshold)  # checked before anything is written
     check_not_inside(out_path, [val_path])
     check_evaluation_out_path(out_path)
     if within_group and not (n_way and (group_regex or group_csv)):
@@ -150,7 +150,6 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     groups = class_groups(folder.classes, regex=group_regex, csv_path=group_csv) if within_group else None
     shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed, groups=groups) if n_way else None
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
-    threshold, source = resolve_threshold(threshold, calibrated_threshold)
     with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
         result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
         check_finite_scores(result.scores)
