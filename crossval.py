@@ -15,9 +15,9 @@ Run it again to continue an interrupted cross-validation; --fold K runs one fold
 
 import argparse
 
-import train
 from eval import add_one_shot_options
 from siamese.errors import UserError, cli
+from siamese.settings import TrainingSettings, add_options
 
 
 def get_args_parser():
@@ -34,7 +34,7 @@ def get_args_parser():
     p.add_argument("--eval-seed", default=1, type=int, help="seed of the held-out pairs and one-shot trials")
     # the groups also keep each group's classes in one fold
     add_one_shot_options(p)
-    train.add_training_options(p)
+    add_options(p, skip=("val_pairs_per_image",))  # the folds train without validation
     return p
 
 
@@ -57,9 +57,10 @@ def main(argv=None):
     folder = merge_folders([scan_folder(path, what="data folder") for path in args.data])
     groups = class_groups(folder.classes, regex=args.group_regex, csv_path=args.group_csv)
     held_out = class_folds(folder.classes, groups, folds=args.folds, seed=args.fold_seed)
-    training = train.fit_options(args)
+    training = TrainingSettings.from_namespace(args)
     # what changes the results; workers and batch sizes may differ when a cross-validation continues
-    settings = {k: v for k, v in training.items() if k not in ("workers", "eval_batch_size", "save_after")}
+    settings = {k: v for k, v in training.to_dict().items()
+                if k not in ("workers", "eval_batch_size", "save_after", "val_pairs_per_image")}
     plan = {"data": sorted(args.data), "folds": held_out, "training": settings,
             "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
             "trials": args.trials, "within_group": args.within_group}

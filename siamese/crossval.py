@@ -66,11 +66,11 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
     last = os.path.join(fold_dir, "last.pth")
     done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
     start = time.perf_counter()
-    if done_epochs < training["epochs"]:
+    if done_epochs < training.epochs:
         log(f"fold {index}: training on {len(kept)} classes, holding out {len(held_out)}"
             + (f" (continuing after epoch {done_epochs})" if done_epochs else ""))
-        fit(train_path=train_folder, val_path=None, out_path=fold_dir, resume=last if done_epochs else None,
-            run_args=dict(training, fold=index, held_out=held_out), log=log, **training)
+        fit(training, train=train_folder, out_path=fold_dir, resume=last if done_epochs else None,
+            record={"fold": index, "held_out": held_out}, log=log)
     seconds = time.perf_counter() - start
 
     test_groups = [groups[folder.classes.index(name)] for name in test_folder.classes]
@@ -78,14 +78,14 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
              evaluation_pairs(test_folder, seed=eval_seed, pairs_per_image=pairs_per_image))
     shots = (one_shot_trials(test_folder, n_way=n_way, trials=trials, seed=eval_seed,
                              groups=test_groups if within_group else None) if n_way else None)
-    device = resolve_device(training["device"])
+    device = resolve_device(training.device)
     model, _ = load_model(last, device=device)
-    result = evaluate(TorchPredictor(model, device=device, batch_size=training["eval_batch_size"]), pairs, trials=shots)
+    result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots)
     fold_result = {
         "fold": index, "held_out": sorted(held_out), "held_out_groups": sorted(set(test_groups)),
         "train_classes": len(kept), "test_images": len(test_folder), "pairs": len(pairs),
         "positive_pairs": int(sum(p.same for p in pairs)), "trials": len(shots) if shots else 0,
-        "training_seconds": round(seconds, 1) if done_epochs < training["epochs"] else None,
+        "training_seconds": round(seconds, 1) if done_epochs < training.epochs else None,
         "model": _fold_metrics(result),
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baseline_metrics(pairs, trials=shots).items()},

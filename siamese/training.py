@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 import torch
 from torch.nn.functional import binary_cross_entropy_with_logits
@@ -22,16 +23,15 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
-from .errors import UserError, check_at_least, check_batch_size, check_finite
+from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
 from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
+from .settings import LR_SCHEDULES, TrainingSettings
 
-LR_SCHEDULES = ("constant", "cosine", "step")
-PAIRINGS = ("sampled", "in-batch")
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
                   "val_best_threshold", "learning_rate", "seconds", "pairs_per_second", "train_class_loss"]
 
@@ -205,222 +205,287 @@ def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
                         f"last good last.pth")
 
 
-def fit(*, train_path, val_path, out_path, backbone="resnet18", weights="imagenet", features="pooled",
-        image_size=224, dropout=0.5, epochs=20, batch_size=32, learning_rate=1e-4, weight_decay=0.0, lr_schedule="constant",
-        save_after=25, workers=2, device="auto", amp=False, channels_last=False, seed=0, resume=None,
-        augment="full", jitter=0.0, erase=0.0, pairs_per_image=1, rotations=1, mirror_classes=False, pairing="sampled",
-        images_per_class=4, ema=0.0, class_loss=0.0, val_pairs_per_image=1, eval_batch_size=None, normalize_features=False,
-        run_args=None,
-        log=print):
-    """Train a Siamese network; returns the best validation metrics. Writes into out_path:
-    best.pth, last.pth, epoch_N.pth, args.json, metrics.csv, tensorboard/.
+@dataclass
+class _Data:
+    train: ImageFolder
+    val: ImageFolder | None = None
+    val_pairs: list | None = None
 
-    train_path and val_path are folders or scanned `ImageFolder`s (cross-validation passes
-    subsets of classes). Without val_path nothing is validated: no epoch is picked, best.pth is
-    not written, and last.pth (with the weight average under --ema) is the final model; the
-    returned metrics are then {'epoch': None}."""
-    context = distributed.setup(device)
-    device = context.device
-    if amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
-        log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
-            "so mixed precision will likely run slower than without --amp")
-    if epochs < 1 or batch_size < 2 or pairs_per_image < 1 or val_pairs_per_image < 1:
-        raise UserError("--epochs, --pairs-per-image and --val-pairs-per-image must be at least 1, and --batch-size "
-                        "at least 2 (BatchNorm needs two pairs)")
-    if pairing not in PAIRINGS:
-        raise UserError(f"--pairing must be one of {', '.join(PAIRINGS)}, got '{pairing}'")
-    if not 0.0 <= ema < 1.0:
-        raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {ema}")
-    check_batch_size(eval_batch_size, "--eval-batch-size")  # before the output folder is made
-    check_at_least(workers, 0, "--workers")
-    check_at_least(check_finite(weight_decay, "--weight-decay"), 0, "--weight-decay")
-    check_finite(learning_rate, "-lr/--learning_rate")
-    check_finite(class_loss, "--class-loss")
-    check_at_least(seed, 0, "--seed")
-    if not learning_rate > 0:
-        raise UserError(f"-lr/--learning_rate must be above 0, not {learning_rate}")
-    if not 0.0 <= dropout < 1.0:
-        raise UserError(f"--dropout is a probability from 0 up to, not including, 1, not {dropout}")
-    if pairing == "in-batch" and (images_per_class < 2 or batch_size < 2 * images_per_class):
-        raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at least "
-                        f"two classes' worth (2 x {images_per_class}); got {images_per_class} and {batch_size}")
-    if not 0.0 <= jitter < 1.0:
-        raise UserError(f"--jitter is a strength from 0 (off) up to, not including, 1 (0.4 draws factors from 0.6 to 1.4), "
-                        f"got {jitter}")
-    if not 0.0 <= erase <= 1.0:
-        raise UserError(f"--erase is a probability between 0 and 1, got {erase}")
-    if class_loss < 0 or (class_loss > 0 and pairing != "in-batch"):
-        raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
-                        f"image's class); got {class_loss} with --pairing {pairing}")
-    if mirror_classes and augment == "full":
-        raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
-                        "each class with its mirror class")
-    checkpoint = load_checkpoint(resume) if resume else None
-    run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
-    _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
-    train_folder = train_path if isinstance(train_path, ImageFolder) else scan_folder(train_path, what="training folder")
-    train_path = train_folder.root
-    val_folder = val_pairs = None
-    if val_path is not None:
-        # decoded whole: a truncated validation image is found now, not after the first epoch
-        val_folder = val_path if isinstance(val_path, ImageFolder) else scan_folder(val_path, what="validation folder",
-                                                                                     decode=True)
-        val_pairs = evaluation_pairs(val_folder, seed=seed, pairs_per_image=val_pairs_per_image)
-        same = sum(pair.same for pair in val_pairs)
-        if same in (0, len(val_pairs)):  # no ROC-AUC to pick the best epoch by
-            raise UserError(f"the {len(val_pairs)} validation pairs drawn from '{val_folder.root}' are all "
-                            f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
-                            f"both kinds: add validation images or raise --val-pairs-per-image")
-    check_not_inside(out_path, [train_folder.root] + ([val_folder.root] if val_folder else []))
 
-    torch.manual_seed(seed)  # initial weights of the head (and of the backbone with --weights none)
+def _read_data(settings, train, val):
+    """The training folder, and the validation folder with its fixed pairs (folders or scanned
+    `ImageFolder`s: cross-validation passes subsets of classes)."""
+    train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
+    if val is None:
+        return _Data(train)
+    # decoded whole: a truncated validation image is found now, not after the first epoch
+    val = val if isinstance(val, ImageFolder) else scan_folder(val, what="validation folder", decode=True)
+    pairs = evaluation_pairs(val, seed=settings.seed, pairs_per_image=settings.val_pairs_per_image)
+    same = sum(pair.same for pair in pairs)
+    if same in (0, len(pairs)):  # no ROC-AUC to pick the best epoch by
+        raise UserError(f"the {len(pairs)} validation pairs drawn from '{val.root}' are all "
+                        f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
+                        f"both kinds: add validation images or raise --val-pairs-per-image")
+    return _Data(train, val, pairs)
+
+
+def _build_model(settings, checkpoint, resume, context, log):
+    """The network (new, or as resumed) on the device, and the first epoch to train."""
+    torch.manual_seed(settings.seed)  # initial weights of the head (and of the backbone with --weights none)
     if checkpoint is not None:
         model = build_checkpoint_model(checkpoint, resume, "training_model" if "training_model" in checkpoint else "model")
         start_epoch = checkpoint["epoch"] + 1
         if context.is_main:
             log(f"resuming from {resume} after epoch {checkpoint['epoch']}; the model settings come from it")
     else:
+        def build():
+            return SiameseNetwork(settings.backbone, settings.features, weights=settings.weights,
+                                  image_size=settings.image_size, dropout=settings.dropout,
+                                  normalize=settings.normalize_features)
+
         # Rank 0 downloads ImageNet weights first; the others then read its cache.
         # (DistributedDataParallel copies rank 0's parameters to every rank.)
-        if context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout,
-                                   normalize=normalize_features)
+        model = build() if context.is_main else None
         distributed.barrier(context)
-        if not context.is_main:
-            model = SiameseNetwork(backbone, features, weights=weights, image_size=image_size, dropout=dropout,
-                                   normalize=normalize_features)
+        if model is None:
+            model = build()
         start_epoch = 1
-    model.check_image_size()
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-
-    augmentation = dict(augment=augment, jitter=jitter, erase=erase, rotations=rotations, mirror_classes=mirror_classes)
-    if pairing == "in-batch":
-        dataset = TrainingImages(train_folder, model.preprocessing, seed=seed, visits=pairs_per_image, **augmentation)
-        train_model = AllPairs(model, classes=len(dataset.by_class) if class_loss > 0 else 0).to(device)
-    else:
-        dataset = TrainingPairs(train_folder, model.preprocessing, seed=seed, pairs_per_image=pairs_per_image,
-                                **augmentation)
-        train_model = model
-    classifier = getattr(train_model, "classifier", None)
-    if checkpoint is not None:
-        _restore_classifier(classifier, checkpoint, resume)
-
-    optimizer = torch.optim.Adam(train_model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = make_scheduler(optimizer, lr_schedule, epochs)
-    scaler = distributed.grad_scaler(device, amp)
-    best = {"auc": -1.0} if val_folder is not None else {"epoch": None}
-    if checkpoint is not None:
-        if checkpoint.get("optimizer"):
-            optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scheduler"):
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        best = checkpoint.get("metrics", {}).get("best", best)
-    if start_epoch > epochs:
+    if start_epoch > settings.epochs:
         raise UserError(f"'{resume}' already finished epoch {start_epoch - 1}; raise --epochs above it to train further")
+    model.check_image_size()
+    model.to(context.device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, start_epoch
 
+
+def _training_set(settings, model, train_folder, device, checkpoint, resume):
+    """The training images or pairs, and the module trained on them (the network itself, or with
+    --pairing in-batch the network scoring every pair of a batch, with its classifier)."""
+    augmentation = dict(augment=settings.augment, jitter=settings.jitter, erase=settings.erase,
+                        rotations=settings.rotations, mirror_classes=settings.mirror_classes)
+    if settings.pairing == "in-batch":
+        dataset = TrainingImages(train_folder, model.preprocessing, seed=settings.seed, visits=settings.pairs_per_image,
+                                 **augmentation)
+        train_model = AllPairs(model, classes=len(dataset.by_class) if settings.class_loss > 0 else 0).to(device)
+    else:
+        dataset = TrainingPairs(train_folder, model.preprocessing, seed=settings.seed,
+                                pairs_per_image=settings.pairs_per_image, **augmentation)
+        train_model = model
+    if checkpoint is not None:
+        _restore_classifier(getattr(train_model, "classifier", None), checkpoint, resume)
+    return dataset, train_model
+
+
+def _optimisation(settings, train_model, device, checkpoint, validating):
+    """Optimiser, schedule, gradient scaler and the best validation so far (as resumed)."""
+    optimizer = torch.optim.Adam(train_model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = make_scheduler(optimizer, settings.lr_schedule, settings.epochs)
+    scaler = distributed.grad_scaler(device, settings.amp)
+    best = {"auc": -1.0} if validating else {"epoch": None}
+    if checkpoint is not None:
+        for name, part in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+            if checkpoint.get(name):
+                part.load_state_dict(checkpoint[name])
+        best = checkpoint.get("metrics", {}).get("best", best)
+    return optimizer, scheduler, scaler, best
+
+
+def _loader(settings, dataset, device, context, train_root):
+    """The training batches of this process, and the images the whole run sees per epoch."""
     try:
-        loader = training_loader(dataset, batch_size=batch_size, workers=workers, device=device, seed=seed,
-                                 num_replicas=context.world_size, rank=context.rank, images_per_class=images_per_class)
+        loader = training_loader(dataset, batch_size=settings.batch_size, workers=settings.workers, device=device,
+                                 seed=settings.seed, num_replicas=context.world_size, rank=context.rank,
+                                 images_per_class=settings.images_per_class)
     except ValueError as error:
-        raise UserError(f"--pairing in-batch: {error} in '{train_path}'; lower --images-per-class") from None
+        raise UserError(f"--pairing in-batch: {error} in '{train_root}'; lower --images-per-class") from None
     if len(loader) == 0:
-        raise UserError(f"'{train_path}' has too few images for one batch of {batch_size} per process; lower --batch-size")
-    images_per_batch = (batch_size // images_per_class * images_per_class) if pairing == "in-batch" else 2 * batch_size
-    if context.distributed:
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    average = None
-    if ema > 0:
-        average = WeightAverage(model, ema, steps=checkpoint.get("average_steps", 0) if checkpoint else 0)
-        if checkpoint is not None:
-            average.model.load_state_dict(checkpoint["model"])
-    validated = model if average is None else average.model  # what best.pth holds
-    predictor = TorchPredictor(validated, device=device, batch_size=eval_batch_size, workers=workers,
-                               amp=amp, channels_last=channels_last)
+        raise UserError(f"'{train_root}' has too few images for one batch of {settings.batch_size} per process; "
+                        f"lower --batch-size")
+    per_batch = (settings.batch_size // settings.images_per_class * settings.images_per_class
+                 if settings.pairing == "in-batch" else 2 * settings.batch_size)
+    return loader, len(loader) * per_batch * context.world_size
 
-    writer = claim = None
-    metrics_path = os.path.join(out_path, "metrics.csv")
-    try:
-        if context.is_main:
-            # Only once every input is known to be good (a bad one leaves no folder), and for the
-            # whole run: a second run into this path is refused while this one lives.
-            claim = claim_folder(out_path)
+
+def _weight_average(settings, model, checkpoint):
+    if settings.ema <= 0:
+        return None
+    average = WeightAverage(model, settings.ema, steps=checkpoint.get("average_steps", 0) if checkpoint else 0)
+    if checkpoint is not None:
+        average.model.load_state_dict(checkpoint["model"])
+    return average
+
+
+class _RunFolder:
+    """The out folder of the main process: claimed for the whole run, args.json, metrics.csv and
+    TensorBoard, one row per epoch."""
+
+    def __init__(self, out_path, record, *, start_epoch, resume, log):
+        self.out_path, self.record = out_path, record
+        self.metrics_path = os.path.join(out_path, "metrics.csv")
+        # Only once every input is known to be good (a bad one leaves no folder), and for the
+        # whole run: a second run into this path is refused while this one lives.
+        self.claim = claim_folder(out_path)
+        try:
             from torch.utils.tensorboard import SummaryWriter
 
-            _check_out_path(out_path, resume, run_id)
+            _check_out_path(out_path, resume, record["run_id"])
             _remove_unfinished_run(out_path, log)
             with atomic_open(os.path.join(out_path, "args.json"), "w") as f:
-                json.dump(dict(run_args or {}, device=str(device), world_size=context.world_size, run_id=run_id), f,
-                          indent=2)
-            rows = _read_metric_rows(metrics_path, start_epoch)
-            writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
-            classes = f"{len(train_folder.classes)} classes"
-            if len(dataset.by_class) > len(train_folder.classes):
-                classes += f", {len(dataset.by_class)} with turned or mirrored copies"
-            validation = (f"validating on {len(val_pairs)} pairs from {len(val_folder.classes)} classes" if val_folder else
-                          "no validation: last.pth is the final model, best.pth is not written")
-            log(f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) on "
-                f"{len(train_folder)} images in {classes} ({len(loader) * images_per_batch * context.world_size} images per "
-                f"epoch, {pairing} pairs); {validation}; {context.world_size} process(es) on {device}")
+                json.dump(record, f, indent=2)
+            self.rows = _read_metric_rows(self.metrics_path, start_epoch)
+            self.writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
+        except BaseException:
+            self.claim.__exit__(None, None, None)
+            raise
+
+    def add(self, row):
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        _write_metric_rows(self.metrics_path, self.rows)
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
+                    "learning_rate", "pairs_per_second", "train_class_loss"):
+            if row[key] != "":
+                self.writer.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
+        self.writer.flush()
+
+    def save(self, state, name):
+        atomic_save(state, os.path.join(self.out_path, name))
+
+    def close(self):
+        self.writer.close()
+        self.claim.__exit__(None, None, None)
+
+
+def _start_line(settings, model, data, dataset, images_per_epoch, context):
+    classes = f"{len(data.train.classes)} classes"
+    if len(dataset.by_class) > len(data.train.classes):
+        classes += f", {len(dataset.by_class)} with turned or mirrored copies"
+    validation = (f"validating on {len(data.val_pairs)} pairs from {len(data.val.classes)} classes" if data.val else
+                  "no validation: last.pth is the final model, best.pth is not written")
+    return (f"training {model.config['backbone']} ({model.config['features']} features, {model.config['image_size']} px) "
+            f"on {len(data.train)} images in {classes} ({images_per_epoch} images per epoch, {settings.pairing} pairs); "
+            f"{validation}; {context.world_size} process(es) on {context.device}")
+
+
+@dataclass
+class _Run:
+    """What the epoch loop trains and saves."""
+    settings: TrainingSettings
+    model: SiameseNetwork
+    train_model: torch.nn.Module  # the model, AllPairs around it, or either in DistributedDataParallel
+    classifier: torch.nn.Module | None
+    average: WeightAverage | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    run_id: str
+    record: dict
+
+    @property
+    def validated(self):
+        """What is validated and saved as best.pth: the weight average under --ema, else the model."""
+        return self.model if self.average is None else self.average.model
+
+
+def _train_epoch(run, loader, epoch, images_per_epoch, context):
+    settings = run.settings
+    set_loader_epoch(loader, epoch)
+    torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
+    bar = tqdm(total=images_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="image",
+               disable=not context.is_main, leave=False, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
+    stats = train_one_epoch(run.train_model, loader, run.optimizer, device=context.device, scaler=run.scaler,
+                            amp=settings.amp, channels_last=settings.channels_last, progress=bar, context=context,
+                            average=run.average, class_loss=settings.class_loss)
+    bar.close()
+    _check_finite_training(stats, run.validated, epoch, settings.learning_rate, settings.weight_decay)
+    return stats
+
+
+def _finish_epoch(run, epoch, stats, learning_rate, best, *, predictor, data, folder, log):
+    """Validate, record the epoch's row, save the checkpoints and say how it went; returns the best so far."""
+    result = evaluate(predictor, data.val_pairs) if data.val is not None else None
+    m = result.metrics if result is not None else {}
+    threshold = m.get("best_threshold")
+    pairs_per_second = stats["pairs"] / stats["seconds"]
+    folder.add({"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                "val_loss": m.get("loss", ""), "val_accuracy": m.get("accuracy", ""), "val_auc": m.get("auc", ""),
+                "val_eer": m.get("eer", ""), "val_best_threshold": "" if threshold is None else threshold,
+                "learning_rate": learning_rate, "seconds": stats["seconds"],
+                "pairs_per_second": pairs_per_second, "train_class_loss": stats.get("class_loss", "")})
+    improved = result is not None and m["auc"] > best["auc"]
+    if improved:
+        best = {"epoch": epoch, "auc": m["auc"], "eer": m["eer"], "threshold": threshold, "accuracy": m["best_accuracy"]}
+    state = make_checkpoint(model=run.validated, average=run.average, epoch=epoch, optimizer=run.optimizer,
+                            scheduler=run.scheduler, scaler=run.scaler, threshold=threshold,
+                            metrics={"train": stats, "val": m, "best": best}, args=run.record,
+                            classifier=run.classifier, run_id=run.run_id)
+    if improved:
+        folder.save(state, "best.pth")
+    folder.save(state, "last.pth")
+    if run.settings.save_after > 0 and epoch % run.settings.save_after == 0:
+        folder.save(state, f"epoch_{epoch}.pth")
+    class_part = f" class loss {stats['class_loss']:.4f}" if "class_loss" in stats else ""
+    val_part = f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | " if m else ""
+    log(f"epoch {epoch}/{run.settings.epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
+        f"{val_part}{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
+    note = constant_scores_note(result.scores) if result is not None else None
+    if note:
+        log(note)
+    return best
+
+
+def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print):
+    """Train a Siamese network with `settings` (a TrainingSettings) on the train folder; returns the
+    best validation metrics. Writes into out_path: best.pth, last.pth, epoch_N.pth, args.json (the
+    settings, beside `record`: what else describes the run, such as its folders), metrics.csv and
+    tensorboard/.
+
+    train and val are folders or scanned `ImageFolder`s. Without val nothing is validated: no
+    epoch is picked, best.pth is not written, and last.pth (with the weight average under --ema)
+    is the final model; the returned metrics are then {'epoch': None}."""
+    context = distributed.setup(settings.device)
+    device = context.device
+    if settings.amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
+        log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+            "so mixed precision will likely run slower than without --amp")
+    checkpoint = load_checkpoint(resume) if resume else None
+    run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
+    _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
+    data = _read_data(settings, train, val)
+    check_not_inside(out_path, [data.train.root] + ([data.val.root] if data.val else []))
+
+    model, start_epoch = _build_model(settings, checkpoint, resume, context, log)
+    dataset, train_model = _training_set(settings, model, data.train, device, checkpoint, resume)
+    classifier = getattr(train_model, "classifier", None)
+    optimizer, scheduler, scaler, best = _optimisation(settings, train_model, device, checkpoint,
+                                                       validating=data.val is not None)
+    loader, images_per_epoch = _loader(settings, dataset, device, context, data.train.root)
+    if context.distributed:
+        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(settings, model, train_model, classifier, _weight_average(settings, model, checkpoint), optimizer,
+               scheduler, scaler, run_id,
+               record=dict(record or {}, **settings.to_dict(), ran_on=str(device), world_size=context.world_size,
+                           run_id=run_id))
+    predictor = TorchPredictor(run.validated, device=device, batch_size=settings.eval_batch_size,
+                               workers=settings.workers, amp=settings.amp, channels_last=settings.channels_last)
+
+    folder = None
+    try:
+        if context.is_main:
+            folder = _RunFolder(out_path, run.record, start_epoch=start_epoch, resume=resume, log=log)
+            log(_start_line(settings, model, data, dataset, images_per_epoch, context))
         distributed.barrier(context)
-        for epoch in range(start_epoch, epochs + 1):
-            set_loader_epoch(loader, epoch)
-            torch.manual_seed(seed * 100_003 + epoch)  # dropout draws depend on (seed, epoch) only
-            learning_rate_now = optimizer.param_groups[0]["lr"]
-            bar = tqdm(total=len(loader) * images_per_batch * context.world_size, desc=f"epoch {epoch}/{epochs}", unit="image",
-                       disable=not context.is_main, leave=False, dynamic_ncols=True,
-                       mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
-            stats = train_one_epoch(train_model, loader, optimizer, device=device, scaler=scaler, amp=amp,
-                                    channels_last=channels_last, progress=bar, context=context, average=average,
-                                    class_loss=class_loss)
-            bar.close()
-            _check_finite_training(stats, validated, epoch, learning_rate, weight_decay)
+        for epoch in range(start_epoch, settings.epochs + 1):
+            learning_rate = optimizer.param_groups[0]["lr"]
+            stats = _train_epoch(run, loader, epoch, images_per_epoch, context)
             scheduler.step()
             if context.is_main:
-                result = evaluate(predictor, val_pairs) if val_folder is not None else None
-                m = result.metrics if result is not None else {}
-                threshold = m.get("best_threshold")
-                pairs_per_second = stats["pairs"] / stats["seconds"]
-                row = {"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-                       "val_loss": m.get("loss", ""), "val_accuracy": m.get("accuracy", ""), "val_auc": m.get("auc", ""),
-                       "val_eer": m.get("eer", ""), "val_best_threshold": "" if threshold is None else threshold,
-                       "learning_rate": learning_rate_now, "seconds": stats["seconds"],
-                       "pairs_per_second": pairs_per_second, "train_class_loss": stats.get("class_loss", "")}
-                rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-                _write_metric_rows(metrics_path, rows)
-                for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
-                            "learning_rate", "pairs_per_second", "train_class_loss"):
-                    if row[key] != "":
-                        writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
-                writer.flush()
-                improved = result is not None and m["auc"] > best["auc"]
-                if improved:
-                    best = {"epoch": epoch, "auc": m["auc"], "eer": m["eer"], "threshold": threshold,
-                            "accuracy": m["best_accuracy"]}
-                state = make_checkpoint(model=validated, average=average, epoch=epoch, optimizer=optimizer,
-                                        scheduler=scheduler, scaler=scaler, threshold=threshold,
-                                        metrics={"train": stats, "val": m, "best": best}, args=run_args,
-                                        classifier=classifier, run_id=run_id)
-                if improved:
-                    atomic_save(state, os.path.join(out_path, "best.pth"))
-                atomic_save(state, os.path.join(out_path, "last.pth"))
-                if save_after > 0 and epoch % save_after == 0:
-                    atomic_save(state, os.path.join(out_path, f"epoch_{epoch}.pth"))
-                class_part = f" class loss {stats['class_loss']:.4f}" if "class_loss" in stats else ""
-                val_part = f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | " if m else ""
-                log(f"epoch {epoch}/{epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
-                    f"{val_part}{pairs_per_second:.1f} pairs/s{'  *best' if improved else ''}")
-                note = constant_scores_note(result.scores) if result is not None else None
-                if note:
-                    log(note)
+                best = _finish_epoch(run, epoch, stats, learning_rate, best, predictor=predictor, data=data,
+                                     folder=folder, log=log)
             distributed.barrier(context)
     finally:
-        if writer is not None:
-            writer.close()
+        if folder is not None:
+            folder.close()
         distributed.cleanup(context)
-        if claim is not None:
-            claim.__exit__(None, None, None)
     return best

@@ -95,13 +95,14 @@ def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
 def test_amp_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatch):
     from siamese import distributed
     from siamese.errors import UserError
+    from siamese.settings import TrainingSettings
     from siamese.training import fit
 
     lines = []
     monkeypatch.setattr(distributed, "cpu_has_bfloat16", lambda: False)
     with pytest.raises(UserError):  # stops at the missing folder, after the note
-        fit(train_path=str(tmp_path / "missing"), val_path=str(tmp_path / "missing"), out_path=str(tmp_path / "out"),
-            device="cpu", amp=True, log=lines.append)
+        fit(TrainingSettings(device="cpu", amp=True), train=str(tmp_path / "missing"), val=str(tmp_path / "missing"),
+            out_path=str(tmp_path / "out"), log=lines.append)
     assert any("no bfloat16 instructions" in line and "slower" in line for line in lines)
     assert not os.path.exists(tmp_path / "out")
 

@@ -1,0 +1,228 @@
+"""The settings of a training run in one typed object: each field is a command-line option of
+train.py (and crossval.py), with its default and its help, and every check of the values sits in
+one place. The package never sees the command line's namespace; train.py builds the settings
+from it in one call, and args.json records them for re-running a run with --config.
+"""
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+from .data import AUGMENTATIONS
+from .errors import UserError, check_at_least, check_batch_size, check_finite
+from .model import DEFAULT_FEATURES, FEATURE_MODES
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+PAIRINGS = ("sampled", "in-batch")
+
+
+def option(default, help, *flags, choices=None):
+    """A settings field and the command-line option it is: flags (the first long one names the
+    field's option in messages), help and choices."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    # the model
+    backbone: str = option("resnet18", "any torchvision classification model name", "-b", "--backbone")
+    weights: str = option("imagenet", "backbone weights: 'imagenet' (download), 'none' (random init) or a path to a "
+                                      "torchvision state dict")
+    features: str = option(DEFAULT_FEATURES, "'pooled': the backbone's features with its classifier removed; 'logits': "
+                                             "the ImageNet classifier's outputs (the original toolkit's behaviour)",
+                           choices=FEATURE_MODES)
+    image_size: int = option(224, "images are resized to this square size")
+    dropout: float = option(0.5, "dropout of the head's three Dropout layers")
+    normalize_features: bool = option(False, "scale each image's feature vector to unit length before the product (the "
+                                             "head then sees the cosine similarity's terms); stored in the model")
+    # optimisation
+    epochs: int = option(20, "number of epochs", "-e", "--epochs")
+    batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "
+                                 "torchrun)")
+    learning_rate: float = option(1e-4, "Adam learning rate", "-lr", "--learning_rate", "--learning-rate")
+    weight_decay: float = option(0.0, "Adam weight decay")
+    lr_schedule: str = option("constant", "learning rate schedule over the epochs", choices=LR_SCHEDULES)
+    ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) "
+                             "and validate, save and deploy it instead of the last step's weights; 0: off")
+    seed: int = option(0, "seed for initialisation, pairs, augmentation and shuffling")
+    # pairs and augmentation
+    pairing: str = option("sampled", "'sampled': pairs drawn by the 0.5 same/different rule, two images per pair; "
+                                     "'in-batch': batches of --images-per-class images from each of several classes, "
+                                     "every pair within a batch scored, same and different pairs weighted equally "
+                                     "(many more pairs per image computed)", choices=PAIRINGS)
+    images_per_class: int = option(4, "images of each class in a batch with --pairing in-batch")
+    pairs_per_image: int = option(1, "training pairs per image per epoch (with --pairing in-batch: times each image is "
+                                     "used per epoch)")
+    class_loss: float = option(0.0, "with --pairing in-batch: also train a linear classifier over the training classes "
+                                    "on the backbone features and add its cross-entropy, times this weight, to the loss "
+                                    "(e.g. 1.0; features that generalise better to unseen classes; the classifier is "
+                                    "not deployed); 0: off")
+    augment: str = option("full", "training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, "
+                                  "shear) and horizontal flip; 'affine' without the flip (for characters, digits); 'none'",
+                          choices=AUGMENTATIONS)
+    jitter: float = option(0.0, "random brightness and contrast: each scaled by a factor from [1 - J, 1 + J] per "
+                                "training image (robustness to lighting and exposure; 0: off)")
+    erase: float = option(0.0, "probability of random erasing: one random rectangle of a training image set to the "
+                               "mean colour (robustness to occlusion; 0: off)")
+    rotations: int = option(1, "4: each class turned by 90, 180, 270 degrees is a class of its own (for "
+                               "rotation-variant images such as characters); 1: off", choices=(1, 2, 4))
+    mirror_classes: bool = option(False, "each class mirrored left-right is a class of its own (for characters; needs "
+                                         "--augment affine or none, since a flip would mix a class with its mirror)")
+    # validation
+    val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)")
+    eval_batch_size: int | None = option(None, "images per batch when validating (default: 64 on a GPU, 8 at 224 px "
+                                               "on a CPU; see eval.py)")
+    # where and how it runs (no effect on the result)
+    save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
+                             "-s", "--save_after", "--save-after")
+    workers: int = option(2, "data loading worker processes (per process)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = option(False, "mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with "
+                              "AVX512-BF16 or AMX)")
+    channels_last: bool = option(False, "channels_last memory format (often faster on GPUs)")
+
+    def __post_init__(self):
+        _check_types(self)
+        self.validate()
+
+    def validate(self):
+        """Every check of the values alone, each one line naming the option (what needs the data or a
+        resumed checkpoint is checked where those are read)."""
+        for name in ("features", "lr_schedule", "pairing", "augment", "rotations"):
+            choices = _FIELDS[name].metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise UserError(f"{flag(name)} must be one of {', '.join(map(str, choices))}, "
+                                f"not '{getattr(self, name)}'")
+        if self.epochs < 1 or self.batch_size < 2 or self.pairs_per_image < 1 or self.val_pairs_per_image < 1:
+            raise UserError("--epochs, --pairs-per-image and --val-pairs-per-image must be at least 1, and --batch-size "
+                            "at least 2 (BatchNorm needs two pairs)")
+        if not 0.0 <= self.ema < 1.0:
+            raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {self.ema}")
+        check_batch_size(self.eval_batch_size, "--eval-batch-size")
+        check_at_least(self.workers, 0, "--workers")
+        check_at_least(check_finite(self.weight_decay, "--weight-decay"), 0, "--weight-decay")
+        check_finite(self.learning_rate, "-lr/--learning_rate")
+        check_finite(self.class_loss, "--class-loss")
+        check_at_least(self.seed, 0, "--seed")
+        check_at_least(self.save_after, 0, "--save-after")
+        if self.image_size < 1:
+            raise UserError(f"--image-size must be at least 1 pixel, not {self.image_size}")
+        if not self.learning_rate > 0:
+            raise UserError(f"-lr/--learning_rate must be above 0, not {self.learning_rate}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout is a probability from 0 up to, not including, 1, not {self.dropout}")
+        if self.pairing == "in-batch" and (self.images_per_class < 2 or self.batch_size < 2 * self.images_per_class):
+            raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at "
+                            f"least two classes' worth (2 x {self.images_per_class}); got {self.images_per_class} and "
+                            f"{self.batch_size}")
+        if not 0.0 <= self.jitter < 1.0:
+            raise UserError(f"--jitter is a strength from 0 (off) up to, not including, 1 (0.4 draws factors from 0.6 "
+                            f"to 1.4), got {self.jitter}")
+        if not 0.0 <= self.erase <= 1.0:
+            raise UserError(f"--erase is a probability between 0 and 1, got {self.erase}")
+        if self.class_loss < 0 or (self.class_loss > 0 and self.pairing != "in-batch"):
+            raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
+                            f"image's class); got {self.class_loss} with --pairing {self.pairing}")
+        if self.mirror_classes and self.augment == "full":
+            raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
+                            "each class with its mirror class")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_namespace(cls, args):
+        """The settings from parsed options (those add_options() defined; others are ignored)."""
+        return cls(**{name: getattr(args, name) for name in _FIELDS if hasattr(args, name)})
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainingSettings)}
+_HINTS = typing.get_type_hints(TrainingSettings)
+
+
+def flag(name):
+    """The option's name for messages: its first long flag."""
+    flags = _FIELDS[name].metadata["flags"]
+    return next((f for f in flags if f.startswith("--")), "--" + name.replace("_", "-"))
+
+
+def _type_name(hint):
+    return " or ".join("none" if t is type(None) else t.__name__ for t in typing.get_args(hint)) or hint.__name__
+
+
+def _fits(value, hint):
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, t) for t in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # JSON writes 1.0 as 1.0 but users write 1
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(settings):
+    """Settings come from JSON files too: a string where a number belongs is one line, not a crash later."""
+    for name, hint in _HINTS.items():
+        value = getattr(settings, name)
+        if not _fits(value, hint):
+            raise UserError(f"{flag(name)} must be {_type_name(hint)}, not {json.dumps(value)}")
+        if hint is float and isinstance(value, int):
+            object.__setattr__(settings, name, float(value))
+
+
+def add_options(parser, skip=()):
+    """The settings' command-line options, from the fields (one place for each option's default and help)."""
+    for name, f in _FIELDS.items():
+        if name in skip:
+            continue
+        hint = _HINTS[name]
+        flags = f.metadata["flags"] or ("--" + name.replace("_", "-"),)
+        kwargs = dict(default=f.default, help=f.metadata["help"], dest=name)
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: a recorded run's flag can be undone
+        else:
+            kwargs["type"] = int if hint == int | None else hint
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(*flags, **kwargs)
+    if "augment" not in skip:
+        parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                            help="same as --augment none")
+    return parser
+
+
+# What args.json records beside the settings: the data and where the run went and ran. --config
+# takes the data from it; the rest describes that run only.
+RECORDED_DATA = ("train_path", "val_path")
+RECORDED_ONLY = ("out_path", "resume", "config", "ran_on", "world_size", "run_id", "fold", "held_out")
+
+
+def read_run_record(path):
+    """The settings and data of a recorded run (args.json) as option defaults for --config; unknown
+    keys are refused, naming them, so a typo never silently falls back to a default."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"--config '{path}' does not exist; give the args.json of an earlier training run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"--config '{path}' is not a readable JSON file ({error}); give the args.json of an earlier "
+                        f"training run") from None
+    if not isinstance(record, dict):
+        raise UserError(f"--config '{path}' does not hold a training run's settings (a JSON object)")
+    unknown = sorted(set(record) - set(_FIELDS) - set(RECORDED_DATA) - set(RECORDED_ONLY))
+    if unknown:
+        raise UserError(f"--config '{path}' has unknown setting(s) {', '.join(unknown)}; correct or remove them "
+                        f"(python train.py --help lists the settings)")
+    for name, value in record.items():
+        if name in _HINTS and not _fits(value, _HINTS[name]):
+            raise UserError(f"--config '{path}': {name} must be {_type_name(_HINTS[name])}, not {json.dumps(value)}")
+    defaults = {k: v for k, v in record.items() if k in _FIELDS or k in RECORDED_DATA}
+    if isinstance(defaults.get("train_path"), str):
+        defaults["train_path"] = [defaults["train_path"]]
+    return defaults
