@@ -1,11 +1,14 @@
-"""Export a checkpoint to one self-contained ONNX file and check it against PyTorch.
+"""Export a checkpoint to self-contained ONNX files and check each against PyTorch.
 
 Example:
     python torch_to_onnx.py -c runs/exp1/best.pth -o runs/exp1/model.onnx
     python torch_to_onnx.py -c runs/exp1/best.pth -o runs/exp1/model_fp16.onnx --fp16
 
-Inputs img1, img2 (N, 3, H, W) share a dynamic batch dimension; the output similarity is
-(N, 1) in [0, 1]. Image size, normalisation, backbone and threshold go into the metadata.
+Writes the pair model OUT (inputs img1, img2 (N, 3, H, W) sharing a dynamic batch dimension;
+output similarity (N, 1) in [0, 1]) and beside it the embedder OUT.embed.onnx (images ->
+features (N, D)) and the head OUT.head.onnx (features1, features2 -> similarity), with which
+the runtimes embed each image once. Image size, normalisation, backbone, threshold and a
+fingerprint of the weights go into each file's metadata.
 """
 
 import argparse
@@ -44,32 +47,53 @@ def check_images(folder, preprocessing, *, given, count=10):
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    from contextlib import ExitStack
+
     from siamese.checkpoint import load_model
     from siamese.errors import check_finite
-    from siamese.export import export_onnx
+    from siamese.export import export_onnx, fingerprint
     from siamese.files import check_new_file, claim_beside, prepare_output_dir, remove_killed_temporaries, temporary_beside
+    from siamese.runtime import PARTS, part_path
 
     if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
         raise UserError(f"--tolerance must be above 0, not {args.tolerance}")
     out = os.path.join(args.out_path, "model.onnx") if os.path.isdir(args.out_path) else args.out_path
-    check_new_file(out, inputs=[args.checkpoint], force=args.force)
+    outs = {part: part_path(out, part) for part in PARTS}
+
+    def check_out_paths():
+        for path in outs.values():
+            check_new_file(path, inputs=[args.checkpoint], force=args.force)
+
+    check_out_paths()
     model, checkpoint = load_model(args.checkpoint)
     folder = args.images or checkpoint.get("args", {}).get("val_path")
     images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
     prepare_output_dir(os.path.dirname(os.path.abspath(out)))
-    with claim_beside(out, what="out path"), temporary_beside(out) as written:
-        remove_killed_temporaries(out)
-        # Checked before it takes the out path: a failed check leaves an earlier file there as it was.
-        metadata = export_onnx(model, written, threshold=checkpoint.get("threshold"), opset=args.opset, fp16=args.fp16)
-        check_export(model, written, out, images, folder, fp16=args.fp16, tolerance=args.tolerance)
-        check_new_file(out, inputs=[args.checkpoint], force=args.force)  # again: another command may have written it
-        os.replace(written, out)
+    model_fingerprint = fingerprint(model)
+    with claim_beside(out, what="out path"), ExitStack() as temporaries:
+        written = {part: temporaries.enter_context(temporary_beside(path)) for part, path in outs.items()}
+        for path in outs.values():
+            remove_killed_temporaries(path)
+        # Each file is checked before any takes its out path: a failed check leaves earlier files as they were.
+        for part in PARTS:
+            metadata = export_onnx(model, written[part], threshold=checkpoint.get("threshold"), opset=args.opset,
+                                   fp16=args.fp16, part=part, model_fingerprint=model_fingerprint)
+            check_export(model, written[part], outs[part], images, folder, fp16=args.fp16, tolerance=args.tolerance,
+                         part=part)
+        check_out_paths()  # again: another command may have written them
+        # The parts first: a crash between the renames leaves a pair model with parts of another
+        # export, which the runtimes tell by the fingerprint and ignore.
+        for part in ("embed", "head", "pair"):
+            os.replace(written[part], outs[part])
+    size, dim = model.config["image_size"], model.config["feature_dim"]
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
-          f"inputs img1, img2 (N, 3, {model.config['image_size']}, {model.config['image_size']}), output similarity (N, 1)")
+          f"inputs img1, img2 (N, 3, {size}, {size}), output similarity (N, 1)")
+    print(f"wrote {outs['embed']} (images (N, 3, {size}, {size}) -> features (N, {dim})) and {outs['head']} "
+          f"(features1, features2 (N, {dim}) -> similarity (N, 1)): the runtimes embed each image once with them")
     return 0
 
 
-def check_export(model, written, out, images, folder, *, fp16, tolerance):
+def check_export(model, written, out, images, folder, *, fp16, tolerance, part="pair"):
     """ONNX Runtime against PyTorch on real images (or random inputs); a UserError above the
     tolerance, with the failed file kept as OUT.failed for inspection."""
     import numpy as np
@@ -81,14 +105,15 @@ def check_export(model, written, out, images, folder, *, fp16, tolerance):
         images = np.random.default_rng(0).standard_normal((10, 3, size, size)).astype(np.float32)
         source = "random inputs (pass --images FOLDER to check on real images)"
     tolerance = tolerance if tolerance is not None else (1e-2 if fp16 else 1e-4)
-    difference = check_against_pytorch(model, written, images[:5], images[5:10], batch_sizes=(1, 5))
-    print(f"ONNX Runtime vs PyTorch (float32) on {source}, batch sizes 1 and 5: max |difference| = {difference:.2e} "
-          f"(tolerance {tolerance:g})")
+    difference = check_against_pytorch(model, written, images[:5], images[5:10], batch_sizes=(1, 5), part=part)
+    what = {"pair": "", "embed": " embedder (relative to the features' scale)", "head": " head"}[part]
+    print(f"ONNX Runtime vs PyTorch (float32){what} on {source}, batch sizes 1 and 5: max |difference| = "
+          f"{difference:.2e} (tolerance {tolerance:g})")
     if not difference <= tolerance:
         os.replace(written, out + ".failed")
         kept = f"; the earlier '{out}' is as it was" if os.path.exists(out) else ""
-        raise UserError(f"the exported model differs from PyTorch by {difference:.2e} > {tolerance:g}; kept it as "
-                        f"{out}.failed for inspection{kept}")
+        raise UserError(f"the exported {part} model differs from PyTorch by {difference:.2e} > {tolerance:g}; kept it "
+                        f"as {out}.failed for inspection{kept}")
 
 
 if __name__ == "__main__":

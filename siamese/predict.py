@@ -2,8 +2,6 @@
 once, then the head scores every pair from the cached features, so the cost grows with the
 number of images, not of pairs."""
 
-import math
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -12,21 +10,16 @@ from tqdm import tqdm
 from .data import ImageFiles, loader_options
 from .distributed import autocast
 from .errors import check_batch_size
+from .images import cpu_images_per_batch
 
-
-# On a CPU, the backbone ran fastest with batches of about this many pixels, whose activations
-# stay in the caches: resnet18 at 224 px gave 88 images/s at batch 8 against 59 at batch 64; the
-# best batch was 8 at 224 px, 16 at 128, 64 at 64 and 256 at 32 (2 cores; README, Speed).
-CPU_BATCH_PIXELS = 320_000
 GPU_BATCH_SIZE = 64
 
 
 def default_batch_size(device, image_size):
-    """Images per batch for computing features: 64 on a GPU; on a CPU the power of two nearest
-    to CPU_BATCH_PIXELS / image_size**2 (8 at 224 px, 64 at 64 px)."""
+    """Images per batch for computing features: 64 on a GPU, on a CPU cpu_images_per_batch()."""
     if torch.device(device).type != "cpu":
         return GPU_BATCH_SIZE
-    return 2 ** round(math.log2(max(1.0, CPU_BATCH_PIXELS / image_size ** 2)))
+    return cpu_images_per_batch(image_size)
 
 
 class TorchPredictor:

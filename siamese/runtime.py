@@ -3,26 +3,52 @@
     model = load_deployed_model("model.onnx")        # or "model.engine"
     model.preprocessing.load("a.png")                # the training code's evaluation transform
     model.predict(batch1, batch2)                    # (N, 3, H, W) float32 each -> (N,) similarity
-    model.score_pairs([(path_a, path_b), ...])       # for the shared evaluation
+    model.embed(batch)                               # (N, 3, H, W) -> (N, D) features
+    model.score_features(features1, features2)       # (N, D) each -> (N,) similarity
+    model.score_pairs([(path_a, path_b), ...])       # for the shared evaluation: each image embedded once
+
+An export is three files: MODEL.onnx (the pair model: the original toolkit's contract), and
+MODEL.embed.onnx and MODEL.head.onnx (engines likewise: MODEL.engine, MODEL.embed.engine,
+MODEL.head.engine). The parts are loaded on first use; an export without them still works, every
+pair through the pair model.
 
 Everything a runtime needs (image size, normalisation, threshold) comes from the model file's
 metadata, or for a TensorRT engine from the ENGINE.json written beside it.
 """
 
+import hashlib
 import json
 import math
 import os
+import sys
 from functools import lru_cache
 
 import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError, check_batch_size
-from .images import Preprocessing
+from .images import Preprocessing, cpu_images_per_batch
 
-INPUT_NAMES = ("img1", "img2")
-OUTPUT_NAME = "similarity"
+# The deployed parts: name -> (input names, output name). The pair model is the original
+# toolkit's contract; the embedder and the head beside it let each image be embedded once.
+PARTS = {"pair": (("img1", "img2"), "similarity"),
+         "embed": (("images",), "features"),
+         "head": (("features1", "features2"), "similarity")}
+INPUT_NAMES, OUTPUT_NAME = PARTS["pair"]
 IMAGE_CACHE_BYTES = 512 * 2**20
+HEAD_BATCH = 4096  # pairs of features per head call: a small MLP, fast in big batches
+
+
+def part_path(path, part):
+    """MODEL.embed.onnx and MODEL.head.onnx beside MODEL.onnx (engines likewise)."""
+    if part == "pair":
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.{part}{ext}"
+
+
+def note(message):
+    print(message, file=sys.stderr, flush=True)
 
 
 def _numbers(text, count):
@@ -64,56 +90,71 @@ def parse_metadata(meta, source):
     return Preprocessing(int(size), mean, std), threshold, dict(meta)
 
 
-def check_interface(inputs, outputs, image_size, source):
+def _part_of(meta, source):
+    part = meta.get("siamese.part", "pair")  # exports before the parts were pair models
+    if part not in PARTS:
+        raise UserError(f"'{source}' has unusable metadata: part {part!r} is none of {', '.join(PARTS)}; export the "
+                        f"model again with torch_to_onnx.py")
+    return part
+
+
+def _feature_dim(meta, source):
+    dim = str(meta.get("siamese.feature_dim", ""))
+    if not dim.isdigit() or int(dim) < 1:
+        raise UserError(f"'{source}' has unusable metadata: feature size {dim!r} is not a whole number of at least 1; "
+                        f"export the model again with torch_to_onnx.py")
+    return int(dim)
+
+
+def tensor_shapes(part, image_size, feature_dim=None):
+    """name -> shape after the batch dimension, for a part's inputs and output."""
+    image, features = (3, image_size, image_size), (feature_dim,)
+    names, output = PARTS[part]
+    shapes = {name: features if part == "head" else image for name in names}
+    shapes[output] = features if part == "embed" else (1,)
+    return shapes
+
+
+def check_interface(inputs, outputs, image_size, source, part="pair", feature_dim=None):
     """The graph's own inputs and output (name -> shape, None for a dynamic dimension) against
-    the deployed contract and the metadata's image size."""
-    if sorted(inputs) != sorted(INPUT_NAMES):
-        raise UserError(f"'{source}' has inputs {sorted(inputs)}, not img1 and img2; export it with torch_to_onnx.py")
-    if list(outputs) != [OUTPUT_NAME]:
-        raise UserError(f"'{source}' has outputs {list(outputs)}, not one named '{OUTPUT_NAME}'; export it with "
+    the deployed contract of its part and the metadata's sizes."""
+    names, output = PARTS[part]
+    if sorted(inputs) != sorted(names):
+        raise UserError(f"'{source}' has inputs {sorted(inputs)}, not {' and '.join(names)}; export it with "
                         f"torch_to_onnx.py")
-    for name, shape in inputs.items():
-        if len(shape) != 4 or tuple(shape[1:]) != (3, image_size, image_size):
-            raise UserError(f"'{source}' input {name} has shape {list(shape)}, but its metadata says "
-                            f"(N, 3, {image_size}, {image_size}); the file was altered: export it again")
-    shape = outputs[OUTPUT_NAME]
-    if len(shape) != 2 or shape[1] != 1:
-        raise UserError(f"'{source}' output {OUTPUT_NAME} has shape {list(shape)}, not (N, 1); export it again")
+    if list(outputs) != [output]:
+        raise UserError(f"'{source}' has outputs {list(outputs)}, not one named '{output}'; export it with "
+                        f"torch_to_onnx.py")
+    expected = tensor_shapes(part, image_size, feature_dim)
+    for name, shape in {**inputs, **outputs}.items():
+        if len(shape) != 1 + len(expected[name]) or tuple(shape[1:]) != expected[name]:
+            raise UserError(f"'{source}' {name} has shape {list(shape)}, but its metadata says "
+                            f"(N, {', '.join(map(str, expected[name]))}); the file was altered: export it again")
 
 
-class DeployedModel:
-    """Shared behaviour; subclasses set preprocessing, threshold, metadata, max_batch and predict()."""
+class _Part:
+    """One loaded file of a deployment: run({input name: array}) -> output, in batches it accepts."""
 
-    preprocessing: Preprocessing
-    threshold = None
-    metadata: dict
-    max_batch = 64
+    part: str
+    max_batch: int
 
-    def predict(self, img1, img2):
+    def run_batch(self, feeds):
         raise NotImplementedError
 
-    def predict_batched(self, img1, img2):
-        """predict() over any number of pairs, in batches the model accepts."""
-        out = [self.predict(img1[i:i + self.max_batch], img2[i:i + self.max_batch]) for i in range(0, len(img1), self.max_batch)]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+    def run(self, feeds):
+        n = len(next(iter(feeds.values())))
+        out = [self.run_batch({k: v[i:i + self.max_batch] for k, v in feeds.items()})
+               for i in range(0, n, self.max_batch)]
+        if not out:
+            return np.zeros((0, *self.shapes[PARTS[self.part][1]]), np.float32)
+        return np.concatenate(out)
 
-    def score_pairs(self, pairs, *, progress=False):
-        """Similarities for (left path, right path) pairs; each image is decoded once while it
-        stays in a cache of IMAGE_CACHE_BYTES."""
-        size = self.preprocessing.image_size
-        load = lru_cache(maxsize=max(64, IMAGE_CACHE_BYTES // (12 * size * size)))(self.preprocessing.load)
-        scores = []
-        for start in tqdm(range(0, len(pairs), self.max_batch), desc="pairs", unit="batch", disable=not progress, leave=False):
-            chunk = pairs[start:start + self.max_batch]
-            img1 = np.stack([load(a) for a, _ in chunk])
-            img2 = np.stack([load(b) for _, b in chunk])
-            scores.append(self.predict(img1, img2))
-        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+    def close(self):
+        pass
 
 
-class OnnxRuntimeModel(DeployedModel):
-    def __init__(self, path, *, providers=None, batch_size=None):
-        check_batch_size(batch_size)
+class _OnnxPart(_Part):
+    def __init__(self, path, part, *, providers, batch_size):
         try:
             import onnxruntime
         except ImportError:
@@ -126,84 +167,215 @@ class OnnxRuntimeModel(DeployedModel):
         except Exception as error:
             raise UserError(f"ONNX Runtime cannot load '{path}' ({str(error).strip().splitlines()[0][:200]}); "
                             f"give an .onnx file written by torch_to_onnx.py") from None
-        self.preprocessing, self.threshold, self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, path)
+        self.part = _part_of(meta, path)
+        if self.part != part:
+            raise UserError(f"'{path}' is the {self.part} part of an export, not the {part} model; give the model's "
+                            f".onnx file (the one without .embed or .head in its name)")
+        size = self.preprocessing.image_size
+        dim = _feature_dim(meta, path) if part != "pair" else None
 
         def shape(value):  # symbolic dimensions (the batch) as None
             return [d if isinstance(d, int) else None for d in value.shape]
 
         check_interface({i.name: shape(i) for i in self.session.get_inputs()},
-                        {o.name: shape(o) for o in self.session.get_outputs()}, self.preprocessing.image_size, path)
-        self.max_batch = batch_size or 64  # on a CPU, batches of 4 to 64 pairs ran equally fast here
+                        {o.name: shape(o) for o in self.session.get_outputs()}, size, path, part, dim)
+        self.shapes = tensor_shapes(part, size, dim)
         self.providers = self.session.get_providers()
+        on_cpu = self.providers[0] == "CPUExecutionProvider"
+        # on a CPU, batches of 4 to 64 pairs ran equally fast; the embedder follows the pixel rule of eval.py
+        default = {"pair": 64, "embed": cpu_images_per_batch(size) if on_cpu else 64, "head": HEAD_BATCH}[part]
+        self.max_batch = batch_size or default
+
+    def run_batch(self, feeds):
+        arrays = {name: np.ascontiguousarray(array, np.float32) for name, array in feeds.items()}
+        return self.session.run([PARTS[self.part][1]], arrays)[0].astype(np.float32, copy=False)
+
+
+class DeployedModel:
+    """A deployment: the pair model, and the embedder and head beside it when the export has them
+    (loaded on first use, so scoring one pair loads one file). Subclasses give open_part()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.pair = self.open_part(path, "pair")
+        self.preprocessing, self.threshold, self.metadata = self.pair.preprocessing, self.pair.threshold, self.pair.metadata
+        self.max_batch = self.pair.max_batch
+        self._parts = None  # (embedder, head), or False when the export has none
+
+    def open_part(self, path, part):
+        raise NotImplementedError
 
     def predict(self, img1, img2):
-        out = self.session.run([OUTPUT_NAME], {"img1": np.ascontiguousarray(img1, np.float32),
-                                               "img2": np.ascontiguousarray(img2, np.float32)})[0]
-        return out.reshape(-1).astype(np.float32)
+        """(N, 3, H, W) float32 each -> (N,) similarities, through the pair model."""
+        return self.pair.run({"img1": img1, "img2": img2}).reshape(-1)
+
+    @property
+    def parts(self):
+        """(embedder, head), or None for an export without them (with a one-line note, once)."""
+        if self._parts is None:
+            self._parts = self._open_parts() or False
+        return self._parts or None
+
+    def _open_parts(self):
+        paths = [part_path(self.path, part) for part in ("embed", "head")]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            note(f"note: '{self.path}' has no {' and '.join(os.path.basename(p) for p in missing)} beside it, so every "
+                 f"pair runs through the whole model; export it again with torch_to_onnx.py (and onnx_to_trt.py) to "
+                 f"embed each image once, which is much faster")
+            return None
+        embedder, head = (self.open_part(p, part) for p, part in zip(paths, ("embed", "head")))
+        mine = self.metadata.get("siamese.fingerprint")
+        strangers = [p for p, other in zip(paths, (embedder, head)) if not mine or other.metadata.get("siamese.fingerprint") != mine]
+        if strangers:
+            note(f"note: ignoring {' and '.join(strangers)}: exported from another model than '{self.path}'; every pair "
+                 f"runs through the whole model until the parts are exported again with it (torch_to_onnx.py)")
+            return None
+        return embedder, head
+
+    def _need_parts(self):
+        if self.parts is None:
+            raise UserError(f"'{self.path}' has no embedder and head beside it (export it again with torch_to_onnx.py, "
+                            f"and build engines with onnx_to_trt.py)")
+        return self.parts
+
+    def embed(self, images):
+        """(N, 3, H, W) float32 preprocessed images -> (N, D) features, through the embedder."""
+        return self._need_parts()[0].run({"images": images})
+
+    def score_features(self, features1, features2):
+        """Two (N, D) batches of features -> (N,) similarities, through the head."""
+        return self._need_parts()[1].run({"features1": features1, "features2": features2}).reshape(-1)
+
+    def embed_paths(self, paths, *, progress=False):
+        """Features (len(paths), D) of image files, each decoded and embedded once."""
+        embedder = self._need_parts()[0]
+        chunks = []
+        for start in tqdm(range(0, len(paths), embedder.max_batch), desc="features", unit="batch",
+                          disable=not progress, leave=False):
+            images = np.stack([self.preprocessing.load(p) for p in paths[start:start + embedder.max_batch]])
+            chunks.append(embedder.run({"images": images}))
+        return np.concatenate(chunks) if chunks else np.zeros((0, *embedder.shapes["features"]), np.float32)
+
+    def score_pairs(self, pairs, *, progress=False):
+        """Similarities for (left path, right path) pairs: each distinct image embedded once and
+        the pairs scored by the head, or without those parts every pair through the pair model."""
+        if self.parts is None:
+            return self._score_pairs_whole(pairs, progress=progress)
+        paths = sorted({p for pair in pairs for p in pair})
+        where = {p: i for i, p in enumerate(paths)}
+        features = self.embed_paths(paths, progress=progress)
+        left = np.array([where[a] for a, _ in pairs], dtype=np.int64)
+        right = np.array([where[b] for _, b in pairs], dtype=np.int64)
+        return self.score_features(features[left], features[right]).astype(np.float32)
+
+    def _score_pairs_whole(self, pairs, *, progress=False):
+        """Every pair through the pair model; each image is decoded once while it stays in a
+        cache of IMAGE_CACHE_BYTES."""
+        size = self.preprocessing.image_size
+        load = lru_cache(maxsize=max(64, IMAGE_CACHE_BYTES // (12 * size * size)))(self.preprocessing.load)
+        scores = []
+        for start in tqdm(range(0, len(pairs), self.max_batch), desc="pairs", unit="batch", disable=not progress, leave=False):
+            chunk = pairs[start:start + self.max_batch]
+            img1 = np.stack([load(a) for a, _ in chunk])
+            img2 = np.stack([load(b) for _, b in chunk])
+            scores.append(self.predict(img1, img2))
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def close(self):
+        for part in (self.pair, *(self._parts or ())):
+            part.close()
+
+
+class OnnxRuntimeModel(DeployedModel):
+    def __init__(self, path, *, providers=None, batch_size=None):
+        check_batch_size(batch_size)
+        self.providers_asked, self.batch_size = providers, batch_size
+        super().__init__(path)
+        self.providers = self.pair.providers
+
+    def open_part(self, path, part):
+        # --batch-size sets the pairs per call; the embedder and head keep their own batches
+        return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part == "pair" else None)
 
 
 def engine_metadata_path(engine_path):
     return engine_path + ".json"
 
 
-class TensorRTModel(DeployedModel):
+class _EnginePart(_Part):
     """A serialized TensorRT engine (10.x/11.x API) with device buffers sized for its largest batch."""
 
-    def __init__(self, path, *, trt=None, cuda=None):
-        from .trt import import_tensorrt, read_engine_metadata
-        from .cuda_memory import default_cuda
+    def __init__(self, path, part, *, trt, cuda):
+        from .trt import read_engine_metadata
 
-        trt = trt or import_tensorrt()
-        self.trt = trt
         meta = read_engine_metadata(path)
-        self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, engine_metadata_path(path))
-        self.cuda = cuda or default_cuda()
+        sidecar = engine_metadata_path(path)
+        self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, sidecar)
+        self.part = _part_of(meta, sidecar)
+        if self.part != part:
+            raise UserError(f"'{path}' is the {self.part} part of a deployment, not the {part} engine; give the "
+                            f"model's engine (the one without .embed or .head in its name)")
+        self.cuda, self.trt = cuda, trt
         with open(path, "rb") as f:
             blob = f.read()
+        if meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+            raise UserError(f"'{sidecar}' describes another build than the engine '{path}' (an interrupted build or a "
+                            f"copied file?); rebuild the engine with onnx_to_trt.py")
         self.logger = trt.Logger(trt.Logger.ERROR)
-        self.runtime = trt.Runtime(self.logger)
+        try:
+            self.runtime = trt.Runtime(self.logger)
+        except TypeError:  # how the bindings report that TensorRT cannot initialise CUDA
+            raise UserError("TensorRT cannot use a GPU on this machine (no usable NVIDIA GPU or driver); run the engine "
+                            "on the GPU machine that built it, or the .onnx file with ONNX Runtime") from None
+        here, built = f"TensorRT {trt.__version__} on {cuda.device_name()}", \
+            f"TensorRT {meta.get('tensorrt_version', '?')} on {meta.get('gpu', '?')}"
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            here = f"TensorRT {trt.__version__} on {self.cuda.device_name()}"
-            built = f"TensorRT {meta.get('tensorrt_version', '?')} on {meta.get('gpu', '?')}"
             raise UserError(f"cannot load engine '{path}': it was built with {built}, this is {here}; engines only run "
                             f"on the GPU model and TensorRT version that built them: rebuild it here with onnx_to_trt.py")
+        if here != built and part == "pair":
+            # TensorRT refuses only another compute capability or version; another GPU of the same
+            # capability loads, with kernels tuned for the other one
+            note(f"warning: engine '{path}' was built with {built} and runs with {here}; it works, but may be slower "
+                 f"than one built here with onnx_to_trt.py")
         self.context = self.engine.create_execution_context()
         self.tensors = {}
         for i in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(i)
-            self.tensors[name] = (self.engine.get_tensor_mode(name), np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))))
-        if sorted(self.tensors) != sorted([*INPUT_NAMES, OUTPUT_NAME]):
-            raise UserError(f"engine '{path}' has tensors {sorted(self.tensors)}, expected img1, img2 and similarity")
+            self.tensors[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+        names, output = PARTS[part]
+        if sorted(self.tensors) != sorted([*names, output]):
+            raise UserError(f"engine '{path}' has tensors {sorted(self.tensors)}, expected {', '.join([*names, output])}")
         self.min_batch, self.max_batch = int(meta.get("min_batch", 1)), int(meta["max_batch"])
-        size = self.preprocessing.image_size
-        self.shapes = {"img1": (3, size, size), "img2": (3, size, size), OUTPUT_NAME: (1,)}
-        self.stream = self.cuda.create_stream()
-        self.buffers = {name: self.cuda.malloc(self.max_batch * int(np.prod(shape)) * self.tensors[name][1].itemsize)
+        dim = _feature_dim(meta, sidecar) if part != "pair" else None
+        self.shapes = tensor_shapes(part, self.preprocessing.image_size, dim)
+        self.stream = cuda.create_stream()
+        self.buffers = {name: cuda.malloc(self.max_batch * int(np.prod(shape)) * self.tensors[name].itemsize)
                         for name, shape in self.shapes.items()}
         for name, pointer in self.buffers.items():
             self.context.set_tensor_address(name, pointer)
 
-    def predict(self, img1, img2):
-        n = len(img1)
-        if n > self.max_batch:
-            return self.predict_batched(img1, img2)
-        if n < self.min_batch:  # pad with repeats of the last pair: the profile refuses smaller batches
-            img1, img2 = (np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)]) for x in (img1, img2))
-        batch = len(img1)
-        for name, array in (("img1", img1), ("img2", img2)):
-            array = np.ascontiguousarray(array, dtype=self.tensors[name][1])
+    def run_batch(self, feeds):
+        n = len(next(iter(feeds.values())))
+        if n < self.min_batch:  # pad with repeats of the last row: the profile refuses smaller batches
+            feeds = {k: np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)]) for k, x in feeds.items()}
+        batch = max(n, self.min_batch)
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array, dtype=self.tensors[name])
             if not self.context.set_input_shape(name, (batch, *self.shapes[name])):
                 raise UserError(f"the engine does not accept a batch of {batch} (it was built for "
-                                f"{self.metadata.get('min_batch')}-{self.max_batch})")
+                                f"{self.min_batch}-{self.max_batch})")
             self.cuda.copy_to_device(self.buffers[name], array, self.stream)
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execution failed")
-        out_shape = tuple(self.context.get_tensor_shape(OUTPUT_NAME))
-        out = np.empty(out_shape, dtype=self.tensors[OUTPUT_NAME][1])
-        self.cuda.copy_to_host(out, self.buffers[OUTPUT_NAME], self.stream)
+        output = PARTS[self.part][1]
+        out = np.empty(tuple(self.context.get_tensor_shape(output)), dtype=self.tensors[output])
+        self.cuda.copy_to_host(out, self.buffers[output], self.stream)
         self.cuda.synchronize(self.stream)
-        return out.reshape(-1)[:n].astype(np.float32)
+        return out[:n].astype(np.float32)
 
     def close(self):
         for pointer in getattr(self, "buffers", {}).values():
@@ -215,6 +387,22 @@ class TensorRTModel(DeployedModel):
             self.close()
         except Exception:
             pass
+
+
+class TensorRTModel(DeployedModel):
+    """TensorRT engines: MODEL.engine, and MODEL.embed.engine and MODEL.head.engine beside it."""
+
+    def __init__(self, path, *, trt=None, cuda=None):
+        from .cuda_memory import default_cuda
+        from .trt import import_tensorrt
+
+        self.trt = trt or import_tensorrt()
+        self.cuda = cuda or default_cuda()
+        super().__init__(path)
+        self.min_batch = self.pair.min_batch
+
+    def open_part(self, path, part):
+        return _EnginePart(path, part, trt=self.trt, cuda=self.cuda)
 
 
 def load_deployed_model(path, *, batch_size=None):
