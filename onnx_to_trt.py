@@ -5,7 +5,9 @@ Example:
     python onnx_to_trt.py --onnx runs/exp1/model.onnx --engine runs/exp1/model_fp16.engine --fp16
 
 Writes ENGINE and ENGINE.json (preprocessing and build facts), so the engine alone is enough
-for infer_tensorrt.py and eval_tensorrt.py. An engine runs only on the GPU model and TensorRT
+for infer_tensorrt.py and eval_tensorrt.py. When the embedder and head that torch_to_onnx.py
+writes beside the ONNX model are there, it builds their engines too (ENGINE's name with .embed
+and .head), with which the runtime embeds each image once; ENGINE.json names them. An engine runs only on the GPU model and TensorRT
 version that built it. On TensorRT 11 (strongly typed), FP16 needs an FP16 ONNX model
 (torch_to_onnx.py --fp16).
 """
@@ -32,13 +34,21 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    import os
+
     from siamese.files import check_new_file, claim_beside
-    from siamese.runtime import engine_metadata_path
+    from siamese.runtime import HEAD_BATCH, engine_metadata_path, part_path
     from siamese.trt import build_engine_file, import_tensorrt
 
+    # the embedder and head exported beside the ONNX model get engines beside the engine
+    parts = [part for part in ("embed", "head") if os.path.isfile(part_path(args.onnx, part))]
+    engines = {part: part_path(args.engine, part) for part in ["pair", *parts]}
+
     def check_out_paths():
-        for path, option in ((args.engine, "--engine"), (engine_metadata_path(args.engine), "--engine's sidecar")):
-            check_new_file(path, inputs=[args.onnx, args.timing_cache], force=args.force, option=option)
+        for path in engines.values():
+            for out, option in ((path, "--engine"), (engine_metadata_path(path), "--engine's sidecar")):
+                check_new_file(out, inputs=[args.onnx, *(part_path(args.onnx, p) for p in parts), args.timing_cache],
+                               force=args.force, option=option)
 
     check_out_paths()
     trt = import_tensorrt()
@@ -48,13 +58,21 @@ def main(argv=None):
         gpu = default_cuda().device_name()
     except Exception:
         gpu = None
+    options = dict(fp16=args.fp16, workspace_mib=args.workspace, timing_cache=args.timing_cache, trt=trt, gpu_name=gpu)
+    batches = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch)
     with claim_beside(args.engine, what="engine path"):  # one build at a time into a path
         check_out_paths()  # again: another build may have written it meanwhile
-        meta = build_engine_file(args.onnx, args.engine, fp16=args.fp16, workspace_mib=args.workspace,
-                                 min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
-                                 timing_cache=args.timing_cache, trt=trt, gpu_name=gpu)
+        # the parts first, then the pair engine, which names them
+        for part in parts:
+            part_batches = batches if part == "embed" else dict(min_batch=1, opt_batch=HEAD_BATCH // 4, max_batch=HEAD_BATCH)
+            build_engine_file(part_path(args.onnx, part), engines[part], **options, **part_batches)
+        meta = build_engine_file(args.onnx, args.engine, **options, **batches,
+                                 extra_metadata={"parts": {p: os.path.basename(engines[p]) for p in parts}})
     print(f"wrote {args.engine} ({meta['precision']}, batches {meta['min_batch']}-{meta['max_batch']}, TensorRT "
-          f"{meta['tensorrt_version']} on {meta['gpu']}) and {args.engine}.json")
+          f"{meta['tensorrt_version']} on {meta['gpu']}) and {args.engine}.json"
+          + (f"; and the {' and '.join(parts)} engines {', '.join(engines[p] for p in parts)}" if parts else
+             f"; {args.onnx} has no embedder and head beside it (export it again with torch_to_onnx.py to embed each "
+             f"image once)"))
     return 0
 
 

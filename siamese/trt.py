@@ -3,12 +3,13 @@
 No torch here. The `trt` module is a parameter so the control flow can be tested without a GPU.
 """
 
+import hashlib
 import json
 import os
 
 from .errors import UserError, check_at_least
 from .files import atomic_open
-from .runtime import INPUT_NAMES, engine_metadata_path
+from .runtime import PARTS, engine_metadata_path, tensor_shapes
 
 
 def import_tensorrt():
@@ -46,15 +47,40 @@ def _onnx_facts(onnx_path):
     return meta, {n: onnx.TensorProto.DataType.Name(t) for n, t in elem.items()}
 
 
+def _sha256_of(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _attach_timing_cache(config, timing_cache, log):
+    """The timing cache from the file, or a fresh one when TensorRT refuses it (a cache from other
+    hardware or another TensorRT version): set_timing_cache returns False then and attaches nothing."""
+    data = open(timing_cache, "rb").read() if os.path.isfile(timing_cache) else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, False):
+        log(f"warning: TensorRT did not accept the timing cache '{timing_cache}' (made on other hardware or another "
+            f"TensorRT version); building with a fresh one, which replaces it")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+
+
 def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048, min_batch=1, opt_batch=8, max_batch=32,
-                 timing_cache=None, trt=None, gpu_name=None, log=print):
-    """Parse, configure, build, serialize; writes ENGINE and ENGINE.json; returns the metadata."""
+                      timing_cache=None, trt=None, gpu_name=None, log=print, extra_metadata=None):
+    """Parse, configure, build, serialize; writes ENGINE and ENGINE.json, each whole and the
+    sidecar naming the engine's hash; returns the metadata. The ONNX file may be any deployed
+    part (pair model, embedder, head): the profile follows its inputs."""
     if not os.path.isfile(onnx_path):
         raise UserError(f"ONNX file '{onnx_path}' does not exist; make one with torch_to_onnx.py")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise UserError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got {min_batch}, {opt_batch}, {max_batch}")
     check_at_least(workspace_mib, 1, "--workspace (MiB)")
     meta, input_types = _onnx_facts(onnx_path)
+    part = meta.get("siamese.part", "pair")
+    if part not in PARTS:
+        raise UserError(f"'{onnx_path}' has unusable metadata (part {part!r}); export it again with torch_to_onnx.py")
     trt = trt or import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     try:
@@ -81,36 +107,46 @@ def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048,
         else:
             raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (networks are strongly typed): export "
                             f"an FP16 model with 'torch_to_onnx.py --fp16' and build from that")
+    else:
+        # TF32 is on by default on Ampere and newer: an "fp32" engine would round its products to TF32
+        config.clear_flag(trt.BuilderFlag.TF32)
 
-    size = int(meta["siamese.image_size"])
+    dim = int(meta["siamese.feature_dim"]) if part != "pair" else None
+    shapes = tensor_shapes(part, int(meta["siamese.image_size"]), dim)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
-        if name not in INPUT_NAMES:
+        if name not in PARTS[part][0]:
             raise UserError(f"'{onnx_path}' has an unexpected input '{name}'; export it with torch_to_onnx.py")
-        profile.set_shape(name, (min_batch, 3, size, size), (opt_batch, 3, size, size), (max_batch, 3, size, size))
+        profile.set_shape(name, (min_batch, *shapes[name]), (opt_batch, *shapes[name]), (max_batch, *shapes[name]))
     config.add_optimization_profile(profile)
-
-    cache = None
     if timing_cache:
-        data = open(timing_cache, "rb").read() if os.path.isfile(timing_cache) else b""
-        cache = config.create_timing_cache(data)
-        config.set_timing_cache(cache, False)
+        _attach_timing_cache(config, timing_cache, log)
 
-    log(f"building a {precision} engine for batches {min_batch}-{max_batch} (optimised for {opt_batch}); "
-        "this takes a while")
+    log(f"building a {precision} {'engine' if part == 'pair' else part + ' engine'} for batches {min_batch}-{max_batch} "
+        f"(optimised for {opt_batch}); this takes a while")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise UserError("TensorRT failed to build the engine (see its messages above); try a larger --workspace or "
                         "a smaller --max-batch")
-    with atomic_open(engine_path, "wb") as f:
-        f.write(bytes(serialized))
-    if cache is not None:
-        with atomic_open(timing_cache, "wb") as f:
-            f.write(bytes(config.get_timing_cache().serialize()))
+    blob = bytes(serialized)
     engine_meta = dict(meta, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
-                       min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                       onnx=os.path.basename(onnx_path), input_types=input_types)
-    with atomic_open(engine_metadata_path(engine_path), "w") as f:
-        json.dump(engine_meta, f, indent=2)
+                       tf32=precision != "fp32", min_batch=min_batch, opt_batch=opt_batch,
+                       max_batch=max_batch, onnx=os.path.basename(onnx_path), input_types=input_types,
+                       engine_sha256=hashlib.sha256(blob).hexdigest(), **(extra_metadata or {}))
+    # Both are written whole before either takes its name; the sidecar names the engine's hash, so
+    # an engine and a sidecar of different builds (a kill between the two renames) are told apart.
+    try:
+        with atomic_open(engine_metadata_path(engine_path), "w") as sidecar, atomic_open(engine_path, "wb") as engine:
+            json.dump(engine_meta, sidecar, indent=2)
+            engine.write(blob)
+    except BaseException:
+        if _sha256_of(engine_path) == engine_meta["engine_sha256"]:  # the engine took its name, its sidecar did not
+            os.remove(engine_path)
+        raise
+    if timing_cache:
+        cache = config.get_timing_cache()  # None when the build kept none: nothing to save
+        if cache is not None:
+            with atomic_open(timing_cache, "wb") as f:
+                f.write(bytes(cache.serialize()))
     return engine_meta

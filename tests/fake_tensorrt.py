@@ -45,7 +45,12 @@ class FakeCuda:
         return self.name
 
 
-def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake GPU (compute 9.0)", fail_build=False):
+def compute_capability(gpu_name):
+    return gpu_name.rsplit("(compute ", 1)[-1].rstrip(")")
+
+
+def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake GPU (compute 9.0)", fail_build=False,
+                       cache_from_other_hardware=False, keeps_no_timing_cache=False):
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = []
@@ -61,7 +66,7 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
         WORKSPACE = "WORKSPACE"
 
     class BuilderFlag:
-        pass
+        TF32 = "TF32"  # on by default, as on Ampere and newer
 
     if major < 11:
         BuilderFlag.FP16 = "FP16"
@@ -131,13 +136,16 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
 
     class Config:
         def __init__(self):
-            self.flags, self.profiles, self.pools, self.cache = set(), [], {}, None
+            self.flags, self.profiles, self.pools, self.cache = {BuilderFlag.TF32}, [], {}, None
 
         def set_memory_pool_limit(self, pool, size):
             self.pools[pool] = size
 
         def set_flag(self, flag):
             self.flags.add(flag)
+
+        def clear_flag(self, flag):
+            self.flags.discard(flag)
 
         def add_optimization_profile(self, profile):
             self.profiles.append(profile)
@@ -147,11 +155,13 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
             return TimingCache(bytes(data))
 
         def set_timing_cache(self, cache, ignore_mismatch):
+            if cache_from_other_hardware and cache.data:  # real TensorRT: False, and nothing attached
+                return False
             self.cache = cache
             return True
 
         def get_timing_cache(self):
-            return self.cache
+            return None if keeps_no_timing_cache else self.cache
 
     class Builder:
         def __init__(self, logger):
@@ -175,7 +185,7 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
             shapes = config.profiles[0].shapes
             assert set(shapes) == {i.name for i in network.inputs}, "every dynamic input needs a profile shape"
             return json.dumps({"onnx": network.onnx_path, "shapes": {k: list(v) for k, v in shapes.items()},
-                               "gpu": current_gpu, "version": version}).encode()
+                               "gpu": current_gpu, "version": version, "tf32": "TF32" in config.flags}).encode()
 
     class Context:
         def __init__(self, engine):
@@ -193,22 +203,23 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
             return True
 
         def get_tensor_shape(self, name):
-            if name == "similarity":
-                return (self.input_shapes["img1"][0], 1)
-            return self.input_shapes[name]
+            if name in self.engine.inputs:
+                return self.input_shapes[name]
+            batch = self.input_shapes[self.engine.inputs[0]][0]
+            return (batch, *self.engine.output_shape[1:])
 
         def execute_async_v3(self, stream_handle):
-            assert set(self.addresses) == {"img1", "img2", "similarity"}, "every tensor needs an address"
+            assert set(self.addresses) == set(self.engine.names), "every tensor needs an address"
             feeds = {}
-            for name in ("img1", "img2"):
+            for name in self.engine.inputs:
                 shape = self.input_shapes[name]
                 count = int(np.prod(shape))
                 raw = bytes(DEVICE_MEMORY[self.addresses[name]][:count * 4])
                 feeds[name] = np.frombuffer(raw, dtype=np.float32).reshape(shape)
-            assert feeds["img1"].shape[0] == feeds["img2"].shape[0]
-            out = self.engine.session.run(["similarity"], feeds)[0].astype(np.float32)
-            DEVICE_MEMORY[self.addresses["similarity"]][:out.nbytes] = out.tobytes()
-            trt.calls.append(("execute", feeds["img1"].shape[0]))
+            assert len({x.shape[0] for x in feeds.values()}) == 1
+            out = self.engine.session.run([self.engine.output], feeds)[0].astype(np.float32)
+            DEVICE_MEMORY[self.addresses[self.engine.output]][:out.nbytes] = out.tobytes()
+            trt.calls.append(("execute", next(iter(feeds.values())).shape[0]))
             return True
 
     class Engine:
@@ -217,7 +228,10 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
 
             self.spec = spec
             self.session = onnxruntime.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
-            self.names = ["img1", "img2", "similarity"]
+            self.inputs = [i.name for i in self.session.get_inputs()]
+            (output,) = self.session.get_outputs()
+            self.output, self.output_shape = output.name, output.shape
+            self.names = [*self.inputs, self.output]
 
         @property
         def num_io_tensors(self):
@@ -227,7 +241,7 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
             return self.names[i]
 
         def get_tensor_mode(self, name):
-            return TensorIOMode.OUTPUT if name == "similarity" else TensorIOMode.INPUT
+            return TensorIOMode.OUTPUT if name == self.output else TensorIOMode.INPUT
 
         def get_tensor_dtype(self, name):
             return DataType.FLOAT
@@ -240,15 +254,16 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            if not gpu_present:  # what the bindings raise when TensorRT cannot initialise CUDA
+                raise TypeError("pybind11::init(): factory function returned nullptr")
 
         def deserialize_cuda_engine(self, blob):
             try:
                 spec = json.loads(bytes(blob))
             except ValueError:
                 return None
-            if spec["gpu"] != current_gpu or spec["version"] != version:
-                return None  # what TensorRT does with an engine from another GPU or version
+            if compute_capability(spec["gpu"]) != compute_capability(current_gpu) or spec["version"] != version:
+                return None  # TensorRT refuses another compute capability or version; another GPU model loads
             return Engine(spec)
 
     for name, value in dict(Logger=Logger, MemoryPoolType=MemoryPoolType, BuilderFlag=BuilderFlag,

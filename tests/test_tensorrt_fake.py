@@ -31,7 +31,8 @@ def test_build_writes_engine_and_metadata(onnx_model, tmp_path):
     spec = json.loads(open(engine, "rb").read())
     assert spec["shapes"]["img1"] == [[1, 3, 32, 32], [2, 3, 32, 32], [4, 3, 32, 32]]
     assert spec["shapes"]["img2"] == spec["shapes"]["img1"]
-    assert trt.calls[0] == ("build", [], {"WORKSPACE": 64 * 2**20})
+    # an fp32 engine is fp32: TensorRT's default TF32 (Ampere and newer) is cleared, and the sidecar says so
+    assert trt.calls[0] == ("build", [], {"WORKSPACE": 64 * 2**20}) and meta["tf32"] is False
 
 
 def test_engine_scores_like_onnx_runtime_in_batches(onnx_model, tiny_dataset, tmp_path):
@@ -65,7 +66,7 @@ def test_batches_below_the_profile_minimum_are_padded(onnx_model, tiny_dataset, 
 def test_fp16_on_tensorrt_10_sets_the_builder_flag(onnx_model, tmp_path):
     trt = make_fake_tensorrt("10.9.0")
     _, meta = _build(onnx_model, tmp_path, trt, fp16=True)
-    assert meta["precision"] == "fp16" and trt.calls[0][1] == ["FP16"]
+    assert meta["precision"] == "fp16" and trt.calls[0][1] == ["FP16", "TF32"] and meta["tf32"] is True
 
 
 def test_fp16_on_tensorrt_11_needs_an_fp16_onnx(onnx_model, trained_checkpoint, tiny_dataset, tmp_path):
@@ -77,7 +78,7 @@ def test_fp16_on_tensorrt_11_needs_an_fp16_onnx(onnx_model, trained_checkpoint, 
     half = str(tmp_path / "half.onnx")
     assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", half, "--fp16", "--images", tiny_dataset[1]]) == 0
     _, meta = _build(half, tmp_path, trt, fp16=True)
-    assert meta["precision"] == "fp16" and trt.calls[-1][1] == []  # no precision flags on 11.x
+    assert meta["precision"] == "fp16" and trt.calls[-1][1] == ["TF32"]  # no FP16 flag on 11.x
 
 
 def test_timing_cache_is_written_and_reused(onnx_model, tmp_path):
@@ -180,3 +181,105 @@ def test_onnx_to_trt_refuses_a_second_build_into_one_path(onnx_model, tmp_path, 
     with claim_beside(engine, what="engine path"):  # as another onnx_to_trt.py building it
         assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", engine]) == 2
     assert "in use by another command" in capsys.readouterr().err and not os.path.exists(engine)
+
+
+def _script_build(onnx_model, tmp_path, monkeypatch, trt, *extra):
+    import sys
+
+    import onnx_to_trt
+    import siamese.cuda_memory
+
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(siamese.cuda_memory, "default_cuda", FakeCuda)
+    engine = str(tmp_path / "m.engine")
+    assert onnx_to_trt.main(["--onnx", onnx_model, "--engine", engine, "--max-batch", "4", "--opt-batch", "2",
+                             *extra]) == 0
+    return engine
+
+
+def test_onnx_to_trt_builds_embedder_and_head_engines_that_embed_each_image_once(onnx_model, tiny_dataset, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from siamese.runtime import HEAD_BATCH, part_path
+
+    trt = make_fake_tensorrt("10.9.0")
+    engine = _script_build(onnx_model, tmp_path, monkeypatch, trt)
+    assert "embed and head engines" in capsys.readouterr().out
+    meta = json.load(open(engine + ".json"))
+    assert meta["parts"] == {"embed": "m.embed.engine", "head": "m.head.engine"}
+    for part in ("embed", "head"):
+        part_meta = json.load(open(part_path(engine, part) + ".json"))
+        assert part_meta["siamese.part"] == part and part_meta["siamese.fingerprint"] == meta["siamese.fingerprint"]
+    assert json.load(open(part_path(engine, "head") + ".json"))["max_batch"] == HEAD_BATCH
+
+    model = TensorRTModel(engine, trt=trt, cuda=FakeCuda())
+    paths = scan_folder(tiny_dataset[1]).paths[:10]
+    pairs = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:]]  # 45 pairs over 10 images
+    reference = OnnxRuntimeModel(onnx_model)._score_pairs_whole(pairs)
+    trt.calls.clear()
+    np.testing.assert_allclose(model.score_pairs(pairs), reference, atol=1e-5)
+    # 10 images through the embedder in batches of 4, then one head call for the 45 pairs
+    assert [c[1] for c in trt.calls if c[0] == "execute"] == [4, 4, 2, 45]
+    assert model.embed(np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 512)
+    model.close()
+
+
+def test_a_timing_cache_from_other_hardware_is_replaced_not_ignored(onnx_model, tmp_path):
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"made on another GPU")
+    lines = []
+    trt = make_fake_tensorrt("10.9.0", cache_from_other_hardware=True)
+    _build(onnx_model, tmp_path, trt, timing_cache=str(cache), log=lines.append)
+    assert any("did not accept the timing cache" in line for line in lines)
+    assert cache.read_bytes() == b"timing-cache:"  # the fresh cache this build filled, not the stale one
+
+
+def test_a_build_that_keeps_no_timing_cache_still_writes_engine_and_sidecar(onnx_model, tmp_path):
+    cache = tmp_path / "timing.cache"
+    engine, _ = _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0", keeps_no_timing_cache=True),
+                       timing_cache=str(cache))
+    assert os.path.isfile(engine) and os.path.isfile(engine + ".json") and not cache.exists()
+
+
+def test_a_failed_sidecar_write_leaves_neither_file(onnx_model, tmp_path, monkeypatch):
+    import errno
+
+    import siamese.files
+
+    real_replace = os.replace
+
+    def failing_replace(source, target):
+        if str(target).endswith(".json"):
+            raise OSError(errno.EIO, "input/output error")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(siamese.files.os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0"))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_sidecar_of_another_build_is_refused(onnx_model, tmp_path):
+    engine, _ = _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0"))
+    meta = json.load(open(engine + ".json"))
+    meta["engine_sha256"] = "0" * 64
+    json.dump(meta, open(engine + ".json", "w"))
+    with pytest.raises(UserError, match="describes another build than the engine"):
+        TensorRTModel(engine, trt=make_fake_tensorrt("10.9.0"), cuda=FakeCuda())
+
+
+def test_tensorrt_without_a_usable_gpu_at_load_is_one_line(onnx_model, tmp_path):
+    engine, _ = _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0"))
+    with pytest.raises(UserError, match="TensorRT cannot use a GPU on this machine"):
+        TensorRTModel(engine, trt=make_fake_tensorrt("10.9.0", gpu_present=False), cuda=FakeCuda())
+
+
+def test_an_engine_from_another_gpu_of_the_same_compute_capability_loads_with_a_warning(onnx_model, tiny_dataset,
+                                                                                         tmp_path, capsys):
+    engine, _ = _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0"))
+    other = "Fake GPU Max (compute 9.0)"
+    model = TensorRTModel(engine, trt=make_fake_tensorrt("10.9.0", current_gpu=other), cuda=FakeCuda(other))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning:") and "Fake GPU (compute 9.0)" in err[0] and other in err[0]
+    paths = scan_folder(tiny_dataset[1]).paths
+    assert model.score_pairs([(paths[0], paths[1])]).shape == (1,)
