@@ -26,6 +26,8 @@ test-gpu: venv
 # soon after thousands were deleted (a benchmark's cleanup) cost up to a millisecond each.
 bench: venv
 	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) bench/deployed_eval.py
+	$(PY) bench/deployed_eval.py --image-size 224 --out bench/results/deployed_eval_224.json
 	$(PY) bench/train_throughput.py
 	$(PY) bench/train_throughput.py --amp --out bench/results/train_throughput_amp.json
 	$(PY) bench/eval_throughput.py --pairs-per-image 9 --out bench/results/eval_throughput_9.json
