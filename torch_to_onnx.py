@@ -85,7 +85,7 @@ def main(argv=None):
         # export, which the runtimes tell by the fingerprint and ignore.
         for part in ("embed", "head", "pair"):
             os.replace(written[part], outs[part])
-    size, dim = model.config["image_size"], model.config["feature_dim"]
+    size, dim = model.config["image_size"], model.scoring_dim
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
           f"inputs img1, img2 (N, 3, {size}, {size}), output similarity (N, 1)")
     print(f"wrote {outs['embed']} (images (N, 3, {size}, {size}) -> features (N, {dim})) and {outs['head']} "

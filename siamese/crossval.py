@@ -19,6 +19,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .files import atomic_open, claim_folder, write_json
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
+from .settings import TrainingSettings
 
 SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
 
@@ -33,6 +34,12 @@ def check_plan(out_path, plan):
     path = os.path.join(out_path, "plan.json")
     if os.path.exists(path):
         earlier = _read_json(path)
+        # a setting the toolkit gained after the earlier plan was written, at its default, changes nothing
+        defaults = TrainingSettings().to_dict()
+        earlier_training = earlier.get("training", {})
+        for key, value in plan.get("training", {}).items():
+            if key not in earlier_training and value == defaults.get(key):
+                earlier_training[key] = value
         if earlier != plan:
             changed = sorted(k for k in set(plan) | set(earlier) if plan.get(k) != earlier.get(k))
             raise UserError(f"'{out_path}' holds a cross-validation with other {', '.join(changed)}; continue it with "

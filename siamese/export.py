@@ -37,17 +37,17 @@ class _Part(torch.nn.Module):
 
 class _Pair(_Part):
     def forward(self, img1, img2):  # -> similarity (N, 1)
-        return torch.sigmoid(self.network(img1.to(self.dtype), img2.to(self.dtype))).unsqueeze(1).float()
+        return torch.sigmoid(self.network.pair_logits(img1.to(self.dtype), img2.to(self.dtype))).unsqueeze(1).float()
 
 
 class _Embedder(_Part):
     def forward(self, images):  # -> features (N, D)
-        return self.network.embed(images.to(self.dtype)).float()
+        return self.network.scoring_features(images.to(self.dtype)).float()
 
 
 class _Head(_Part):
     def forward(self, features1, features2):  # -> similarity (N, 1)
-        logits = self.network.score_features(features1.to(self.dtype), features2.to(self.dtype))
+        logits = self.network.scoring_logits(features1.to(self.dtype), features2.to(self.dtype))
         return torch.sigmoid(logits).unsqueeze(1).float()
 
 
@@ -76,7 +76,8 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
         "siamese.fingerprint": model_fingerprint,
         "siamese.backbone": config["backbone"],
         "siamese.features": config["features"],
-        "siamese.feature_dim": str(config["feature_dim"]),
+        "siamese.feature_dim": str(config["feature_dim"] * (2 if config.get("flip_average") else 1)),
+        "siamese.flip_average": "1" if config.get("flip_average") else "0",
         "siamese.image_size": str(config["image_size"]),
         "siamese.mean": json.dumps(list(config["mean"])),
         "siamese.std": json.dumps(list(config["std"])),
@@ -88,8 +89,8 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
     }
 
 
-def _example_inputs(config, part):
-    size, dim = config["image_size"], config["feature_dim"]
+def _example_inputs(network, part):
+    size, dim = network.config["image_size"], network.scoring_dim
     if part == "head":
         return (torch.randn(2, dim), torch.randn(2, dim))
     # distinct tensors: one tensor passed twice is traced as one input
@@ -103,7 +104,7 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
 
     network = network.cpu().eval()  # eval: Dropout out of the graph, BatchNorm on running statistics
     module = _deployed(network, part, fp16)
-    example = _example_inputs(network.config, part)
+    example = _example_inputs(network, part)
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp_path = path + ".partial"
     # A failed opset conversion is logged there with a traceback; it is reported below in one line.
@@ -151,7 +152,7 @@ def _feeds(network, part, x1, x2):
     if part == "embed":
         return (x1,)
     with torch.no_grad():
-        return tuple(network.embed(torch.from_numpy(x)).numpy() for x in (x1, x2))
+        return tuple(network.scoring_features(torch.from_numpy(x)).numpy() for x in (x1, x2))
 
 
 def check_against_pytorch(network, onnx_path, images1, images2, *, batch_sizes=(1, 5), part="pair"):

@@ -94,12 +94,13 @@ class SiameseNetwork(nn.Module):
     """forward(img1, img2) returns the logit that the two images show the same class."""
 
     def __init__(self, backbone="resnet18", features=DEFAULT_FEATURES, weights="none", image_size=224,
-                 mean=None, std=None, dropout=0.5, normalize=False):
+                 mean=None, std=None, dropout=0.5, normalize=False, flip_average=False):
         super().__init__()
         self.backbone, feature_dim = build_backbone(backbone, features=features, weights=weights)
         preprocessing = Preprocessing(image_size, *(() if mean is None else (tuple(mean), tuple(std))))
         self.config = {"backbone": backbone, "features": features, "feature_dim": feature_dim,
-                       "dropout": float(dropout), "normalize": bool(normalize), **preprocessing.to_dict()}
+                       "dropout": float(dropout), "normalize": bool(normalize), "flip_average": bool(flip_average),
+                       **preprocessing.to_dict()}
         # The original head, layer for layer (index 10 was a Sigmoid: we keep the logit).
         self.cls_head = nn.Sequential(
             nn.Dropout(p=dropout), nn.Linear(feature_dim, 512), nn.BatchNorm1d(512), nn.ReLU(),
@@ -145,6 +146,36 @@ class SiameseNetwork(nn.Module):
         features = self.embed(torch.cat([img1, img2]))
         n = img1.shape[0]  # slicing, not chunk(2): chunk pins the batch size in an ONNX export
         return self.score_features(features[:n], features[n:])
+
+    # What evaluation and deployment compute (training uses embed, score_features and forward).
+    # With `flip_average` each image is also embedded mirrored left-right, and a pair's
+    # similarity is the average of the two images' and the two mirrored images' similarities:
+    # test-time augmentation for left-right symmetric subjects such as faces.
+
+    @property
+    def scoring_dim(self):
+        """The length of scoring_features(): the backbone's, twice with flip_average."""
+        return self.config["feature_dim"] * (2 if self.config.get("flip_average") else 1)
+
+    def scoring_features(self, images):
+        features = self.embed(images)
+        if self.config.get("flip_average"):
+            features = torch.cat([features, self.embed(torch.flip(images, dims=[3]))], dim=1)
+        return features
+
+    def scoring_logits(self, features1, features2):
+        """Logits (N,) from two batches of scoring_features()."""
+        if not self.config.get("flip_average"):
+            return self.score_features(features1, features2)
+        d = self.config["feature_dim"]
+        average = (torch.sigmoid(self.score_features(features1[:, :d], features2[:, :d]))
+                   + torch.sigmoid(self.score_features(features1[:, d:], features2[:, d:]))) / 2
+        return torch.logit(average, eps=1e-7)
+
+    def pair_logits(self, img1, img2):
+        features = self.scoring_features(torch.cat([img1, img2]))
+        n = img1.shape[0]
+        return self.scoring_logits(features[:n], features[n:])
 
 
 class WeightAverage:
@@ -208,11 +239,12 @@ class SimilarityModel(nn.Module):
         self.network = network
 
     def forward(self, img1, img2):
-        return torch.sigmoid(self.network(img1, img2)).unsqueeze(1)
+        return torch.sigmoid(self.network.pair_logits(img1, img2)).unsqueeze(1)
 
 
 def build_model(config, *, weights="none"):
     """Rebuild a network from the config stored in a checkpoint."""
     return SiameseNetwork(backbone=config["backbone"], features=config["features"], weights=weights,
                           image_size=config["image_size"], mean=config.get("mean"), std=config.get("std"),
-                          dropout=config.get("dropout", 0.5), normalize=config.get("normalize", False))
+                          dropout=config.get("dropout", 0.5), normalize=config.get("normalize", False),
+                          flip_average=config.get("flip_average", False))

@@ -37,7 +37,7 @@ class TorchPredictor:
 
     @torch.inference_mode()
     def embed_paths(self, paths, *, progress=False):
-        """Backbone features (len(paths), D) in float32 on the device."""
+        """Scoring features (len(paths), D) in float32 on the device (see SiameseNetwork.scoring_features)."""
         self.model.eval()
         # On a CPU the backbone already keeps every core busy: loader processes only add their
         # start-up and copying (measured slower at 32, 64 and 224 px, even on 3000 px JPEGs).
@@ -49,7 +49,7 @@ class TorchPredictor:
         for images in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             with self._autocast():
-                chunks.append(self.model.embed(images).float())
+                chunks.append(self.model.scoring_features(images).float())
         return torch.cat(chunks)
 
     @torch.inference_mode()
@@ -60,7 +60,7 @@ class TorchPredictor:
         for start in range(0, len(left), 4096):
             f1 = features[left[start:start + 4096]]
             f2 = features[right[start:start + 4096]]
-            out.append(torch.sigmoid(self.model.score_features(f1, f2)).float().cpu())
+            out.append(torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
     def score_pairs(self, pairs, *, progress=False):
@@ -82,5 +82,5 @@ class TorchPredictor:
             x1 = torch.stack([torch.from_numpy(self.preprocessing.load(a)) for a, _ in chunk]).to(self.device)
             x2 = torch.stack([torch.from_numpy(self.preprocessing.load(b)) for _, b in chunk]).to(self.device)
             with self._autocast():
-                out.append(torch.sigmoid(self.model(x1, x2)).float().cpu())
+                out.append(torch.sigmoid(self.model.pair_logits(x1, x2)).float().cpu())
         return torch.cat(out).numpy()

@@ -187,3 +187,17 @@ def test_a_cross_validation_in_progress_keeps_a_second_one_out(tmp_path, capsys)
         assert _cv(data, out, "--fold", "1") == 2
     assert "in use by another command" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "fold_1")) and not os.path.exists(os.path.join(out, "plan.json"))
+
+
+def test_a_plan_from_before_a_new_setting_continues_at_its_default(tmp_path):
+    from siamese.crossval import check_plan
+    from siamese.errors import UserError
+    from siamese.settings import TrainingSettings
+
+    training = {k: v for k, v in TrainingSettings().to_dict().items() if k != "workers"}
+    plan = {"folds": [["a"], ["b"]], "training": training}
+    older = dict(plan, training={k: v for k, v in training.items() if k != "flip_average"})
+    (tmp_path / "plan.json").write_text(json.dumps(older))
+    check_plan(str(tmp_path), plan)  # the new setting at its default: the same plan
+    with pytest.raises(UserError, match="other training"):
+        check_plan(str(tmp_path), dict(plan, training=dict(training, flip_average=True)))

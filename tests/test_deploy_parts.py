@@ -133,3 +133,24 @@ def test_export_refuses_existing_parts_without_force(onnx_model, trained_checkpo
     assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", out, "--images", tiny_dataset[1], "--force"]) == 0
     assert _meta(part_path(out, "head"))["siamese.part"] == "head"
     assert "embed each image once" in capsys.readouterr().out
+
+
+def test_a_flip_average_model_deploys_with_its_average(trained_checkpoint, tiny_dataset, tmp_path):
+    """--flip-average lives in the model: eval.py and every exported part apply it alike."""
+    state = torch.load(trained_checkpoint, weights_only=True)
+    state["config"]["flip_average"] = True
+    checkpoint = str(tmp_path / "flip.pth")
+    torch.save(state, checkpoint)
+    out = str(tmp_path / "flip.onnx")
+    assert torch_to_onnx.main(["-c", checkpoint, "-o", out, "--images", tiny_dataset[1]]) == 0
+    assert _meta(part_path(out, "embed"))["siamese.feature_dim"] == "1024"
+    common = ["-v", tiny_dataset[1], "--pairs-per-image", "2", "--workers", "0", "--max-pictures", "0"]
+    assert eval_script.main([*common, "-o", str(tmp_path / "torch"), "-c", checkpoint, "--device", "cpu"]) == 0
+    assert eval_script.main([*common, "-o", str(tmp_path / "plain"), "-c", trained_checkpoint, "--device", "cpu"]) == 0
+    for engine, name in ((out, "parts"), (_copy_export(out, tmp_path / "pair_only", parts=()), "pair")):
+        assert eval_tensorrt.main([*common, "-o", str(tmp_path / name), "--engine", engine]) == 0
+    scores = {name: np.loadtxt(tmp_path / name / "scores.csv", delimiter=",", skiprows=1, usecols=5)
+              for name in ("torch", "plain", "parts", "pair")}
+    np.testing.assert_allclose(scores["parts"], scores["torch"], atol=1e-5)
+    np.testing.assert_allclose(scores["pair"], scores["torch"], atol=1e-5)
+    assert np.abs(scores["torch"] - scores["plain"]).max() > 1e-4  # the average is really applied

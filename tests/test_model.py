@@ -156,3 +156,22 @@ def test_normalized_features_make_the_score_blind_to_feature_length():
     assert not torch.allclose(plain.score_features(3.0 * f1, f2), plain.score_features(f1, f2))
     rebuilt = build_model(make_checkpoint(model=network, epoch=1)["config"])  # the setting travels with the model
     assert rebuilt.config["normalize"] is True
+
+
+def test_flip_average_scores_the_mean_of_the_pair_and_its_mirror():
+    torch.manual_seed(0)
+    plain = SiameseNetwork("resnet18", image_size=32, normalize=True).eval()
+    flipped = build_model(dict(plain.config, flip_average=True)).eval()
+    flipped.load_state_dict(plain.state_dict())
+    x1, x2 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = (torch.sigmoid(plain(x1, x2)) + torch.sigmoid(plain(x1.flip(3), x2.flip(3)))) / 2
+        got = torch.sigmoid(flipped.pair_logits(x1, x2))
+        features = flipped.scoring_features(x1)
+        assert features.shape == (3, 2 * plain.config["feature_dim"]) == (3, flipped.scoring_dim)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+        d = plain.config["feature_dim"]
+        torch.testing.assert_close(features[:, :d], plain.embed(x1))
+        torch.testing.assert_close(features[:, d:], plain.embed(x1.flip(3)))  # the mirrored image's features
+        assert not torch.allclose(features[:, :d], features[:, d:], atol=1e-3)
+        torch.testing.assert_close(flipped(x1, x2), plain(x1, x2))  # training's forward is unchanged
