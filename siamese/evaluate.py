@@ -99,7 +99,19 @@ def baselines_summary(baselines, model_metrics):
     return "\n".join(lines)
 
 
-EVALUATION_FILES = {"metrics.json", "scores.csv", "roc.png", "errors.png", "pairs"}
+EVALUATION_FILES = {"metrics.json", "scores.csv", "roc.png", "errors.png", "cmc.png", "pairs"}
+
+
+def retrieval_summary(metrics):
+    cmc = metrics["cmc"]
+    line = (f"retrieval ({metrics['queries']} queries, each against the other {metrics['images'] - 1} images): "
+            + ", ".join(f"rank-{k} {v:.2%}" for k, v in cmc.items()) + f", mAP {metrics['map']:.4f}; rank-1 by the "
+            f"features' cosine instead of the head {metrics['rank1_feature_cosine']:.2%}")
+    if "open_set" in metrics:
+        o = metrics["open_set"]
+        line += (f"; open set (half the classes unknown): {o['dir']:.2%} identified at a false positive "
+                 f"identification rate of {o['fpir']:.2%}")
+    return line
 
 
 def check_evaluation_out_path(out_path):
@@ -125,7 +137,8 @@ def check_finite_scores(scores):
 
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
                    calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
-                   group_csv=None, baselines=False, max_pictures=None, workers=4, extra=None, log=print):
+                   group_csv=None, baselines=False, retrieval=False, max_pictures=None, workers=4, extra=None,
+                   log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files; with
     `baselines`, the no-learning baselines on the same pairs and trials."""
@@ -159,16 +172,27 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
             from .baselines import baseline_metrics
 
             result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
+        curve = None
+        if retrieval:
+            from .retrieval import retrieval_evaluation
+
+            result.metrics["retrieval"], curve = retrieval_evaluation(predictor, folder, seed=seed, progress=True)
         details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
                    "pairs_file": pairs_file, **(extra or {})}
         # The result set appears as a whole, replacing an earlier evaluation's, or not at all.
         with atomic_folder(out_path) as staging:
             paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=max_pictures,
                                  workers=workers)
+            if curve:
+                from .report import cmc_picture
+
+                paths["cmc"] = cmc_picture(curve, os.path.join(staging, "cmc.png"))
     paths = {name: os.path.join(out_path, os.path.basename(path)) for name, path in paths.items()}
     log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
     if baselines:
         log(baselines_summary(result.metrics["baselines"], result.metrics))
+    if retrieval:
+        log(retrieval_summary(result.metrics["retrieval"]))
     note = constant_scores_note(result.scores)
     if note:
         log(note)

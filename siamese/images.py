@@ -94,11 +94,12 @@ def merge_folders(folders):
                        [p for p, _ in samples], [rank[label] for _, label in samples])
 
 
-def scan_folder(root, *, what="image folder", check_images=True, decode=False):
+def scan_folder(root, *, what="image folder", check_images=True, decode=False, for_pairs=True):
     """Scan ROOT/ClassName/* for images; raise UserError for anything unusable.
 
-    A pair model needs two classes and at least one class with two images. Each image's
-    header is opened, so a corrupt or mislabelled file is named before any work starts.
+    A pair model needs two classes and at least one class with two images (for_pairs; a gallery
+    of known entities needs only images). Each image's header is opened, so a corrupt or
+    mislabelled file is named before any work starts.
     """
     if not root or not os.path.exists(root):
         raise UserError(f"{what} '{root}' does not exist; give a folder laid out as ROOT/ClassName/image.png")
@@ -117,10 +118,10 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False):
         classes.append(name)
     if not paths:
         raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
-    if len(classes) < 2:
-        raise UserError(f"{what} '{root}' has only one class ('{classes[0]}'); a pair model needs at least two class folders")
     folder = ImageFolder(root, classes, paths, labels)
-    if max(len(group) for group in folder.images_by_class()) < 2:
+    if for_pairs and len(classes) < 2:
+        raise UserError(f"{what} '{root}' has only one class ('{classes[0]}'); a pair model needs at least two class folders")
+    if for_pairs and max(len(group) for group in folder.images_by_class()) < 2:
         raise UserError(f"no class in {what} '{root}' has two images, so no same-class pair can be made; add images")
     if decode:  # every pixel: finds truncated files too, for folders read whole anyway (validation)
         for path in paths:

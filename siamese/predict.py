@@ -63,6 +63,17 @@ class TorchPredictor:
             out.append(torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
+    @torch.inference_mode()
+    def score_feature_pairs(self, features1, features2):
+        """Similarities (N,) of two (N, D) arrays of scoring features, by the head in batches."""
+        self.model.eval()
+        out = []
+        for start in range(0, len(features1), 4096):
+            f1 = torch.as_tensor(np.ascontiguousarray(features1[start:start + 4096]), device=self.device)
+            f2 = torch.as_tensor(np.ascontiguousarray(features2[start:start + 4096]), device=self.device)
+            out.append(torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
     def score_pairs(self, pairs, *, progress=False):
         paths = sorted({p for pair in pairs for p in pair})
         where = {p: i for i, p in enumerate(paths)}

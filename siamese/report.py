@@ -214,3 +214,51 @@ def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=Non
     _save_png(errors_picture(evaluation, threshold), paths["errors"])
     write_pair_pictures(evaluation, paths["pictures"], threshold=threshold, max_pictures=max_pictures, workers=workers)
     return paths
+
+
+def cmc_picture(curve, path, size=480):
+    """The cumulative match characteristic: the share of queries answered within each rank."""
+    ranks = sorted(curve)
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    left, top, right, bottom = 50, 20, size - 20, size - 45
+    draw.rectangle([left, top, right, bottom], outline=GREY)
+    span = max(1, ranks[-1] - ranks[0])
+
+    def xy(rank, rate):
+        return left + (rank - ranks[0]) / span * (right - left), bottom - rate * (bottom - top)
+
+    draw.line([xy(k, curve[k]) for k in ranks], fill=BLUE, width=2)
+    for k in ranks:
+        x, y = xy(k, curve[k])
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=BLUE)
+    _write(img, (left, bottom + 8), (f"rank (1 to {ranks[-1]})",), (0, 0, 0), 12)
+    _write(img, (left + 8, top + 6), (f"rank-1 {curve[ranks[0]]:.1%}",), BLUE, 12)
+    _write(img, (4, top), ("100%",), GREY, 11)
+    _write(img, (14, bottom - 12), ("0%",), GREY, 11)
+    _save_png(img, path)
+    return path
+
+
+def identification_picture(query, matches, classes, threshold, path, *, tile=128):
+    """The query beside its best gallery image of each class found, with the similarities; a
+    match (at or above the threshold) framed green, below it grey."""
+    width = (len(matches) + 1) * (tile + 8) + 8
+    canvas = Image.new("RGB", (width, tile + 58), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    known = bool(matches) and matches[0].similarity >= threshold
+    _write(canvas, (8, 4), (f"query: {classes[matches[0].label] if known else 'unknown'}",), GREEN if known else RED, 12,
+           max_width=tile)
+    items = [(query, None)] + [(m.image, m) for m in matches]
+    for k, (image, match) in enumerate(items):
+        x = 8 + k * (tile + 8)
+        img = _tile(image, tile)
+        canvas.paste(img, (x + (tile - img.width) // 2, 22 + (tile - img.height) // 2))
+        if match is not None:
+            colour = GREEN if match.similarity >= threshold else GREY
+            draw.rectangle([x - 2, 20, x + tile + 1, 22 + tile + 1], outline=colour, width=2)
+            _write(canvas, (x, tile + 26), (f"{match.rank}. {classes[match.label]}",), (0, 0, 0), 11, max_width=tile)
+            _write(canvas, (x, tile + 40), (f"{match.similarity:.3f}",), colour, 11)
+    with atomic_open(path, "wb") as f:
+        canvas.save(f, **JPEG)
+    return path

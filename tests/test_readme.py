@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("train", "eval", "torch_to_onnx", "onnx_to_trt", "infer_tensorrt", "eval_tensorrt", "demo", "crossval")
+SCRIPTS = ("train", "eval", "torch_to_onnx", "onnx_to_trt", "infer_tensorrt", "eval_tensorrt", "demo", "crossval", "identify")
 
 
 def _readme():
