@@ -33,6 +33,7 @@ bench: venv
 	$(PY) bench/eval_throughput.py --pairs-per-image 9 --out bench/results/eval_throughput_9.json
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/inference.py
+	$(PY) bench/identify_search.py
 	$(PY) bench/memory.py
 
 bench-gpu: venv
