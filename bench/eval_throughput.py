@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from common import data_folder, report

@@ -20,7 +20,7 @@ import torch
 
 from .errors import UserError
 from .files import atomic_open
-from .runtime import OUTPUT_NAME, PARTS  # one definition of the deployed interface
+from .runtime import PARTS  # one definition of the deployed interface
 
 DEFAULT_OPSET = 20
 

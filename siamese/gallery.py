@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from .errors import UserError
 from .files import atomic_open

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from siamese.data import (ClassBatchSampler, EpochSampler, TrainingImages, TrainingPairs, jitter_light, random_erase,
                           set_loader_epoch, training_loader)
