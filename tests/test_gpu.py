@@ -79,9 +79,29 @@ def test_tensorrt_engine_matches_onnx_runtime(onnx_model, trained_checkpoint, ti
     assert onnx_to_trt.main(["--onnx", source, "--engine", engine, "--max-batch", "8", *(["--fp16"] if fp16 else [])]) == 0
     paths = scan_folder(tiny_dataset[1]).paths
     pairs = [(paths[i], paths[-1 - i]) for i in range(len(paths))]
-    trt_scores = TensorRTModel(engine).score_pairs(pairs)
+    deployed = TensorRTModel(engine)
+    assert deployed.parts is not None  # the embedder and head engines were built beside it
+    trt_scores = deployed.score_pairs(pairs)
     onnx_scores = OnnxRuntimeModel(onnx_model).score_pairs(pairs)
     assert np.abs(trt_scores - onnx_scores).max() < tolerance
+    assert np.abs(deployed._score_pairs_whole(pairs) - trt_scores).max() < tolerance  # pair engine and parts agree
     assert infer_tensorrt.main(["--image1", paths[0], "--image2", paths[1], "--engine", engine]) == 0
     assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e"), "--engine", engine, "--workers", "0"]) == 0
     assert json.load(open(tmp_path / "e" / "metrics.json"))["pairs"] == len(paths)
+
+
+@needs_cuda
+def test_onnx_runtime_on_cuda_embeds_and_scores_like_the_cpu(onnx_model, tiny_dataset):
+    import onnxruntime
+
+    from siamese.images import scan_folder
+    from siamese.runtime import OnnxRuntimeModel
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("ONNX Runtime without its CUDA provider (pip install onnxruntime-gpu)")
+    paths = scan_folder(tiny_dataset[1]).paths
+    pairs = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:]]
+    gpu = OnnxRuntimeModel(onnx_model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert gpu.providers[0] == "CUDAExecutionProvider"
+    cpu = OnnxRuntimeModel(onnx_model, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(gpu.score_pairs(pairs), cpu.score_pairs(pairs), atol=1e-3)
