@@ -1,5 +1,5 @@
 """The demo: build a small real dataset (scikit-learn's handwritten digits) and run the toolkit
-on it end to end on the CPU in a few minutes.
+on it end to end on the CPU in a few minutes: train, evaluate, export, score a pair, identify.
 
 Example:
     python demo.py --out runs/demo
@@ -10,6 +10,7 @@ import os
 import shutil
 
 import eval as eval_script
+import identify
 import infer_tensorrt
 import torch_to_onnx
 import train
@@ -56,9 +57,23 @@ def main(argv=None):
     status = infer_tensorrt.main(["--image1", left, "--image2", right, "--engine", onnx_path])
     if status:
         return status
+    queries = os.path.join(args.out, "queries")  # four validation digits, as crops a user would bring
+    shutil.rmtree(queries, ignore_errors=True)
+    os.makedirs(queries)
+    for digit in ("two", "three", "seven", "nine"):
+        first = sorted(os.listdir(os.path.join(val_dir, digit)))[0]
+        shutil.copy(os.path.join(val_dir, digit, first), os.path.join(queries, f"{digit}_{first}"))
+    identify_dir = os.path.join(args.out, "identify")
+    print(f"\n== who is this? four validation digits against the training digits as the gallery (identify.py --engine "
+          f"{onnx_path})")
+    status = identify.main(["--gallery", train_dir, "--query", queries, "--engine", onnx_path, "-o", identify_dir,
+                            "--top-k", "3"])
+    if status:
+        return status
     print(f"\ndemo done.\n  model:            {checkpoint}\n  training curves:  tensorboard --logdir {model_dir}/tensorboard"
           f"\n  evaluation:       {eval_dir}/metrics.json, roc.png, errors.png\n  pair pictures:    {eval_dir}/pairs/"
-          f"\n  deployed model:   {onnx_path}")
+          f"\n  deployed model:   {onnx_path} (with model.embed.onnx and model.head.onnx)"
+          f"\n  identification:   {identify_dir}/matches.csv, pictures/")
     return 0
 
 
