@@ -91,7 +91,7 @@ def main(argv=None):
 
     check_at_least(args.top_k, 1, "--top-k")
     check_at_least(args.max_pictures, 0, "--max-pictures")
-    threshold, source = resolve_threshold(args.threshold, None)
+    resolve_threshold(args.threshold, None)  # a bad --threshold stops here, before any work
     folder = scan_folder(args.gallery, what="gallery folder", for_pairs=False)
     queries = query_files(args.query)
     shortlist = choose_shortlist(args.shortlist, len(folder))
