@@ -39,8 +39,9 @@ class TrainingSettings:
     normalize_features: bool = option(False, "scale each image's feature vector to unit length before the product (the "
                                              "head then sees the cosine similarity's terms); stored in the model")
     flip_average: bool = option(False, "score each pair also with both images mirrored left-right and average the two "
-                                       "similarities (test-time augmentation for left-right symmetric subjects such as "
-                                       "faces, never characters); training is unchanged; stored in the model")
+                                       "similarities (test-time augmentation: both images are mirrored, so a pair of one "
+                                       "class stays one; it helped faces and characters alike, see the README's "
+                                       "Recipes); training is unchanged; stored in the model")
     # optimisation
     epochs: int = option(20, "number of epochs", "-e", "--epochs")
     batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "
