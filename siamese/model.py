@@ -209,25 +209,56 @@ class WeightAverage:
             averaged.copy_(current)
 
 
+class CosineClassifier(nn.Module):
+    """Class logits = scale * cosine between an image's features and each class's weight vector,
+    less `margin` on the image's own class while training (CosFace's additive margin). It trains
+    the features' directions, which is what the pairs compare with --normalize-features; a linear
+    classifier also rewards their lengths."""
+
+    def __init__(self, in_features, classes, *, scale, margin=0.0):
+        super().__init__()
+        self.out_features, self.scale, self.margin = classes, float(scale), float(margin)
+        self.weight = nn.Parameter(torch.empty(classes, in_features))
+        nn.init.normal_(self.weight, std=in_features ** -0.5)
+
+    def forward(self, features, labels=None):
+        cosine = nn.functional.normalize(features, dim=1) @ nn.functional.normalize(self.weight, dim=1).T
+        if labels is not None and self.margin:
+            cosine = cosine - self.margin * nn.functional.one_hot(labels, self.out_features).to(cosine.dtype)
+        return self.scale * cosine
+
+
 class AllPairs(nn.Module):
     """Training view of a network: (images, labels) -> logits of every pair of images in the batch,
     whether each pair is same-class, and class logits. One backbone pass per image scores
     n(n-1)/2 pairs.
 
-    With classes > 0 it carries a linear classifier over the training classes on the backbone
-    features (`--class-loss`): a training aid that shapes the features and is never deployed.
-    Without one the class logits are None."""
+    With classes > 0 it carries a classifier over the training classes on the backbone features
+    (`--class-loss`): linear, or a CosineClassifier with class_scale > 0 (`--class-scale`). A
+    training aid that shapes the features and is never deployed. Without one the class logits
+    are None."""
 
-    def __init__(self, network, classes=0):
+    def __init__(self, network, classes=0, *, class_scale=0.0, class_margin=0.0):
         super().__init__()
         self.network = network
-        self.classifier = nn.Linear(network.config["feature_dim"], classes) if classes else None
+        dim = network.config["feature_dim"]
+        if not classes:
+            self.classifier = None
+        elif class_scale > 0:
+            self.classifier = CosineClassifier(dim, classes, scale=class_scale, margin=class_margin)
+        else:
+            self.classifier = nn.Linear(dim, classes)
 
     def forward(self, images, labels):
         features = self.network.embed(images)
         first, second = torch.triu_indices(len(images), len(images), offset=1, device=images.device)
         logits = self.network.score_features(features[first], features[second])
-        class_logits = None if self.classifier is None else self.classifier(features)
+        if self.classifier is None:
+            class_logits = None
+        elif isinstance(self.classifier, CosineClassifier):
+            class_logits = self.classifier(features, labels)
+        else:
+            class_logits = self.classifier(features)
         return logits, labels[first] == labels[second], class_logits
 
 

@@ -64,6 +64,12 @@ class TrainingSettings:
                                     "on the backbone features and add its cross-entropy, times this weight, to the loss "
                                     "(e.g. 1.0; features that generalise better to unseen classes; the classifier is "
                                     "not deployed); 0: off")
+    class_scale: float = option(0.0, "with --class-loss: 0 trains a linear classifier; S > 0 a cosine classifier, "
+                                     "whose logits are S times the cosine between an image's features and each class's "
+                                     "weights (it trains the features' directions, what --normalize-features compares; "
+                                     "e.g. 16)")
+    class_margin: float = option(0.0, "with --class-scale: take this from the cosine of each image's own class while "
+                                      "training (an additive margin, as CosFace: tighter classes; e.g. 0.1); 0: off")
     augment: str = option("full", "training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, "
                                   "shear) and horizontal flip; 'affine' without the flip (for characters, digits); 'none'",
                           choices=AUGMENTATIONS)
@@ -130,6 +136,13 @@ class TrainingSettings:
         if self.class_loss < 0 or (self.class_loss > 0 and self.pairing != "in-batch"):
             raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
                             f"image's class); got {self.class_loss} with --pairing {self.pairing}")
+        if not check_finite(self.class_scale, "--class-scale") >= 0 or (self.class_scale > 0 and self.class_loss == 0):
+            raise UserError(f"--class-scale must be 0 (a linear classifier) or a positive scale with --class-loss; got "
+                            f"{self.class_scale} with --class-loss {self.class_loss}")
+        if not 0.0 <= check_finite(self.class_margin, "--class-margin") < 1.0 or (
+                self.class_margin > 0 and self.class_scale == 0):
+            raise UserError(f"--class-margin must be 0 (off) or a cosine margin below 1, with --class-scale; got "
+                            f"{self.class_margin} with --class-scale {self.class_scale}")
         if self.mirror_classes and self.augment == "full":
             raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
                             "each class with its mirror class")

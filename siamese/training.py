@@ -134,6 +134,8 @@ def _restore_classifier(classifier, checkpoint, resume):
         if saved != classifier.out_features:
             raise UserError(f"'{resume}' classified {saved} training classes, but this run has {classifier.out_features}; "
                             f"resume on the same training folder with the same --rotations and --mirror-classes")
+        if set(checkpoint["classifier"]) != set(classifier.state_dict()):  # a linear one has a bias
+            raise UserError(f"'{resume}' was trained with another --class-scale; resume it with the same --class-scale")
         classifier.load_state_dict(checkpoint["classifier"])
 
 
@@ -267,7 +269,8 @@ def _training_set(settings, model, train_folder, device, checkpoint, resume):
     if settings.pairing == "in-batch":
         dataset = TrainingImages(train_folder, model.preprocessing, seed=settings.seed, visits=settings.pairs_per_image,
                                  **augmentation)
-        train_model = AllPairs(model, classes=len(dataset.by_class) if settings.class_loss > 0 else 0).to(device)
+        train_model = AllPairs(model, classes=len(dataset.by_class) if settings.class_loss > 0 else 0,
+                               class_scale=settings.class_scale, class_margin=settings.class_margin).to(device)
     else:
         dataset = TrainingPairs(train_folder, model.preprocessing, seed=settings.seed,
                                 pairs_per_image=settings.pairs_per_image, **augmentation)

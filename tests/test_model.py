@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from siamese.errors import UserError
-from siamese.model import AllPairs, SiameseNetwork, SimilarityModel, WeightAverage, build_model
+from siamese.model import AllPairs, CosineClassifier, SiameseNetwork, SimilarityModel, WeightAverage, build_model
 from siamese.training import balanced_weights
 
 
@@ -108,6 +108,27 @@ def test_all_pairs_classifier_scores_each_image_from_its_features():
     torch.testing.assert_close(class_logits, expected)
     # a training aid only: the deployed network has no classifier weights
     assert not any(name.startswith("classifier") for name in model.state_dict())
+
+
+def test_cosine_classifier_scores_directions_with_a_margin_on_the_own_class():
+    torch.manual_seed(0)
+    classifier = CosineClassifier(8, 3, scale=16.0, margin=0.25)
+    features, labels = torch.randn(5, 8), torch.tensor([0, 2, 1, 1, 0])
+    plain = classifier(features)
+    expected = 16.0 * torch.nn.functional.normalize(features, dim=1) @ torch.nn.functional.normalize(
+        classifier.weight, dim=1).T
+    torch.testing.assert_close(plain, expected)
+    torch.testing.assert_close(classifier(features * 7.0), plain)  # the features' length does not count
+    assert plain.abs().max() <= 16.0 + 1e-5
+    # while training, the own class's logit is lowered by scale x margin, and only that one
+    difference = plain - classifier(features, labels)
+    torch.testing.assert_close(difference, 4.0 * torch.nn.functional.one_hot(labels, 3).float())
+
+
+def test_all_pairs_with_class_scale_carries_a_cosine_classifier():
+    model = SiameseNetwork("resnet18", image_size=32)
+    assert isinstance(AllPairs(model, classes=7, class_scale=16.0).classifier, CosineClassifier)
+    assert isinstance(AllPairs(model, classes=7).classifier, torch.nn.Linear)
 
 
 def test_balanced_weights_give_each_kind_of_pair_half_the_loss():

@@ -72,6 +72,27 @@ def test_class_loss_trains_a_classifier_beside_the_pairs(tmp_path):
     assert len(class_losses) == 2 and class_losses[1] < class_losses[0] < 2.6
 
 
+def test_class_scale_trains_a_cosine_classifier_with_a_margin(tmp_path):
+    from siamese.demo import build_digits_dataset
+
+    train_dir, val_dir, _ = build_digits_dataset(str(tmp_path / "digits"))
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "2",
+                       *TINY_TRAIN_ARGS, "--batch-size", "32", "--pairing", "in-batch", "--class-loss", "1",
+                       "--class-scale", "16", "--class-margin", "0.1"]) == 0
+    last = torch.load(str(tmp_path / "out" / "last.pth"), weights_only=True)
+    assert last["metrics"]["best"]["auc"] > 0.85
+    assert set(last["classifier"]) == {"weight"}  # cosine: class directions, no bias
+    with open(tmp_path / "out" / "metrics.csv") as f:
+        class_losses = [float(r["train_class_loss"]) for r in csv.DictReader(f)]
+    assert len(class_losses) == 2 and class_losses[1] < class_losses[0]
+    # resuming it with a linear classifier would mix two kinds of classifier: refused, nothing written
+    before = sorted(os.listdir(tmp_path / "out"))
+    assert train.main(["--train_path", train_dir, "-o", str(tmp_path / "out"), "-e", "3", *TINY_TRAIN_ARGS,
+                       "--batch-size", "32", "--pairing", "in-batch", "--class-loss", "1",
+                       "--resume", str(tmp_path / "out" / "last.pth")]) != 0
+    assert sorted(os.listdir(tmp_path / "out")) == before
+
+
 def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
     from siamese.model import AllPairs, SiameseNetwork
     from siamese.training import train_one_epoch
@@ -189,6 +210,8 @@ def _error_line(capsys):
     ("jitter", "--jitter is a strength from 0 (off) up to, not including, 1"),
     ("eval_batch_size", "--eval-batch-size must be at least 1"),
     ("class_loss_sampled", "--class-loss must be 0 (off) or a positive weight, with --pairing in-batch"),
+    ("class_scale_alone", "--class-scale must be 0 (a linear classifier) or a positive scale with --class-loss"),
+    ("class_margin_alone", "--class-margin must be 0 (off) or a cosine margin below 1, with --class-scale"),
     ("class_loss_resume", "was trained without --class-loss; resume it without --class-loss"),
     ("class_count_resume", "training classes, but this run has"),
     ("altered_resume", "does not match its recorded model resnet34"),
@@ -233,6 +256,10 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--pairing", "in-batch", "--images-per-class", "7", "--batch-size", "14"]
     elif case == "in_batch_size":
         extra = ["--pairing", "in-batch", "--images-per-class", "4", "--batch-size", "6"]
+    elif case == "class_scale_alone":
+        extra = ["--class-scale", "16"]
+    elif case == "class_margin_alone":
+        extra = ["--pairing", "in-batch", "--images-per-class", "2", "--class-loss", "1", "--class-margin", "0.1"]
     elif case == "erase":
         extra = ["--erase", "1.5"]
     elif case == "jitter":
