@@ -78,6 +78,7 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
         "siamese.features": config["features"],
         "siamese.feature_dim": str(config["feature_dim"] * (2 if config.get("flip_average") else 1)),
         "siamese.flip_average": "1" if config.get("flip_average") else "0",
+        "siamese.shift_average": "1" if config.get("shift_average") else "0",
         "siamese.image_size": str(config["image_size"]),
         "siamese.mean": json.dumps(list(config["mean"])),
         "siamese.std": json.dumps(list(config["std"])),

@@ -90,16 +90,21 @@ def build_backbone(backbone, *, features, weights="none"):
     return model, layer.in_features
 
 
+# --shift-average: one pixel down, up, right and left (rows, columns)
+SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
 class SiameseNetwork(nn.Module):
     """forward(img1, img2) returns the logit that the two images show the same class."""
 
     def __init__(self, backbone="resnet18", features=DEFAULT_FEATURES, weights="none", image_size=224,
-                 mean=None, std=None, dropout=0.5, normalize=False, flip_average=False):
+                 mean=None, std=None, dropout=0.5, normalize=False, flip_average=False, shift_average=False):
         super().__init__()
         self.backbone, feature_dim = build_backbone(backbone, features=features, weights=weights)
         preprocessing = Preprocessing(image_size, *(() if mean is None else (tuple(mean), tuple(std))))
         self.config = {"backbone": backbone, "features": features, "feature_dim": feature_dim,
                        "dropout": float(dropout), "normalize": bool(normalize), "flip_average": bool(flip_average),
+                       "shift_average": bool(shift_average),
                        **preprocessing.to_dict()}
         # The original head, layer for layer (index 10 was a Sigmoid: we keep the logit).
         self.cls_head = nn.Sequential(
@@ -150,17 +155,29 @@ class SiameseNetwork(nn.Module):
     # What evaluation and deployment compute (training uses embed, score_features and forward).
     # With `flip_average` each image is also embedded mirrored left-right, and a pair's
     # similarity is the average of the two images' and the two mirrored images' similarities:
-    # test-time augmentation for left-right symmetric subjects such as faces.
+    # test-time augmentation for left-right symmetric subjects such as faces. With `shift_average`
+    # each image's features are the mean over the image and its copies shifted by one pixel.
 
     @property
     def scoring_dim(self):
         """The length of scoring_features(): the backbone's, twice with flip_average."""
         return self.config["feature_dim"] * (2 if self.config.get("flip_average") else 1)
 
+    def _shift_averaged_embed(self, images):
+        if not self.config.get("shift_average"):
+            return self.embed(images)
+        # One copy at a time: peak memory stays that of one batch. torch.roll wraps the edge row or
+        # column round to the other side (for a centred subject, a line of background) and exports
+        # to ONNX as slices.
+        total = self.embed(images)
+        for shift in SHIFTS:
+            total = total + self.embed(torch.roll(images, shift, dims=(2, 3)))
+        return total / (1 + len(SHIFTS))
+
     def scoring_features(self, images):
-        features = self.embed(images)
+        features = self._shift_averaged_embed(images)
         if self.config.get("flip_average"):
-            features = torch.cat([features, self.embed(torch.flip(images, dims=[3]))], dim=1)
+            features = torch.cat([features, self._shift_averaged_embed(torch.flip(images, dims=[3]))], dim=1)
         return features
 
     def scoring_logits(self, features1, features2):
@@ -278,4 +295,5 @@ def build_model(config, *, weights="none"):
     return SiameseNetwork(backbone=config["backbone"], features=config["features"], weights=weights,
                           image_size=config["image_size"], mean=config.get("mean"), std=config.get("std"),
                           dropout=config.get("dropout", 0.5), normalize=config.get("normalize", False),
-                          flip_average=config.get("flip_average", False))
+                          flip_average=config.get("flip_average", False),
+                          shift_average=config.get("shift_average", False))

@@ -42,6 +42,9 @@ class TrainingSettings:
                                        "similarities (test-time augmentation: both images are mirrored, so a pair of one "
                                        "class stays one; it helped faces and characters alike, see the README's "
                                        "Recipes); training is unchanged; stored in the model")
+    shift_average: bool = option(False, "embed each image also shifted by one pixel up, down, left and right and average "
+                                        "the five feature vectors (test-time augmentation for small images: 5x the "
+                                        "backbone's work when scoring); training is unchanged; stored in the model")
     # optimisation
     epochs: int = option(20, "number of epochs", "-e", "--epochs")
     batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "

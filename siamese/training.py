@@ -243,7 +243,8 @@ def _build_model(settings, checkpoint, resume, context, log):
         def build():
             return SiameseNetwork(settings.backbone, settings.features, weights=settings.weights,
                                   image_size=settings.image_size, dropout=settings.dropout,
-                                  normalize=settings.normalize_features, flip_average=settings.flip_average)
+                                  normalize=settings.normalize_features, flip_average=settings.flip_average,
+                                  shift_average=settings.shift_average)
 
         # Rank 0 downloads ImageNet weights first; the others then read its cache.
         # (DistributedDataParallel copies rank 0's parameters to every rank.)

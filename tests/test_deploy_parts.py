@@ -135,15 +135,18 @@ def test_export_refuses_existing_parts_without_force(onnx_model, trained_checkpo
     assert "embed each image once" in capsys.readouterr().out
 
 
-def test_a_flip_average_model_deploys_with_its_average(trained_checkpoint, tiny_dataset, tmp_path):
-    """--flip-average lives in the model: eval.py and every exported part apply it alike."""
+@pytest.mark.parametrize("average, feature_dim", [("flip_average", "1024"), ("shift_average", "512")])
+def test_a_test_time_average_deploys_with_the_model(trained_checkpoint, tiny_dataset, tmp_path, average, feature_dim):
+    """--flip-average and --shift-average live in the model: eval.py and every exported part apply
+    them alike."""
     state = torch.load(trained_checkpoint, weights_only=True)
-    state["config"]["flip_average"] = True
-    checkpoint = str(tmp_path / "flip.pth")
+    state["config"][average] = True
+    checkpoint = str(tmp_path / "averaged.pth")
     torch.save(state, checkpoint)
-    out = str(tmp_path / "flip.onnx")
+    out = str(tmp_path / "averaged.onnx")
     assert torch_to_onnx.main(["-c", checkpoint, "-o", out, "--images", tiny_dataset[1]]) == 0
-    assert _meta(part_path(out, "embed"))["siamese.feature_dim"] == "1024"
+    meta = _meta(part_path(out, "embed"))
+    assert meta["siamese.feature_dim"] == feature_dim and meta[f"siamese.{average}"] == "1"
     common = ["-v", tiny_dataset[1], "--pairs-per-image", "2", "--workers", "0", "--max-pictures", "0"]
     assert eval_script.main([*common, "-o", str(tmp_path / "torch"), "-c", checkpoint, "--device", "cpu"]) == 0
     assert eval_script.main([*common, "-o", str(tmp_path / "plain"), "-c", trained_checkpoint, "--device", "cpu"]) == 0

@@ -196,3 +196,25 @@ def test_flip_average_scores_the_mean_of_the_pair_and_its_mirror():
         torch.testing.assert_close(features[:, d:], plain.embed(x1.flip(3)))  # the mirrored image's features
         assert not torch.allclose(features[:, :d], features[:, d:], atol=1e-3)
         torch.testing.assert_close(flipped(x1, x2), plain(x1, x2))  # training's forward is unchanged
+
+
+def test_shift_average_embeds_the_mean_of_the_image_and_its_four_one_pixel_shifts():
+    torch.manual_seed(0)
+    plain = SiameseNetwork("resnet18", image_size=32, normalize=True).eval()
+    shifted = build_model(dict(plain.config, shift_average=True)).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x1, x2 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
+    # the image moved one pixel down, up, right and left, its far edge wrapped round
+    copies = [x1, torch.cat([x1[:, :, -1:], x1[:, :, :-1]], 2), torch.cat([x1[:, :, 1:], x1[:, :, :1]], 2),
+              torch.cat([x1[..., -1:], x1[..., :-1]], 3), torch.cat([x1[..., 1:], x1[..., :1]], 3)]
+    with torch.no_grad():
+        expected = torch.stack([plain.embed(copy) for copy in copies]).mean(0)
+        features = shifted.scoring_features(x1)
+        assert features.shape == (3, shifted.scoring_dim) == (3, plain.config["feature_dim"])
+        torch.testing.assert_close(features, expected)
+        assert not torch.allclose(features, plain.embed(x1), atol=1e-3)  # the copies differ
+        torch.testing.assert_close(shifted(x1, x2), plain(x1, x2))  # training's forward is unchanged
+        both = build_model(dict(plain.config, shift_average=True, flip_average=True)).eval()
+        both.load_state_dict(plain.state_dict())
+        d = plain.config["feature_dim"]  # with both, the mirrored image's features are shift-averaged too
+        torch.testing.assert_close(both.scoring_features(x1)[:, d:], shifted.scoring_features(x1.flip(3)))
