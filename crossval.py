@@ -10,7 +10,9 @@ Example (Omniglot: whole alphabets held out, 20-way one-shot within one alphabet
         --group-regex '(.+)_character[0-9]+$' --n-way 20 --within-group --weights none --image-size 32
 
 Writes OUT/fold_K/ (a training run and its result.json), OUT/crossval.json and OUT/crossval.csv.
-Run it again to continue an interrupted cross-validation; --fold K runs one fold.
+Run it again to continue an interrupted cross-validation; --fold K runs one fold. With
+--trained-folds EARLIER_OUT it trains nothing and re-scores EARLIER_OUT's fold models with this
+run's --flip-average and --shift-average.
 """
 
 import argparse
@@ -32,6 +34,10 @@ def get_args_parser():
                    help="held-out pairs: 'all' (every pair of held-out images, for small folds) or N pairs per image "
                         "(same class with probability 0.5, fixed by --eval-seed)")
     p.add_argument("--eval-seed", default=1, type=int, help="seed of the held-out pairs and one-shot trials")
+    p.add_argument("--trained-folds", default=None, type=str,
+                   help="score the fold models of this earlier crossval.py output instead of training (its options "
+                        "all the same but --flip-average and --shift-average, which change only the scoring): tries "
+                        "a scoring setting in minutes; the figures go to --out_path")
     # the groups also keep each group's classes in one fold
     add_one_shot_options(p)
     add_options(p, skip=("val_pairs_per_image",))  # the folds train without validation
@@ -68,7 +74,8 @@ def main(argv=None):
           f"{args.folds} folds holding out {', '.join(str(len(f)) for f in held_out)} classes")
     cross_validate(folder, groups, held_out, out_path=args.out_path, training=training, plan=plan,
                    pairs_per_image=pairs, n_way=args.n_way, trials=args.trials,
-                   within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold)
+                   within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold,
+                   trained_folds=args.trained_folds)
     return 0
 
 

@@ -6,6 +6,10 @@ Each fold is a training run of its own in OUT/fold_K/ (resumable from its last.p
 is OUT/fold_K/result.json, written once the fold is scored, so an interrupted cross-validation
 continues where it stopped. OUT/plan.json fixes the folds and settings: a rerun with others is
 refused rather than mixed.
+
+Settings that change only how a trained model scores (SCORING_SETTINGS) can be tried without
+training again: `trained_folds` takes each fold's model from an earlier cross-validation of the
+same plan otherwise, and scores it with this plan's scoring settings into this OUT.
 """
 
 import json
@@ -17,11 +21,13 @@ import numpy as np
 from .baselines import BASELINES, RANKING_METRICS, baseline_metrics
 from .errors import UserError
 from .evaluate import evaluate
-from .files import atomic_open, claim_folder, write_json
+from .files import atomic_open, claim_folder, same_path, write_json
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
-from .settings import TrainingSettings
+from .settings import TrainingSettings, flag
 
 SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
+# settings stored in the model that change its scoring, not its training
+SCORING_SETTINGS = ("flip_average", "shift_average")
 
 
 def _read_json(path):
@@ -29,23 +35,46 @@ def _read_json(path):
         return json.load(f)
 
 
+def _plan_differences(earlier, plan, *, ignore=()):
+    """The plan entries (and training options) in which `earlier` differs from `plan`, leaving out
+    the training settings in `ignore`. A setting the toolkit gained after the earlier plan was
+    written, at its default, changes nothing."""
+    defaults = TrainingSettings().to_dict()
+    earlier_training, training = dict(earlier.get("training", {})), dict(plan.get("training", {}))
+    for key, value in training.items():
+        if key not in earlier_training and value == defaults.get(key):
+            earlier_training[key] = value
+    for key in ignore:
+        earlier_training.pop(key, None)
+        training.pop(key, None)
+    changed = sorted(k for k in set(plan) | set(earlier) if k != "training" and plan.get(k) != earlier.get(k))
+    changed += sorted((flag(k) if k in defaults else k) for k in set(training) | set(earlier_training) if training.get(k) != earlier_training.get(k))
+    return changed
+
+
 def check_plan(out_path, plan):
     """Write OUT/plan.json, or check that the one there is this plan."""
     path = os.path.join(out_path, "plan.json")
     if os.path.exists(path):
-        earlier = _read_json(path)
-        # a setting the toolkit gained after the earlier plan was written, at its default, changes nothing
-        defaults = TrainingSettings().to_dict()
-        earlier_training = earlier.get("training", {})
-        for key, value in plan.get("training", {}).items():
-            if key not in earlier_training and value == defaults.get(key):
-                earlier_training[key] = value
-        if earlier != plan:
-            changed = sorted(k for k in set(plan) | set(earlier) if plan.get(k) != earlier.get(k))
+        changed = _plan_differences(_read_json(path), plan)
+        if changed:
             raise UserError(f"'{out_path}' holds a cross-validation with other {', '.join(changed)}; continue it with "
                             f"the same options, or give another --out_path")
     else:
         write_json(path, plan)
+
+
+def check_trained_folds(trained_folds, plan):
+    """A UserError unless `trained_folds` holds a cross-validation of this plan but for its scoring
+    settings: the same data, folds, evaluation and training."""
+    path = os.path.join(trained_folds, "plan.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--trained-folds '{trained_folds}' holds no cross-validation (no plan.json); give the "
+                        f"--out_path of an earlier crossval.py run")
+    changed = _plan_differences(_read_json(path), plan, ignore=SCORING_SETTINGS)
+    if changed:
+        raise UserError(f"--trained-folds '{trained_folds}' was run with other {', '.join(changed)}; only "
+                        f"{' and '.join(flag(k) for k in SCORING_SETTINGS)} may differ from it")
 
 
 def _fold_metrics(result):
@@ -56,8 +85,9 @@ def _fold_metrics(result):
 
 
 def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_image, n_way, trials, within_group,
-             eval_seed, log=print):
-    """Train (or continue) fold `index` and score its held-out classes; returns its result dict."""
+             eval_seed, trained_folds=None, log=print):
+    """Train (or continue) fold `index` and score its held-out classes; returns its result dict.
+    With `trained_folds`, score that cross-validation's model of the fold instead of training one."""
     from .checkpoint import load_checkpoint, load_model
     from .distributed import resolve_device
     from .predict import TorchPredictor
@@ -70,8 +100,11 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
         return _read_json(result_path)
     kept = [name for name in folder.classes if name not in set(held_out)]
     train_folder, test_folder = folder.subset(kept), folder.subset(held_out)
-    last = os.path.join(fold_dir, "last.pth")
+    last = os.path.join(trained_folds or out_path, f"fold_{index}", "last.pth")
     done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
+    if trained_folds and done_epochs < training.epochs:
+        raise UserError(f"fold {index} of --trained-folds '{trained_folds}' is not trained to its {training.epochs} "
+                        f"epochs yet; finish it there first (crossval.py with its options and --fold {index})")
     start = time.perf_counter()
     if done_epochs < training.epochs:
         log(f"fold {index}: training on {len(kept)} classes, holding out {len(held_out)}"
@@ -87,16 +120,19 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
                              groups=test_groups if within_group else None) if n_way else None)
     device = resolve_device(training.device)
     model, _ = load_model(last, device=device)
+    model.config.update({key: getattr(training, key) for key in SCORING_SETTINGS})  # the same with a fold trained here
     result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots)
     fold_result = {
         "fold": index, "held_out": sorted(held_out), "held_out_groups": sorted(set(test_groups)),
         "train_classes": len(kept), "test_images": len(test_folder), "pairs": len(pairs),
         "positive_pairs": int(sum(p.same for p in pairs)), "trials": len(shots) if shots else 0,
         "training_seconds": round(seconds, 1) if done_epochs < training.epochs else None,
+        **({"trained_in": os.path.abspath(last)} if trained_folds else {}),
         "model": _fold_metrics(result),
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baseline_metrics(pairs, trials=shots).items()},
     }
+    os.makedirs(fold_dir, exist_ok=True)
     write_json(result_path, fold_result)
     return fold_result
 
@@ -164,16 +200,22 @@ def write_summary(out_path, fold_results, folds_total):
 
 
 def cross_validate(folder, groups, held_out_folds, *, out_path, training, plan, pairs_per_image=5, n_way=0, trials=400,
-                   within_group=False, eval_seed=1, only_fold=None, log=print):
+                   within_group=False, eval_seed=1, only_fold=None, trained_folds=None, log=print):
     """Run every fold (or only_fold, 1-based) and write the summary of the folds scored so far.
-    `plan` (the folds and every setting that changes results) must match OUT/plan.json, if any."""
+    `plan` (the folds and every setting that changes results) must match OUT/plan.json, if any,
+    and `trained_folds`'s plan but for the scoring settings."""
     indices = range(1, len(held_out_folds) + 1) if only_fold is None else [only_fold]
+    if trained_folds:
+        if same_path(trained_folds, out_path):
+            raise UserError("--trained-folds is the cross-validation whose models are re-scored; give another "
+                            "--out_path for the new figures, so that its own are kept")
+        check_trained_folds(trained_folds, plan)
     with claim_folder(out_path, what="cross-validation out path"):  # one cross-validation at a time per path
         check_plan(out_path, plan)
         for index in indices:
             run_fold(folder, held_out_folds[index - 1], groups, index=index, out_path=out_path, training=training,
                      pairs_per_image=pairs_per_image, n_way=n_way, trials=trials, within_group=within_group,
-                     eval_seed=eval_seed, log=log)
+                     eval_seed=eval_seed, trained_folds=trained_folds, log=log)
     done = [_read_json(os.path.join(out_path, f"fold_{i}", "result.json")) for i in range(1, len(held_out_folds) + 1)
             if os.path.exists(os.path.join(out_path, f"fold_{i}", "result.json"))]
     summary = write_summary(out_path, done, len(held_out_folds))

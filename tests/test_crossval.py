@@ -175,7 +175,7 @@ def test_cross_validation_end_to_end_and_resumed(tmp_path, capsys):
     assert _cv(data, out, "--fold-seed", "5") == 2
     assert "other folds" in capsys.readouterr().err
     assert _cv(data, out, "--dropout", "0.2") == 2
-    assert "other training" in capsys.readouterr().err
+    assert "other --dropout;" in capsys.readouterr().err
 
 
 def test_a_cross_validation_in_progress_keeps_a_second_one_out(tmp_path, capsys):
@@ -199,5 +199,34 @@ def test_a_plan_from_before_a_new_setting_continues_at_its_default(tmp_path):
     older = dict(plan, training={k: v for k, v in training.items() if k != "flip_average"})
     (tmp_path / "plan.json").write_text(json.dumps(older))
     check_plan(str(tmp_path), plan)  # the new setting at its default: the same plan
-    with pytest.raises(UserError, match="other training"):
+    with pytest.raises(UserError, match="other --flip-average;"):
         check_plan(str(tmp_path), dict(plan, training=dict(training, flip_average=True)))
+
+
+def test_trained_folds_are_rescored_with_other_scoring_settings_without_training(tmp_path, capsys):
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
+    trained, flipped = str(tmp_path / "cv"), str(tmp_path / "cv_flip")
+    assert _cv(data, flipped, "--trained-folds", trained, "--flip-average") == 2  # nothing there yet
+    assert "holds no cross-validation" in capsys.readouterr().err and not os.path.exists(flipped)
+    assert _cv(data, trained, "--fold", "1") == 0
+    capsys.readouterr()
+    assert _cv(data, flipped, "--trained-folds", trained, "--flip-average") == 2  # folds 2 and 3 are not trained
+    assert "fold 2 of --trained-folds" in capsys.readouterr().err
+    assert _cv(data, trained) == 0
+    capsys.readouterr()
+    before = {name: os.path.getmtime(os.path.join(trained, name)) for name in ("crossval.json", "fold_1/last.pth")}
+    assert _cv(data, flipped, "--trained-folds", trained, "--flip-average") == 0  # fold 1 scored before, 2 and 3 now
+    assert "training on" not in capsys.readouterr().out  # nothing trained again
+    assert before == {name: os.path.getmtime(os.path.join(trained, name)) for name in before}  # the earlier run kept
+    assert not any(name.endswith(".pth") for _, _, files in os.walk(flipped) for name in files)
+    plain, rescored = (json.load(open(os.path.join(out, "crossval.json"))) for out in (trained, flipped))
+    for fold_plain, fold_rescored in zip(plain["per_fold"], rescored["per_fold"]):
+        assert fold_rescored["trained_in"] == os.path.abspath(os.path.join(trained, f"fold_{fold_plain['fold']}",
+                                                                           "last.pth"))
+        assert fold_rescored["baselines"] == fold_plain["baselines"]  # the same pairs
+    assert [f["model"]["auc"] for f in plain["per_fold"]] != [f["model"]["auc"] for f in rescored["per_fold"]]
+    # anything but the scoring settings must match the trained folds', and the folds' own figures stay theirs
+    assert _cv(data, str(tmp_path / "cv_other"), "--trained-folds", trained, "--dropout", "0.2") == 2
+    assert "other --dropout; only --flip-average and --shift-average may differ" in capsys.readouterr().err
+    assert _cv(data, trained, "--trained-folds", trained, "--flip-average") == 2
+    assert "give another --out_path" in capsys.readouterr().err
