@@ -48,7 +48,8 @@ def _plan_differences(earlier, plan, *, ignore=()):
         earlier_training.pop(key, None)
         training.pop(key, None)
     changed = sorted(k for k in set(plan) | set(earlier) if k != "training" and plan.get(k) != earlier.get(k))
-    changed += sorted((flag(k) if k in defaults else k) for k in set(training) | set(earlier_training) if training.get(k) != earlier_training.get(k))
+    changed += sorted((flag(k) if k in defaults else k) for k in set(training) | set(earlier_training)
+                      if training.get(k) != earlier_training.get(k))
     return changed
 
 
