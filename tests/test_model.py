@@ -179,11 +179,17 @@ def test_normalized_features_make_the_score_blind_to_feature_length():
     assert rebuilt.config["normalize"] is True
 
 
+def _with_scoring(plain, **settings):
+    """The same network with other scoring settings (flip_average, shift_average)."""
+    model = build_model(dict(plain.config, **settings)).eval()
+    model.load_state_dict(plain.state_dict())
+    return model
+
+
 def test_flip_average_scores_the_mean_of_the_pair_and_its_mirror():
     torch.manual_seed(0)
     plain = SiameseNetwork("resnet18", image_size=32, normalize=True).eval()
-    flipped = build_model(dict(plain.config, flip_average=True)).eval()
-    flipped.load_state_dict(plain.state_dict())
+    flipped = _with_scoring(plain, flip_average=True)
     x1, x2 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         expected = (torch.sigmoid(plain(x1, x2)) + torch.sigmoid(plain(x1.flip(3), x2.flip(3)))) / 2
@@ -201,8 +207,7 @@ def test_flip_average_scores_the_mean_of_the_pair_and_its_mirror():
 def test_shift_average_embeds_the_mean_of_the_image_and_its_four_one_pixel_shifts():
     torch.manual_seed(0)
     plain = SiameseNetwork("resnet18", image_size=32, normalize=True).eval()
-    shifted = build_model(dict(plain.config, shift_average=True)).eval()
-    shifted.load_state_dict(plain.state_dict())
+    shifted = _with_scoring(plain, shift_average=True)
     x1, x2 = torch.randn(3, 3, 32, 32), torch.randn(3, 3, 32, 32)
     # the image moved one pixel down, up, right and left, its far edge wrapped round
     copies = [x1, torch.cat([x1[:, :, -1:], x1[:, :, :-1]], 2), torch.cat([x1[:, :, 1:], x1[:, :, :1]], 2),
@@ -214,7 +219,6 @@ def test_shift_average_embeds_the_mean_of_the_image_and_its_four_one_pixel_shift
         torch.testing.assert_close(features, expected)
         assert not torch.allclose(features, plain.embed(x1), atol=1e-3)  # the copies differ
         torch.testing.assert_close(shifted(x1, x2), plain(x1, x2))  # training's forward is unchanged
-        both = build_model(dict(plain.config, shift_average=True, flip_average=True)).eval()
-        both.load_state_dict(plain.state_dict())
+        both = _with_scoring(plain, shift_average=True, flip_average=True)
         d = plain.config["feature_dim"]  # with both, the mirrored image's features are shift-averaged too
         torch.testing.assert_close(both.scoring_features(x1)[:, d:], shifted.scoring_features(x1.flip(3)))
