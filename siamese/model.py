@@ -226,6 +226,14 @@ class WeightAverage:
             averaged.copy_(current)
 
 
+class LinearClassifier(nn.Linear):
+    """Class logits = a linear layer on the features; takes (and ignores) the labels, as the
+    CosineClassifier does."""
+
+    def forward(self, features, labels=None):
+        return super().forward(features)
+
+
 class CosineClassifier(nn.Module):
     """Class logits = scale * cosine between an image's features and each class's weight vector,
     less `margin` on the image's own class while training (CosFace's additive margin). It trains
@@ -264,18 +272,13 @@ class AllPairs(nn.Module):
         elif class_scale > 0:
             self.classifier = CosineClassifier(dim, classes, scale=class_scale, margin=class_margin)
         else:
-            self.classifier = nn.Linear(dim, classes)
+            self.classifier = LinearClassifier(dim, classes)
 
     def forward(self, images, labels):
         features = self.network.embed(images)
         first, second = torch.triu_indices(len(images), len(images), offset=1, device=images.device)
         logits = self.network.score_features(features[first], features[second])
-        if self.classifier is None:
-            class_logits = None
-        elif isinstance(self.classifier, CosineClassifier):
-            class_logits = self.classifier(features, labels)
-        else:
-            class_logits = self.classifier(features)
+        class_logits = None if self.classifier is None else self.classifier(features, labels)
         return logits, labels[first] == labels[second], class_logits
 
 

@@ -139,11 +139,12 @@ class TrainingSettings:
         if self.class_loss < 0 or (self.class_loss > 0 and self.pairing != "in-batch"):
             raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
                             f"image's class); got {self.class_loss} with --pairing {self.pairing}")
-        if not check_finite(self.class_scale, "--class-scale") >= 0 or (self.class_scale > 0 and self.class_loss == 0):
+        check_finite(self.class_scale, "--class-scale")
+        check_finite(self.class_margin, "--class-margin")
+        if self.class_scale < 0 or (self.class_scale > 0 and self.class_loss == 0):
             raise UserError(f"--class-scale must be 0 (a linear classifier) or a positive scale with --class-loss; got "
                             f"{self.class_scale} with --class-loss {self.class_loss}")
-        if not 0.0 <= check_finite(self.class_margin, "--class-margin") < 1.0 or (
-                self.class_margin > 0 and self.class_scale == 0):
+        if not 0.0 <= self.class_margin < 1.0 or (self.class_margin > 0 and self.class_scale == 0):
             raise UserError(f"--class-margin must be 0 (off) or a cosine margin below 1, with --class-scale; got "
                             f"{self.class_margin} with --class-scale {self.class_scale}")
         if self.mirror_classes and self.augment == "full":
