@@ -22,7 +22,6 @@ import argparse
 
 from siamese.errors import UserError, cli
 from siamese.settings import TrainingSettings, add_options, read_run_record
-from siamese.training import fit
 
 
 def get_args_parser():
@@ -63,6 +62,8 @@ def training_folders(paths):
 @cli
 def main(argv=None):
     args = parse_args(argv)
+    from siamese.training import fit  # PyTorch: after the options are read
+
     settings = TrainingSettings.from_namespace(args)
     train_path = args.train_path[0] if len(args.train_path) == 1 else training_folders(args.train_path)
     record = {"train_path": args.train_path, "val_path": args.val_path, "out_path": args.out_path,

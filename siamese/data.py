@@ -12,6 +12,7 @@ from torchvision.transforms import InterpolationMode
 
 from .images import load_image
 from .pairs import draw_partner, rng_for
+from .settings import AUGMENTATIONS
 
 # The original toolkit's augmentation: RandomAffine(20, translate=0.2, scale=0.8-1.2, shear=0.2)
 # and a horizontal flip.
@@ -21,7 +22,6 @@ AFFINE_SCALE = (0.8, 1.2)
 AFFINE_SHEAR = 0.2
 
 
-AUGMENTATIONS = ("full", "affine", "none")
 # Decoded, resized training images kept per loader process for later epochs: at most this many
 # bytes (1 GiB: 5,300 images at 224 px, 65,000 at 64 px), so a large folder cannot fill the memory.
 CACHE_BYTES = 1 << 30

@@ -15,9 +15,7 @@ from torch import nn
 
 from .errors import UserError
 from .images import Preprocessing
-
-FEATURE_MODES = ("pooled", "logits")
-DEFAULT_FEATURES = "pooled"
+from .settings import DEFAULT_FEATURES, FEATURE_MODES
 
 
 def classification_backbones():

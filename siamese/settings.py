@@ -11,10 +11,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .data import AUGMENTATIONS
 from .errors import UserError, check_at_least, check_batch_size, check_finite
-from .model import DEFAULT_FEATURES, FEATURE_MODES
 
+# The choices of some options, here rather than beside the code that reads them (data.py,
+# model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
+# those first seconds is then the one-line message, not a traceback.
+AUGMENTATIONS = ("full", "affine", "none")
+FEATURE_MODES = ("pooled", "logits")
+DEFAULT_FEATURES = "pooled"
 LR_SCHEDULES = ("constant", "cosine", "step")
 PAIRINGS = ("sampled", "in-batch")
 

@@ -71,6 +71,17 @@ def _check_run_whole(out):
     return max(epochs, default=0)
 
 
+def test_scripts_read_their_options_before_importing_torch():
+    """PyTorch takes seconds to import: the scripts import it inside main(), where a Ctrl-C is the
+    one-line message, not a traceback from the middle of an import."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "import train, crossval, eval, identify, torch_to_onnx, onnx_to_trt, infer_tensorrt, eval_tensorrt, demo\n"
+            "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))" % ROOT)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_training_killed_at_random_moments_resumes(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
     rc, _, err = _run("train.py", *_train_args(tiny_dataset, out, "-e", "1"))
