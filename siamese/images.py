@@ -7,6 +7,7 @@ the arrays the trained model saw.
 import functools
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,9 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
     if not paths:
         raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
     folder = ImageFolder(root, classes, paths, labels)
+    if for_pairs:
+        for line in layout_warnings(folder, what=what):
+            print(line, file=sys.stderr, flush=True)
     if for_pairs and len(classes) < 2:
         raise UserError(f"{what} '{root}' has only one class ('{classes[0]}'); a pair model needs at least two class folders")
     if for_pairs and max(len(group) for group in folder.images_by_class()) < 2:
@@ -130,6 +134,29 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
         for path in paths:
             check_image(path)
     return folder
+
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "test", "testing", "eval"}
+
+
+def layout_warnings(folder, *, what="image folder"):
+    """Lines warning of a folder given one level too high: classes named like the splits of a
+    dataset (ROOT holds train/ and val/), or classes whose images all sit in sub-folders (each
+    sub-folder is likely a class of its own). Training on it would learn the wrong classes."""
+    lines = []
+    splits = [name for name in folder.classes if name.lower() in SPLIT_NAMES]
+    if splits:
+        lines.append(f"warning: {what} '{folder.root}' has classes named {', '.join(repr(n) for n in splits)}: is it "
+                     f"the parent of the splits? Give the split itself (e.g. '{os.path.join(folder.root, splits[0])}'),"
+                     f" whose sub-folders are the classes")
+    nested = [name for name in folder.classes
+              if not any(os.path.dirname(p) == os.path.join(folder.root, name)
+                         for p, label in zip(folder.paths, folder.labels) if folder.classes[label] == name)]
+    if nested:
+        lines.append(f"warning: in {what} '{folder.root}', {len(nested)} of {len(folder.classes)} classes (such as "
+                     f"'{nested[0]}') keep their images only in sub-folders; each is taken as one class. If the "
+                     f"sub-folders are the classes, give '{os.path.join(folder.root, nested[0])}' instead")
+    return lines
 
 
 def class_images(class_dir):
