@@ -30,6 +30,10 @@ def add_evaluation_options(p):
     p.add_argument("--threshold", default=None, type=float,
                    help="similarity at or above which a pair is called 'same' (default: the threshold calibrated in "
                         "training, else 0.5)")
+    p.add_argument("--threshold-at-far", default=None, type=float,
+                   help="set the threshold on these pairs instead: the lowest at which at most this fraction of the "
+                        "different-class pairs is called 'same' (a false accept rate, e.g. 0.01); reported with the "
+                        "true accept rate it gives")
     p.add_argument("--max-pictures", default=None, type=int, help="write at most this many pair pictures (default: all)")
     add_one_shot_options(p)
     p.add_argument("--baselines", action="store_true",
@@ -58,7 +62,8 @@ def add_one_shot_options(p):
 def evaluation_settings(args):
     """run_evaluation()'s keyword arguments from the options add_evaluation_options() defines."""
     return dict(val_path=args.val_path, out_path=args.out_path, seed=args.seed, pairs_file=args.pairs,
-                pairs_per_image=args.pairs_per_image, threshold=args.threshold, n_way=args.n_way, trials=args.trials,
+                pairs_per_image=args.pairs_per_image, threshold=args.threshold,
+                threshold_at_far=args.threshold_at_far, n_way=args.n_way, trials=args.trials,
                 within_group=args.within_group, group_regex=args.group_regex, group_csv=args.group_csv,
                 baselines=args.baselines, retrieval=args.retrieval, max_pictures=args.max_pictures, workers=args.workers)
 

@@ -167,11 +167,14 @@ def report(rows, queries, results, gallery, threshold, source, *, as_json):
     if as_json:
         print(json.dumps({"threshold": threshold, "threshold_source": source, "matches": rows}, indent=2))
         return
+    from siamese.metrics import digits_to_tell
+
     for query, matches in list(zip(queries, results))[:PRINTED_QUERIES]:
         best = matches[0]
         verdict = gallery.classes[best.label] if best.similarity >= threshold else "unknown"
-        others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.3f}" for m in matches[1:])
-        print(f"{query}: {verdict} (best {gallery.classes[best.label]} {best.similarity:.3f}"
+        digits = digits_to_tell(best.similarity, threshold)  # the printed numbers agree with the verdict
+        others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.{digits}f}" for m in matches[1:])
+        print(f"{query}: {verdict} (best {gallery.classes[best.label]} {best.similarity:.{digits}f}"
               + (f"; then {others}" if others else "") + ")")
     if len(queries) > PRINTED_QUERIES:
         known = sum(m[0].similarity >= threshold for m in results)

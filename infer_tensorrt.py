@@ -28,6 +28,7 @@ def main(argv=None):
     import numpy as np
 
     from siamese.evaluate import resolve_threshold
+    from siamese.metrics import digits_to_tell
     from siamese.runtime import load_deployed_model
 
     model = load_deployed_model(args.engine)
@@ -40,8 +41,9 @@ def main(argv=None):
         print(json.dumps({"image1": args.image1, "image2": args.image2, "similarity": similarity, "same": same,
                           "threshold": threshold, "threshold_source": source}))
     else:
-        print(f"Similarity between the two images = {similarity:.2f}")
-        print(f"{'same' if same else 'different'} (threshold {threshold:.3f}, {source})")
+        digits = digits_to_tell(similarity, threshold, fewest=2)  # the printed numbers agree with the verdict
+        print(f"Similarity between the two images = {similarity:.{digits}f}")
+        print(f"{'same' if same else 'different'} (threshold {threshold:.{digits}f}, {source})")
     return 0
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import UserError, check_at_least, check_between
-from .metrics import one_shot_accuracy, verification_metrics
+from .errors import UserError, check_at_least, check_between, check_finite
+from .metrics import one_shot_accuracy, threshold_at_far, verification_metrics
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -33,17 +33,23 @@ def resolve_threshold(requested=None, calibrated=None):
     if requested is not None:
         return float(check_between(requested, 0.0, 1.0, "--threshold")), "--threshold"
     if calibrated is not None:
-        return float(calibrated), "calibrated on the validation set during training"
-    return DEFAULT_THRESHOLD, "default"
+        return float(calibrated), "the model's: calibrated on validation or given to train.py"
+    return DEFAULT_THRESHOLD, "default: the model stores none (train.py --val-path or --threshold stores one)"
 
 
-def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, trials=None, progress=False):
+def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, far=None, trials=None, progress=False):
+    """Scores and metrics of the pairs (and one-shot trials); with `far`, the threshold is set on
+    these pairs at that false accept rate (metrics['threshold_at_far']) instead of `threshold`."""
     verification = [(p.left, p.right) for p in pairs]
     one_shot_pairs = [(t.query, candidate) for t in trials or () for candidate in t.candidates]
     # One call for both: a caching predictor then sees every distinct image once.
     all_scores = np.asarray(predictor.score_pairs(verification + one_shot_pairs, progress=progress), dtype=np.float64)
     scores = all_scores[:len(verification)]
-    metrics = verification_metrics(scores, [p.same for p in pairs], threshold)
+    labels = [p.same for p in pairs]
+    at_far = threshold_at_far(scores, labels, far) if far else None
+    metrics = verification_metrics(scores, labels, at_far["threshold"] if at_far else threshold)
+    if at_far:
+        metrics["threshold_at_far"] = {"far_target": far, **at_far}
     one_shot = None
     if trials:
         similarities = all_scores[len(verification):].reshape(len(trials), -1)
@@ -65,12 +71,24 @@ def summary(metrics, *, classes=None, threshold_source=None):
         lines.append(f"ROC-AUC: {m['auc']:.4f}")
         lines.append(f"EER: {m['eer']:.2%} (threshold {m['eer_threshold']:.3f})")
         lines.append(f"best accuracy: {m['best_accuracy']:.2%} at threshold {m['best_threshold']:.3f}")
-        lines.append(f"TAR at FAR 1e-2: {m['tar_at_far_1e-2']:.2%}   TAR at FAR 1e-3: {m['tar_at_far_1e-3']:.2%}")
+        lines.append(f"TAR at FAR 1e-2: {m['tar_at_far_1e-2']:.2%}   TAR at FAR 1e-3: {m['tar_at_far_1e-3']:.2%}"
+                     f"   (from {m['negative_pairs']} different-class pairs" + unresolved_far_note(m["negative_pairs"]) + ")")
+    if m.get("threshold_at_far"):
+        t = m["threshold_at_far"]
+        lines.append(f"threshold at a false accept rate of {t['far_target']:g}: {t['threshold']:.4f} (true accept rate "
+                     f"{t['tar']:.2%}, false accept rate {t['far']:.2%} over {t['negatives']} different-class pairs"
+                     + unresolved_far_note(t["negatives"], (t["far_target"],)) + ")")
     if m.get("one_shot"):
         o = m["one_shot"]
         within = " (classes of each trial from one group)" if o.get("within_group") else ""
         lines.append(f"{o['n_way']}-way one-shot accuracy{within}: {o['accuracy']:.2%} over {o['trials']} trials")
     return "\n".join(lines)
+
+
+def unresolved_far_note(negatives, rates=(1e-2, 1e-3)):
+    """'; too few for FAR 1e-3' when the different-class pairs are too few to resolve a rate."""
+    coarse = [rate for rate in rates if negatives * rate < 1]
+    return f"; too few to resolve FAR {min(coarse):g}: it needs {int(round(1 / min(coarse))):,}" if coarse else ""
 
 
 def constant_scores_note(scores):
@@ -136,7 +154,7 @@ def check_finite_scores(scores):
 
 
 def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
-                   calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
+                   threshold_at_far=None, calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
                    group_csv=None, baselines=False, retrieval=False, max_pictures=None, workers=4, extra=None,
                    log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
@@ -152,7 +170,15 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     check_at_least(max_pictures, 0, "--max-pictures")
     check_at_least(workers, 0, "--workers")
     check_at_least(seed, 0, "--seed")
+    requested_threshold = threshold
     threshold, source = resolve_threshold(threshold, calibrated_threshold)  # checked before anything is written
+    if threshold_at_far is not None:
+        if requested_threshold is not None:
+            raise UserError("give --threshold or --threshold-at-far, not both")
+        if not 0.0 < check_finite(threshold_at_far, "--threshold-at-far") < 1.0:
+            raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not "
+                            f"{threshold_at_far}")
+        source = f"set on these pairs at a false accept rate of {threshold_at_far:g}"
     check_not_inside(out_path, [val_path])
     check_evaluation_out_path(out_path)
     if within_group and not (n_way and (group_regex or group_csv)):
@@ -164,7 +190,8 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
     shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed, groups=groups) if n_way else None
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
     with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
-        result = evaluate(predictor, pairs, threshold=threshold, trials=shots, progress=True)
+        result = evaluate(predictor, pairs, threshold=threshold, far=threshold_at_far, trials=shots, progress=True)
+        threshold = result.metrics["threshold"]
         check_finite_scores(result.scores)
         if shots and within_group:
             result.metrics["one_shot"]["within_group"] = True

@@ -73,6 +73,35 @@ def tar_at_far(far, tar, target):
     return float(tar[ok].max()) if ok.any() else 0.0
 
 
+def threshold_at_far(scores, labels, far):
+    """{'threshold', 'far', 'tar', 'negatives'}: the lowest threshold at which at most a fraction
+    `far` of the different-class pairs score at or above it (are falsely accepted), with the false
+    and true accept rates it gives on these pairs. With fewer than 1/far negatives the rate cannot
+    be resolved: the threshold then accepts no negative at all (see 'negatives')."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    negatives = np.sort(s[~y])[::-1]
+    allowed = int(np.floor(far * len(negatives) + 1e-9))  # negatives that may be accepted
+    if len(negatives) == 0:
+        threshold = float(s.min()) if len(s) else 0.0
+    elif allowed >= len(negatives):
+        threshold = float(negatives[-1])
+    else:  # just above the first negative that must be rejected
+        threshold = float(np.nextafter(negatives[allowed], np.inf))
+    accepted = s >= threshold
+    return {"threshold": threshold, "far": float(accepted[~y].mean()) if (~y).any() else 0.0,
+            "tar": float(accepted[y].mean()) if y.any() else 0.0, "negatives": int(len(negatives))}
+
+
+def digits_to_tell(value, threshold, *, fewest=3, most=7):
+    """Decimal places that print `value` and `threshold` differently (rounding keeps their order,
+    so the printed numbers then agree with the verdict), from `fewest` up to `most`."""
+    for digits in range(fewest, most):
+        if f"{value:.{digits}f}" != f"{threshold:.{digits}f}":
+            return digits
+    return most
+
+
 def verification_metrics(scores, labels, threshold=0.5):
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=bool)

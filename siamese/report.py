@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .files import atomic_folder, atomic_open, write_json
 from .images import load_image
-from .metrics import roc
+from .metrics import digits_to_tell, roc
 
 TILE = 192  # pictures show images at their own size, scaled down to this at most
 MIN_TILE = 96  # and enlarged to this at least
@@ -73,7 +73,8 @@ def class_of(path):
 
 
 def pair_picture(left, right, score, same, threshold, *, tile=None):
-    """Both images in their own colours, their classes, the similarity, marked right or wrong.
+    """Both images in their own colours, their classes, the similarity against the threshold,
+    marked right or wrong.
     tile: the square each image is fitted to (default: the larger image's own size, within
     MIN_TILE..TILE; enlarging a 92 x 112 face would only add pixels to encode, not detail)."""
     images = [_tile(path, tile) for path in (left, right)]
@@ -88,7 +89,9 @@ def pair_picture(left, right, score, same, threshold, *, tile=None):
     verdict = "RIGHT" if correct else "WRONG"
     # The truth first: when long class names are cut short to fit, what is cut is a name.
     truth = f"same: {class_of(left)}" if same else f"different: {class_of(left)} | {class_of(right)}"
-    _write(canvas, (8, 6), ("similarity ", f"{score:.3f}", f"  {verdict}"), colour, size)
+    digits = digits_to_tell(score, threshold)  # enough digits that the numbers agree with the verdict
+    _write(canvas, (8, 6), ("similarity ", f"{score:.{digits}f}", " >= " if predicted else " < ",
+                            f"{threshold:.{digits}f}", f"  {verdict}"), colour, size)
     _write(canvas, (8, 6 + header // 2), (truth,), (0, 0, 0), size, max_width=canvas.width - 16)
     for k, img in enumerate(images):
         canvas.paste(img, (4 + k * (tile + 4) + (tile - img.width) // 2, header + (tile - img.height) // 2))
@@ -258,7 +261,9 @@ def identification_picture(query, matches, classes, threshold, path, *, tile=128
             colour = GREEN if match.similarity >= threshold else GREY
             draw.rectangle([x - 2, 20, x + tile + 1, 22 + tile + 1], outline=colour, width=2)
             _write(canvas, (x, tile + 26), (f"{match.rank}. {classes[match.label]}",), (0, 0, 0), 11, max_width=tile)
-            _write(canvas, (x, tile + 40), (f"{match.similarity:.3f}",), colour, 11)
+            digits = digits_to_tell(match.similarity, threshold)
+            _write(canvas, (x, tile + 40), (f"{match.similarity:.{digits}f}", " >= " if match.similarity >= threshold
+                                            else " < ", f"{threshold:.{digits}f}"), colour, 11)
     with atomic_open(path, "wb") as f:
         canvas.save(f, **JPEG)
     return path

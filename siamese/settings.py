@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .errors import UserError, check_at_least, check_batch_size, check_finite
+from .errors import UserError, check_at_least, check_batch_size, check_between, check_finite
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -92,6 +92,12 @@ class TrainingSettings:
     val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)")
     eval_batch_size: int | None = option(None, "images per batch when validating (default: 64 on a GPU, 8 at 224 px "
                                                "on a CPU; see eval.py)")
+    threshold_at_far: float = option(0.0, "with --val-path: store with the model the threshold at which this fraction "
+                                          "of the validation's different-class pairs is called 'same' (a false accept "
+                                          "rate, e.g. 0.01), instead of the best-accuracy threshold; 0: best accuracy")
+    threshold: float | None = option(None, "store this threshold with the model: a pair is 'same' at or above it (e.g. "
+                                           "one crossval.py --threshold-at-far found, for a final model trained without "
+                                           "--val-path); default: calibrated on --val-path, else none (0.5 is used)")
     # where and how it runs (no effect on the result)
     save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
                              "-s", "--save_after", "--save-after")
@@ -151,6 +157,13 @@ class TrainingSettings:
         if not 0.0 <= self.class_margin < 1.0 or (self.class_margin > 0 and self.class_scale == 0):
             raise UserError(f"--class-margin must be 0 (off) or a cosine margin below 1, with --class-scale; got "
                             f"{self.class_margin} with --class-scale {self.class_scale}")
+        check_between(self.threshold, 0.0, 1.0, "--threshold")
+        if not 0.0 <= check_finite(self.threshold_at_far, "--threshold-at-far") < 1.0:
+            raise UserError(f"--threshold-at-far is a false accept rate from 0 (off) up to, not including, 1 (e.g. "
+                            f"0.01), not {self.threshold_at_far}")
+        if self.threshold is not None and self.threshold_at_far:
+            raise UserError("give --threshold (a threshold to store) or --threshold-at-far (one to calibrate on "
+                            "--val-path), not both")
         if self.mirror_classes and self.augment == "full":
             raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
                             "each class with its mirror class")
@@ -211,7 +224,7 @@ def add_options(parser, skip=()):
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: a recorded run's flag can be undone
         else:
-            kwargs["type"] = int if hint == int | None else hint
+            kwargs["type"] = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint  # X | None: X
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(*flags, **kwargs)
@@ -224,7 +237,7 @@ def add_options(parser, skip=()):
 # What args.json records beside the settings: the data and where the run went and ran. --config
 # takes the data from it; the rest describes that run only.
 RECORDED_DATA = ("train_path", "val_path")
-RECORDED_ONLY = ("out_path", "resume", "config", "ran_on", "world_size", "run_id", "fold", "held_out")
+RECORDED_ONLY = ("out_path", "resume", "config", "ran_on", "world_size", "run_id", "fold", "repeat", "outer", "held_out")
 
 
 def read_run_record(path):

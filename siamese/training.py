@@ -25,6 +25,7 @@ from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, ma
 from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
+from .metrics import threshold_at_far
 from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
@@ -217,6 +218,9 @@ class _Data:
 def _read_data(settings, train, val):
     """The training folder, and the validation folder with its fixed pairs (folders or scanned
     `ImageFolder`s: cross-validation passes subsets of classes)."""
+    if val is None and settings.threshold_at_far:
+        raise UserError("--threshold-at-far calibrates on the validation pairs: give --val-path, or for a final model "
+                        "without one, --threshold with the one crossval.py --threshold-at-far found")
     train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
     if val is None:
         return _Data(train)
@@ -406,15 +410,27 @@ def _train_epoch(run, loader, epoch, images_per_epoch, context):
     return stats
 
 
+def stored_threshold(settings, result):
+    """The threshold saved with the model: --threshold as given; else calibrated on the validation
+    pairs (`result`), at --threshold-at-far or at the best accuracy; else None."""
+    if settings.threshold is not None:
+        return settings.threshold
+    if result is None or "auc" not in result.metrics:
+        return None
+    if settings.threshold_at_far:
+        return threshold_at_far(result.scores, result.labels, settings.threshold_at_far)["threshold"]
+    return result.metrics["best_threshold"]
+
+
 def _finish_epoch(run, epoch, stats, learning_rate, best, *, predictor, data, folder, log):
     """Validate, record the epoch's row, save the checkpoints and say how it went; returns the best so far."""
     result = evaluate(predictor, data.val_pairs) if data.val is not None else None
     m = result.metrics if result is not None else {}
-    threshold = m.get("best_threshold")
+    threshold = stored_threshold(run.settings, result)
     pairs_per_second = stats["pairs"] / stats["seconds"]
     folder.add({"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                 "val_loss": m.get("loss", ""), "val_accuracy": m.get("accuracy", ""), "val_auc": m.get("auc", ""),
-                "val_eer": m.get("eer", ""), "val_best_threshold": "" if threshold is None else threshold,
+                "val_eer": m.get("eer", ""), "val_best_threshold": m.get("best_threshold", ""),
                 "learning_rate": learning_rate, "seconds": stats["seconds"],
                 "pairs_per_second": pairs_per_second, "train_class_loss": stats.get("class_loss", "")})
     improved = result is not None and m["auc"] > best["auc"]

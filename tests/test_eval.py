@@ -74,7 +74,7 @@ def test_eval_end_to_end(tiny_dataset, trained_checkpoint, tmp_path, capsys):
 def test_threshold_order():
     assert resolve_threshold(0.3, 0.7) == (0.3, "--threshold")
     assert resolve_threshold(None, 0.7)[0] == 0.7
-    assert resolve_threshold(None, None) == (0.5, "default")
+    assert resolve_threshold(None, None)[0] == 0.5 and resolve_threshold(None, None)[1].startswith("default")
 
 
 class _Oracle:
@@ -192,3 +192,22 @@ def test_bad_batch_size_is_one_line(tiny_dataset, trained_checkpoint, tmp_path, 
                              "--device", "cpu"]) == 2
     assert "batch size must be at least 1" in _error(capsys)
     assert not os.path.exists(out)
+
+
+def test_threshold_at_far_is_set_on_the_pairs_and_shown(tiny_dataset, trained_checkpoint, tmp_path, capsys):
+    from siamese.metrics import threshold_at_far
+
+    out = str(tmp_path / "eval")
+    assert eval_script.main(["-v", tiny_dataset[1], "-o", out, "-c", trained_checkpoint, "--threshold-at-far", "0.2",
+                             "--workers", "0", "--device", "cpu", "--max-pictures", "2"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    with open(os.path.join(out, "scores.csv")) as f:
+        rows = list(csv.DictReader(f))
+    expected = threshold_at_far([float(r["similarity"]) for r in rows], [r["same"] in ("1", "True") for r in rows], 0.2)
+    assert metrics["threshold"] == pytest.approx(expected["threshold"]) and metrics["threshold_at_far"]["far"] <= 0.2
+    assert "set on these pairs at a false accept rate of 0.2" in printed
+    assert "threshold at a false accept rate of 0.2:" in printed and "too few to resolve FAR 0.001" in printed
+    assert eval_script.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e2"), "-c", trained_checkpoint,
+                             "--threshold", "0.4", "--threshold-at-far", "0.2"]) == 2
+    assert "not both" in capsys.readouterr().err and not os.path.exists(str(tmp_path / "e2"))

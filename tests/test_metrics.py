@@ -47,3 +47,28 @@ def test_one_shot_accuracy():
     assert one_shot_accuracy(oracle, answers) == 1.0
     assert one_shot_accuracy(np.full((3, 4), 0.5), answers) == pytest.approx(0.25)
     assert one_shot_accuracy(1 - oracle, answers) == 0.0
+
+
+def test_threshold_at_far_accepts_at_most_that_share_of_negatives():
+    from siamese.metrics import threshold_at_far
+
+    negatives = np.linspace(0.0, 0.99, 100)  # 100 different-class pairs
+    positives = np.array([0.95, 0.975, 0.5, 0.2])
+    scores = np.r_[negatives, positives]
+    labels = np.r_[np.zeros(100, bool), np.ones(4, bool)]
+    found = threshold_at_far(scores, labels, 0.02)
+    assert found["negatives"] == 100 and found["far"] == 0.02  # the two highest negatives (0.98, 0.99) accepted
+    assert 0.97 < found["threshold"] <= 0.98 and found["tar"] == 0.25  # of the positives only 0.975 reaches it
+    assert threshold_at_far(scores, labels, 0.001)["far"] == 0.0  # 1e-3 of 100: none may be accepted
+    assert threshold_at_far(scores, labels, 0.001)["threshold"] > 0.99
+    assert threshold_at_far(scores, labels, 0.5)["far"] == 0.5
+
+
+def test_printed_digits_agree_with_the_verdict():
+    from siamese.metrics import digits_to_tell
+
+    assert digits_to_tell(0.56, 0.3) == 3
+    d = digits_to_tell(0.55774, 0.55768)
+    assert f"{0.55774:.{d}f}" > f"{0.55768:.{d}f}" and d == 5
+    assert f"{0.5576:.{digits_to_tell(0.5576, 0.5577, fewest=2)}f}" == "0.5576"
+    assert digits_to_tell(0.5, 0.5) == 7  # equal: as many digits as allowed, and >= holds

@@ -375,3 +375,29 @@ def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
     assert checkpoint["metrics"]["train"]["pairs"] == pairs
     assert ("class_loss" in checkpoint["metrics"]["train"]) == (pairing == "in-batch")
     assert checkpoint["epoch"] == 2 and "auc" in checkpoint["metrics"]["val"]
+
+
+def test_the_stored_threshold_is_given_or_calibrated_at_a_false_accept_rate(tiny_dataset, tmp_path, capsys):
+    from siamese.checkpoint import load_model
+    from siamese.evaluate import evaluate
+    from siamese.metrics import threshold_at_far
+    from siamese.predict import TorchPredictor
+
+    train_dir, val_dir = tiny_dataset
+    given = str(tmp_path / "given")
+    assert train.main(["--train_path", train_dir, "-o", given, "-e", "1", "--threshold", "0.73", *TINY_TRAIN_ARGS]) == 0
+    assert torch.load(os.path.join(given, "last.pth"), weights_only=True)["threshold"] == 0.73  # no validation needed
+    assert train.main(["--train_path", train_dir, "-o", str(tmp_path / "x"), "-e", "1", "--threshold-at-far", "0.1",
+                       *TINY_TRAIN_ARGS]) == 2
+    assert "--threshold-at-far calibrates on the validation pairs: give --val-path" in capsys.readouterr().err
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "y"), "-e", "1",
+                       "--threshold", "0.5", "--threshold-at-far", "0.1", *TINY_TRAIN_ARGS]) == 2
+    assert "not both" in capsys.readouterr().err
+    calibrated = str(tmp_path / "far")
+    assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", calibrated, "-e", "1",
+                       "--threshold-at-far", "0.25", *TINY_TRAIN_ARGS]) == 0
+    model, checkpoint = load_model(os.path.join(calibrated, "best.pth"))
+    pairs = evaluation_pairs(scan_folder(val_dir), seed=0, pairs_per_image=1)
+    result = evaluate(TorchPredictor(model), pairs)
+    expected = threshold_at_far(result.scores, result.labels, 0.25)
+    assert checkpoint["threshold"] == pytest.approx(expected["threshold"], abs=1e-6) and expected["far"] <= 0.25
