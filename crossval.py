@@ -9,7 +9,15 @@ Example (Omniglot: whole alphabets held out, 20-way one-shot within one alphabet
     python crossval.py --data omniglot/train omniglot/val -o runs/cv_omniglot --folds 4 \\
         --group-regex '(.+)_character[0-9]+$' --n-way 20 --within-group --weights none --image-size 32
 
-Writes OUT/fold_K/ (a training run and its result.json), OUT/crossval.json and OUT/crossval.csv.
+Nested (settings chosen on inner folds, reported on classes no choice saw): keep 10 subjects out
+of every fold, compare candidate settings on the inner folds, drawn twice, then score the chosen
+one once on the 10:
+    python crossval.py --data ... -o runs/cv_a --holdout-classes 10 --folds 4 --repeats 2 ...
+    python crossval.py --data ... -o runs/cv_b --holdout-classes 10 --folds 4 --repeats 2 ... --against runs/cv_a
+    python crossval.py --data ... -o runs/cv_b --holdout-classes 10 --folds 4 --repeats 2 ... --outer
+
+Writes OUT/fold_K/ (a training run and its result.json; OUT/repeat_R/fold_K/ for repeats after
+the first, OUT/outer/ for --outer), OUT/crossval.json and OUT/crossval.csv.
 Run it again to continue an interrupted cross-validation; --fold K runs one fold. With
 --trained-folds EARLIER_OUT it trains nothing and re-scores EARLIER_OUT's fold models with this
 run's --flip-average and --shift-average.
@@ -30,6 +38,20 @@ def get_args_parser():
     p.add_argument("--folds", default=5, type=int, help="number of folds of held-out classes")
     p.add_argument("--fold-seed", default=0, type=int, help="seed of the assignment of classes (or groups) to folds")
     p.add_argument("--fold", default=None, type=int, help="run only this fold (1 to --folds), then report the folds done")
+    p.add_argument("--repeats", default=1, type=int,
+                   help="draw the folds this many times (repeat R uses fold seed --fold-seed + R - 1), to measure "
+                        "how much the figures move with the choice of folds alone")
+    p.add_argument("--repeat", default=None, type=int, help="run only this repeat (1 to --repeats)")
+    p.add_argument("--holdout-classes", default=0, type=int,
+                   help="keep about this many classes (whole groups) out of every fold, drawn by --holdout-seed: "
+                        "the outer test set that no choice of settings sees; 0: none")
+    p.add_argument("--holdout-seed", default=0, type=int, help="seed of the draw of the outer held-out classes")
+    p.add_argument("--outer", action="store_true",
+                   help="train on every class but the outer held-out ones and score those: run it once, for the "
+                        "settings the inner folds chose; its figure is the unbiased one")
+    p.add_argument("--against", default=None, type=str,
+                   help="compare the inner folds with this earlier crossval.py output of the same folds and other "
+                        "training options, and say whether each difference exceeds the spread between repeats")
     p.add_argument("--eval-pairs", default="all", type=str,
                    help="held-out pairs: 'all' (every pair of held-out images, for small folds) or N pairs per image "
                         "(same class with probability 0.5, fixed by --eval-seed)")
@@ -40,7 +62,11 @@ def get_args_parser():
                         "a scoring setting in minutes; the figures go to --out_path")
     # the groups also keep each group's classes in one fold
     add_one_shot_options(p)
-    add_options(p, skip=("val_pairs_per_image",))  # the folds train without validation
+    p.add_argument("--threshold-at-far", dest="report_far", default=None, type=float,
+                   help="also report the threshold that gives this false accept rate on each fold's held-out pairs "
+                        "(those at the EER, 0.01 and 0.001 are always reported), for the final model's --threshold")
+    # the folds train without validation and store no threshold
+    add_options(p, skip=("val_pairs_per_image", "threshold", "threshold_at_far"))
     return p
 
 
@@ -48,7 +74,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     from siamese.crossval import cross_validate
-    from siamese.folds import class_folds, class_groups
+    from siamese.folds import class_groups, holdout_classes, repeated_folds
     from siamese.images import merge_folders, scan_folder
 
     pairs = args.eval_pairs
@@ -58,24 +84,39 @@ def main(argv=None):
         pairs = int(pairs)
     if args.fold is not None and not 1 <= args.fold <= args.folds:
         raise UserError(f"--fold must be between 1 and --folds ({args.folds}), not {args.fold}")
+    if args.repeat is not None and not 1 <= args.repeat <= args.repeats:
+        raise UserError(f"--repeat must be between 1 and --repeats ({args.repeats}), not {args.repeat}")
+    if args.report_far is not None and not 0.0 < args.report_far < 1.0:
+        raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not {args.report_far}")
+    if args.outer and (args.fold is not None or args.repeat is not None):
+        raise UserError("--outer trains on every inner class and scores the held-out ones; leave out --fold and --repeat")
     if args.within_group and not (args.n_way and (args.group_regex or args.group_csv)):
         raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
     folder = merge_folders([scan_folder(path, what="data folder") for path in args.data])
     groups = class_groups(folder.classes, regex=args.group_regex, csv_path=args.group_csv)
-    held_out = class_folds(folder.classes, groups, folds=args.folds, seed=args.fold_seed)
+    holdout = (holdout_classes(folder.classes, groups, count=args.holdout_classes, seed=args.holdout_seed)
+               if args.holdout_classes else [])
+    inner = [(name, group) for name, group in zip(folder.classes, groups) if name not in set(holdout)]
+    repeat_folds = repeated_folds([n for n, _ in inner], [g for _, g in inner], folds=args.folds,
+                                  seed=args.fold_seed, repeats=args.repeats)
     training = TrainingSettings.from_namespace(args)
     # what changes the results; workers and batch sizes may differ when a cross-validation continues
     settings = {k: v for k, v in training.to_dict().items()
-                if k not in ("workers", "eval_batch_size", "save_after", "val_pairs_per_image")}
-    plan = {"data": sorted(args.data), "folds": held_out, "training": settings,
+                if k not in ("workers", "eval_batch_size", "save_after", "val_pairs_per_image", "threshold",
+                             "threshold_at_far")}
+    plan = {"data": sorted(args.data), "folds": repeat_folds[0], "repeats": args.repeats, "holdout": holdout,
+            "training": settings,
             "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
             "trials": args.trials, "within_group": args.within_group}
     print(f"{len(folder.classes)} classes in {len(set(groups))} groups, {len(folder)} images; "
-          f"{args.folds} folds holding out {', '.join(str(len(f)) for f in held_out)} classes")
-    cross_validate(folder, groups, held_out, out_path=args.out_path, training=training, plan=plan,
-                   pairs_per_image=pairs, n_way=args.n_way, trials=args.trials,
-                   within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold,
-                   trained_folds=args.trained_folds)
+          + (f"{len(holdout)} kept out of every fold (outer); " if holdout else "")
+          + f"{args.folds} folds holding out {', '.join(str(len(f)) for f in repeat_folds[0])} classes"
+          + (f", drawn {args.repeats} times" if args.repeats > 1 else ""))
+    cross_validate(folder, dict(zip(folder.classes, groups)), repeat_folds, out_path=args.out_path, training=training,
+                   plan=plan, holdout=holdout, outer=args.outer, pairs_per_image=pairs, n_way=args.n_way,
+                   trials=args.trials, within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold,
+                   only_repeat=args.repeat, trained_folds=args.trained_folds, against=args.against,
+                   report_far=args.report_far)
     return 0
 
 

@@ -7,6 +7,13 @@ is OUT/fold_K/result.json, written once the fold is scored, so an interrupted cr
 continues where it stopped. OUT/plan.json fixes the folds and settings: a rerun with others is
 refused rather than mixed.
 
+Choosing settings by the folds' figures makes those figures flatter the choice. With an outer
+holdout (OUT/plan.json's `holdout`), those classes are in no fold: the folds choose, and the
+chosen settings are then trained on every other class and scored once on the holdout
+(OUT/outer/), the one figure no choice has seen. Repeats draw the folds again with other seeds
+(OUT/repeat_R/fold_K/), so that the spread between fold choices is measured, and a comparison
+with another cross-validation of the same plan (`against`) says whether a difference exceeds it.
+
 Settings that change only how a trained model scores (SCORING_SETTINGS) can be tried without
 training again: `trained_folds` takes each fold's model from an earlier cross-validation of the
 same plan otherwise, and scores it with this plan's scoring settings into this OUT.
@@ -22,12 +29,17 @@ from .baselines import BASELINES, RANKING_METRICS, baseline_metrics
 from .errors import UserError
 from .evaluate import evaluate
 from .files import atomic_open, claim_folder, same_path, write_json
+from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 from .settings import TrainingSettings, flag
 
 SUMMARY_METRICS = RANKING_METRICS + ("one_shot",)
 # settings stored in the model that change its scoring, not its training
 SCORING_SETTINGS = ("flip_average", "shift_average")
+# plan entries added after plans were first written, at the value an older plan meant
+PLAN_DEFAULTS = {"holdout": [], "repeats": 1}
+OUTER = "outer"
+THRESHOLD_FARS = (1e-2, 1e-3)  # each fold records the thresholds that give these false accept rates
 
 
 def _read_json(path):
@@ -40,6 +52,8 @@ def _plan_differences(earlier, plan, *, ignore=()):
     the training settings in `ignore`. A setting the toolkit gained after the earlier plan was
     written, at its default, changes nothing."""
     defaults = TrainingSettings().to_dict()
+    earlier = {**PLAN_DEFAULTS, **earlier}
+    plan = {**PLAN_DEFAULTS, **plan}
     earlier_training, training = dict(earlier.get("training", {})), dict(plan.get("training", {}))
     for key, value in training.items():
         if key not in earlier_training and value == defaults.get(key):
@@ -85,36 +99,47 @@ def _fold_metrics(result):
     return metrics
 
 
-def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_image, n_way, trials, within_group,
-             eval_seed, trained_folds=None, log=print):
-    """Train (or continue) fold `index` and score its held-out classes; returns its result dict.
-    With `trained_folds`, score that cross-validation's model of the fold instead of training one."""
+def fold_name(repeat, index):
+    """A fold's folder in OUT: fold_K for the first repeat (as before repeats), repeat_R/fold_K after."""
+    return f"fold_{index}" if repeat == 1 else os.path.join(f"repeat_{repeat}", f"fold_{index}")
+
+
+def run_fold(folder, held_out, groups, *, name, record, out_path, training, pairs_per_image, n_way, trials,
+             within_group, eval_seed, trained_folds=None, report_far=None, log=print):
+    """Train (or continue) the run OUT/`name` on `folder`'s classes but `held_out`, and score the
+    held-out classes; returns its result dict (`record` and the figures). `groups` maps each class
+    to its group. With `trained_folds`, score that cross-validation's model of the run instead of
+    training one. It records the thresholds that give the EER and the false accept rates
+    THRESHOLD_FARS and `report_far` on the held-out pairs. This is a function of many settings
+    because it is the whole of one fold: the data split, the training, the scoring and the record."""
     from .checkpoint import load_checkpoint, load_model
     from .distributed import resolve_device
     from .predict import TorchPredictor
     from .training import fit
 
-    fold_dir = os.path.join(out_path, f"fold_{index}")
+    fold_dir = os.path.join(out_path, name)
     result_path = os.path.join(fold_dir, "result.json")
+    label = name.replace(os.sep, " ").replace("_", " ")
     if os.path.exists(result_path):
-        log(f"fold {index}: already scored ({result_path})")
+        log(f"{label}: already scored ({result_path})")
         return _read_json(result_path)
     kept = [name for name in folder.classes if name not in set(held_out)]
     train_folder, test_folder = folder.subset(kept), folder.subset(held_out)
-    last = os.path.join(trained_folds or out_path, f"fold_{index}", "last.pth")
+    last = os.path.join(trained_folds or out_path, name, "last.pth")
     done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
     if trained_folds and done_epochs < training.epochs:
-        raise UserError(f"fold {index} of --trained-folds '{trained_folds}' is not trained to its {training.epochs} "
-                        f"epochs yet; finish it there first (crossval.py with its options and --fold {index})")
+        raise UserError(f"{label} of --trained-folds '{trained_folds}' is not trained to its {training.epochs} "
+                        f"epochs yet; finish it there first (crossval.py with its options)")
     start = time.perf_counter()
     if done_epochs < training.epochs:
-        log(f"fold {index}: training on {len(kept)} classes, holding out {len(held_out)}"
+        log(f"{label}: training on {len(kept)} classes, holding out {len(held_out)}"
             + (f" (continuing after epoch {done_epochs})" if done_epochs else ""))
         fit(training, train=train_folder, out_path=fold_dir, resume=last if done_epochs else None,
-            record={"fold": index, "held_out": held_out}, log=log)
+            record={**record, "held_out": held_out}, log=log)
     seconds = time.perf_counter() - start
 
-    test_groups = [groups[folder.classes.index(name)] for name in test_folder.classes]
+    log(f"{label}: scoring {len(test_folder)} held-out images")
+    test_groups = [groups[name] for name in test_folder.classes]
     pairs = (all_pairs(test_folder) if pairs_per_image == "all" else
              evaluation_pairs(test_folder, seed=eval_seed, pairs_per_image=pairs_per_image))
     shots = (one_shot_trials(test_folder, n_way=n_way, trials=trials, seed=eval_seed,
@@ -123,13 +148,16 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
     model, _ = load_model(last, device=device)
     model.config.update({key: getattr(training, key) for key in SCORING_SETTINGS})  # the same with a fold trained here
     result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots)
+    thresholds = {"eer": result.metrics["eer_threshold"]}
+    for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
+        thresholds[f"far_{far:g}"] = threshold_at_far(result.scores, result.labels, far)["threshold"]
     fold_result = {
-        "fold": index, "held_out": sorted(held_out), "held_out_groups": sorted(set(test_groups)),
+        **record, "held_out": sorted(held_out), "held_out_groups": sorted(set(test_groups)),
         "train_classes": len(kept), "test_images": len(test_folder), "pairs": len(pairs),
         "positive_pairs": int(sum(p.same for p in pairs)), "trials": len(shots) if shots else 0,
         "training_seconds": round(seconds, 1) if done_epochs < training.epochs else None,
         **({"trained_in": os.path.abspath(last)} if trained_folds else {}),
-        "model": _fold_metrics(result),
+        "model": _fold_metrics(result), "thresholds": thresholds,
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baseline_metrics(pairs, trials=shots).items()},
     }
@@ -138,12 +166,19 @@ def run_fold(folder, held_out, groups, *, index, out_path, training, pairs_per_i
     return fold_result
 
 
+def _system_rows(fold_results, system):
+    return [r["model"] if system == "model" else r["baselines"][system] for r in fold_results]
+
+
 def summarize(fold_results):
-    """{system: {metric: {'mean', 'std', 'folds'}}} over the folds, std with ddof=1 (0 for one fold)."""
+    """{system: {metric: {'mean', 'std', 'folds'}}} over the folds, std with ddof=1 (0 for one fold).
+    With folds of more than one repeat, each metric also has 'repeat_means' and 'repeat_std': the
+    spread that drawing other folds alone brings."""
     systems = ["model"] + [name for name in BASELINES if name in fold_results[0]["baselines"]]
+    repeats = sorted({r.get("repeat", 1) for r in fold_results})
     summary = {}
     for system in systems:
-        rows = [r["model"] if system == "model" else r["baselines"][system] for r in fold_results]
+        rows = _system_rows(fold_results, system)
         summary[system] = {}
         for metric in SUMMARY_METRICS:
             values = [row[metric] for row in rows if metric in row]
@@ -152,6 +187,14 @@ def summarize(fold_results):
                 summary[system][metric] = {"mean": float(array.mean()),
                                            "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
                                            "folds": [float(v) for v in array]}
+                if len(repeats) > 1:
+                    means = [float(np.mean([row[metric] for row, r in zip(rows, fold_results)
+                                            if r.get("repeat", 1) == repeat])) for repeat in repeats]
+                    summary[system][metric].update(repeat_means=means, repeat_std=float(np.std(means, ddof=1)))
+    keys = [k for k in fold_results[0].get("thresholds", {}) if all(k in r.get("thresholds", {}) for r in fold_results)]
+    summary["thresholds"] = {k: {"mean": float(np.mean([r["thresholds"][k] for r in fold_results])),
+                                 "std": float(np.std([r["thresholds"][k] for r in fold_results], ddof=1))
+                                 if len(fold_results) > 1 else 0.0} for k in keys}
     baselines = [s for s in systems if s != "model"]
     summary["model_above_baselines"] = {
         metric: int(sum(all(r["model"][metric] > r["baselines"][b][metric] for b in baselines) for r in fold_results))
@@ -159,68 +202,193 @@ def summarize(fold_results):
     return summary
 
 
-def format_table(summary, folds_done, folds_total):
-    """Lines for a person: one row per system, each metric as mean ± std over the folds."""
-    names = {"auc": "ROC-AUC", "eer": "EER", "tar_at_far_1e-2": "TAR@FAR1e-2", "tar_at_far_1e-3": "TAR@FAR1e-3",
-             "one_shot": "one-shot"}
+METRIC_NAMES = {"auc": "ROC-AUC", "eer": "EER", "tar_at_far_1e-2": "TAR@FAR1e-2", "tar_at_far_1e-3": "TAR@FAR1e-3",
+                "one_shot": "one-shot"}
+PERCENT = {"eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "one_shot"}
+SYSTEM_LABELS = {"model": "model", "pixels": "raw pixels (cosine)", "lbp": "LBP (chi-square)"}
+LOWER_IS_BETTER = {"eer"}
+
+
+def _value(metric, value, width=18):
+    return (f"{100 * value:.1f}%" if metric in PERCENT else f"{value:.4f}").rjust(width)
+
+
+def format_table(summary, folds_done, folds_total, *, holdout=0, repeats=1, outer=None):
+    """Lines for a person: one row per system, each metric as mean ± std over the folds, labelled
+    by what the figures can claim; then the outer held-out classes' figures, if scored."""
     metrics = [m for m in SUMMARY_METRICS if m in summary["model"]]
-    percent = {"eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "one_shot"}
-    header = f"{'':<22}" + "".join(f"{names[m]:>18}" for m in metrics)
-    lines = [f"cross-validation over classes: {folds_done} of {folds_total} folds", header]
-    labels = {"model": "model", "pixels": "raw pixels (cosine)", "lbp": "LBP (chi-square)"}
-    for system in [s for s in summary if s != "model_above_baselines"]:
+    header = f"{'':<22}" + "".join(f"{METRIC_NAMES[m]:>18}" for m in metrics)
+    lines = [f"cross-validation over classes: {folds_done} of {folds_total} folds"
+             + (f" ({repeats} repeats of {folds_total // repeats} folds)" if repeats > 1 else ""),
+             "  inner folds: settings chosen by these figures are flattered by them; the outer figure below is "
+             "the unbiased one" if holdout else
+             "  no outer held-out classes: settings chosen by these figures are flattered by them "
+             "(keep some out with --holdout-classes)", header]
+    for system in [s for s in summary if s not in ("model_above_baselines", "thresholds")]:
         cells = []
         for m in metrics:
             v = summary[system].get(m)
             if v is None:
                 cells.append(f"{'-':>18}")
-            elif m in percent:
+            elif m in PERCENT:
                 cells.append(f"{100 * v['mean']:>10.1f} ± {100 * v['std']:4.1f}%")
             else:
                 cells.append(f"{v['mean']:>11.4f} ± {v['std']:.3f}")
-        lines.append(f"{labels.get(system, system):<22}" + "".join(cells))
+        lines.append(f"{SYSTEM_LABELS.get(system, system):<22}" + "".join(cells))
+    if repeats > 1 and all("repeat_std" in summary["model"][m] for m in metrics):
+        spreads = [summary["model"][m]["repeat_std"] for m in metrics]
+        lines.append(f"{'model, between repeats':<22}" + "".join(
+            f"{'± ' + _value(m, v, width=0):>18}" for m, v in zip(metrics, spreads)))
     for metric, count in summary["model_above_baselines"].items():
-        lines.append(f"model above every baseline in {names[metric]}: {count} of {folds_done} folds")
+        lines.append(f"model above every baseline in {METRIC_NAMES[metric]}: {count} of {folds_done} folds")
+    if summary["thresholds"]:
+        lines.append(threshold_line(summary["thresholds"], "over the folds' held-out pairs (mean ± std)"))
+    if outer is not None:
+        lines += outer_lines(outer, metrics)
+    elif holdout:
+        lines.append(f"outer held-out classes ({holdout}): not scored yet; once the inner folds have chosen the "
+                     f"settings, run them once with --outer")
     return lines
 
 
-def write_summary(out_path, fold_results, folds_total):
-    """OUT/crossval.json and OUT/crossval.csv (one row per system and metric, a column per fold)."""
+def _threshold_name(key):
+    return "at the EER" if key == "eer" else f"at FAR {key[4:]}"
+
+
+def threshold_line(thresholds, where):
+    """The thresholds found, for a final model trained without a validation folder to store."""
+    found = ", ".join(f"{_threshold_name(k)} {v['mean']:.4f}" + (f" ± {v['std']:.4f}" if "std" in v else "")
+                      for k, v in thresholds.items())
+    return f"thresholds {where}: {found} (store one in the final model with train.py --threshold)"
+
+
+def outer_lines(outer, metrics=SUMMARY_METRICS):
+    """The outer held-out classes' figures: the model's and the baselines' on the same pairs."""
+    metrics = [m for m in metrics if m in outer["model"]]
+    lines = [f"outer held-out classes ({len(outer['held_out'])}, trained on by no run and seen by no choice; "
+             f"{outer['pairs']} pairs): the unbiased figure",
+             f"{'':<22}" + "".join(f"{METRIC_NAMES[m]:>18}" for m in metrics)]
+    for system, values in {"model": outer["model"], **outer["baselines"]}.items():
+        lines.append(f"{SYSTEM_LABELS.get(system, system):<22}"
+                     + "".join(_value(m, values[m]) if m in values else f"{'-':>18}" for m in metrics))
+    if outer.get("thresholds"):
+        lines.append(threshold_line({k: {"mean": v} for k, v in outer["thresholds"].items()},
+                                    "on the outer pairs (for information: choose on the inner folds)"))
+    return lines
+
+
+def compare_lines(earlier, report, *, earlier_path):
+    """Lines comparing this cross-validation's inner folds with `earlier`'s (the same plan but the
+    training): each metric's difference, on how many folds it holds, and whether it exceeds the
+    spread between repeats (the larger of the two runs'), the noise of drawing other folds."""
+    pairs = {(r.get("repeat", 1), r["fold"]): r["model"] for r in earlier["per_fold"]}
+    common = [(pairs[(r.get("repeat", 1), r["fold"])], r["model"]) for r in report["per_fold"]
+              if (r.get("repeat", 1), r["fold"]) in pairs]
+    if not common:
+        return [f"against '{earlier_path}': no fold scored in both yet"]
+    lines = [f"against '{earlier_path}' on the {len(common)} inner folds scored in both (this run minus that one):"]
+    for metric in SUMMARY_METRICS:
+        if not all(metric in a and metric in b for a, b in common):
+            continue
+        a = np.array([x[metric] for x, _ in common])
+        b = np.array([y[metric] for _, y in common])
+        sign = -1 if metric in LOWER_IS_BETTER else 1
+        better = int(np.sum(sign * (b - a) > 0))
+        scale, unit = (100, " points") if metric in PERCENT else (1, "")
+        line = (f"  {METRIC_NAMES[metric]}: {scale * b.mean():.4g} against {scale * a.mean():.4g} "
+                f"({scale * (b.mean() - a.mean()):+.4g}{unit}), better on {better} of {len(common)} folds")
+        spreads = [s["summary"]["model"][metric].get("repeat_std") for s in (earlier, report)]
+        if None in spreads:
+            line += "; run both with --repeats 2 or more to tell it from the spread between fold choices"
+        else:
+            spread = max(spreads)
+            verdict = "less than" if abs(b.mean() - a.mean()) < spread else "more than"
+            line += f"; {verdict} the spread between fold choices ({scale * spread:.4g}{unit})"
+        lines.append(line)
+    return lines
+
+
+def write_summary(out_path, fold_results, folds_total, *, outer=None):
+    """OUT/crossval.json and OUT/crossval.csv (one row per system and metric, a column per fold);
+    the outer held-out classes' figures, if scored, go to crossval.json's 'outer'."""
     summary = summarize(fold_results)
-    write_json(os.path.join(out_path, "crossval.json"),
-                {"folds_done": len(fold_results), "folds": folds_total, "summary": summary, "per_fold": fold_results})
+    report = {"folds_done": len(fold_results), "folds": folds_total, "summary": summary, "per_fold": fold_results,
+              "outer": outer}
+    write_json(os.path.join(out_path, "crossval.json"), report)
+    columns = [fold_name(r.get("repeat", 1), r["fold"]).replace(os.sep, "_") for r in fold_results]
     with atomic_open(os.path.join(out_path, "crossval.csv"), "w", newline="") as f:
-        f.write("system,metric,mean,std," + ",".join(f"fold_{r['fold']}" for r in fold_results) + "\n")
+        f.write("system,metric,mean,std," + ",".join(columns) + "\n")
         for system, metrics in summary.items():
-            if system == "model_above_baselines":
+            if system in ("model_above_baselines", "thresholds"):
                 continue
             for metric, v in metrics.items():
                 f.write(f"{system},{metric},{v['mean']:.6g},{v['std']:.6g}," + ",".join(f"{x:.6g}" for x in v["folds"])
                         + "\n")
-    return summary
+    return report
 
 
-def cross_validate(folder, groups, held_out_folds, *, out_path, training, plan, pairs_per_image=5, n_way=0, trials=400,
-                   within_group=False, eval_seed=1, only_fold=None, trained_folds=None, log=print):
-    """Run every fold (or only_fold, 1-based) and write the summary of the folds scored so far.
-    `plan` (the folds and every setting that changes results) must match OUT/plan.json, if any,
-    and `trained_folds`'s plan but for the scoring settings."""
-    indices = range(1, len(held_out_folds) + 1) if only_fold is None else [only_fold]
+def check_against(against, plan):
+    """The earlier report to compare with: a cross-validation of this plan but its training."""
+    path = os.path.join(against, "plan.json")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(against, "crossval.json")):
+        raise UserError(f"--against '{against}' holds no scored cross-validation (no plan.json or crossval.json); "
+                        f"give the --out_path of an earlier crossval.py run")
+    earlier = {**PLAN_DEFAULTS, **_read_json(path)}
+    changed = sorted(k for k in set(plan) | set(earlier) if k != "training" and {**PLAN_DEFAULTS, **plan}.get(k) != earlier.get(k))
+    if changed:
+        raise UserError(f"--against '{against}' has other {', '.join(changed)}; only the training options may "
+                        f"differ for a comparison of settings on the same folds")
+    return _read_json(os.path.join(against, "crossval.json"))
+
+
+def cross_validate(folder, groups, repeat_folds, *, out_path, training, plan, holdout=(), outer=False,
+                   pairs_per_image=5, n_way=0, trials=400, within_group=False, eval_seed=1, only_fold=None,
+                   only_repeat=None, trained_folds=None, against=None, report_far=None, log=print):
+    """Run every fold of every repeat (or only_fold / only_repeat, 1-based), or with `outer` the
+    run that trains on every class but `holdout` and scores the holdout; then write the summary
+    of what is scored so far. `groups` maps class names to groups; `repeat_folds` lists each
+    repeat's held-out class lists, over the classes outside `holdout`. `plan` (the folds and every
+    setting that changes results) must match OUT/plan.json, if any, and `trained_folds`'s plan
+    but for the scoring settings; `against` names a cross-validation of the same plan but the
+    training, compared fold by fold."""
     if trained_folds:
         if same_path(trained_folds, out_path):
             raise UserError("--trained-folds is the cross-validation whose models are re-scored; give another "
                             "--out_path for the new figures, so that its own are kept")
         check_trained_folds(trained_folds, plan)
+    if outer and not holdout:
+        raise UserError("--outer scores the classes kept out by --holdout-classes; give --holdout-classes too")
+    earlier = check_against(against, plan) if against else None
+    inner = folder.subset([name for name in folder.classes if name not in set(holdout)])
+    common = dict(groups=groups, out_path=out_path, training=training, pairs_per_image=pairs_per_image, n_way=n_way,
+                  trials=trials, within_group=within_group, eval_seed=eval_seed, trained_folds=trained_folds,
+                  report_far=report_far, log=log)
+    runs = [(repeat, index) for repeat in range(1, len(repeat_folds) + 1) for index in range(1, len(repeat_folds[0]) + 1)
+            if only_repeat in (None, repeat) and only_fold in (None, index)]
     with claim_folder(out_path, what="cross-validation out path"):  # one cross-validation at a time per path
         check_plan(out_path, plan)
-        for index in indices:
-            run_fold(folder, held_out_folds[index - 1], groups, index=index, out_path=out_path, training=training,
-                     pairs_per_image=pairs_per_image, n_way=n_way, trials=trials, within_group=within_group,
-                     eval_seed=eval_seed, trained_folds=trained_folds, log=log)
-    done = [_read_json(os.path.join(out_path, f"fold_{i}", "result.json")) for i in range(1, len(held_out_folds) + 1)
-            if os.path.exists(os.path.join(out_path, f"fold_{i}", "result.json"))]
-    summary = write_summary(out_path, done, len(held_out_folds))
-    for line in format_table(summary, len(done), len(held_out_folds)):
+        if outer:
+            run_fold(folder, list(holdout), name=OUTER, record={"outer": True}, **common)
+        else:
+            for repeat, index in runs:
+                run_fold(inner, repeat_folds[repeat - 1][index - 1], name=fold_name(repeat, index),
+                         record={"fold": index, "repeat": repeat}, **common)
+    done = [_read_json(path) for path in (os.path.join(out_path, fold_name(repeat, index), "result.json")
+                                          for repeat in range(1, len(repeat_folds) + 1)
+                                          for index in range(1, len(repeat_folds[0]) + 1)) if os.path.exists(path)]
+    outer_path = os.path.join(out_path, OUTER, "result.json")
+    outer_result = _read_json(outer_path) if os.path.exists(outer_path) else None
+    total = len(repeat_folds) * len(repeat_folds[0])
+    if not done:
+        for line in [f"no inner fold scored yet in '{out_path}'"] + (outer_lines(outer_result) if outer_result else []):
+            log(line)
+        return None
+    report = write_summary(out_path, done, total, outer=outer_result)
+    for line in format_table(report["summary"], len(done), total, holdout=len(holdout), repeats=len(repeat_folds),
+                             outer=outer_result):
         log(line)
+    if earlier is not None:
+        for line in compare_lines(earlier, report, earlier_path=against):
+            log(line)
     log(f"wrote {os.path.join(out_path, 'crossval.json')} and {os.path.join(out_path, 'crossval.csv')}")
-    return summary
+    return report["summary"]

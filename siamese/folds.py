@@ -2,7 +2,10 @@
 in several folders) and which groups each fold holds out.
 
 A figure measured on the classes that settings were chosen on tells how well they fit those
-classes; one averaged over folds of held-out classes tells how well they carry over.
+classes; one averaged over folds of held-out classes tells how well they carry over, but once
+settings are picked by those folds' figures, the folds flatter them too. So an outer set of classes
+(`holdout_classes`) can be kept out of every fold: no training run or choice sees it, and the
+settings the folds chose are scored on it once.
 """
 
 import csv
@@ -47,13 +50,51 @@ def class_groups(classes, *, regex=None, csv_path=None):
     return list(classes)
 
 
-def class_folds(classes, groups, *, folds, seed):
-    """`folds` lists of held-out class names, disjoint and together covering every class, whole
-    groups at a time, balanced by the number of classes. A function of (classes, groups, folds,
-    seed) alone."""
+def _members(classes, groups):
     members = {}
     for name, group in zip(classes, groups):
         members.setdefault(group, []).append(name)
+    return members
+
+
+def holdout_classes(classes, groups, *, count, seed):
+    """About `count` class names (whole groups, drawn in a seeded order until there are at least
+    `count`) kept out of every fold: the outer test set. A function of (classes, groups, count,
+    seed) alone, and drawn from its own generator, so other fold seeds or repeats keep it."""
+    members = _members(classes, groups)
+    if count < 1:
+        raise UserError(f"--holdout-classes must be at least 1, not {count}")
+    if count >= len(classes):
+        raise UserError(f"--holdout-classes {count} leaves no classes to train on ({len(classes)} in all); "
+                        f"hold out fewer")
+    rng = np.random.default_rng([int(seed), 9_000_011])
+    names = sorted(members)
+    chosen = []
+    for i in rng.permutation(len(names)):
+        if len(chosen) >= count:
+            break
+        chosen += members[names[i]]
+    if len(chosen) >= len(classes):
+        raise UserError(f"--holdout-classes {count} takes every group of classes; hold out fewer")
+    return sorted(chosen)
+
+
+def repeated_folds(classes, groups, *, folds, seed, repeats):
+    """`repeats` fold assignments (lists of held-out class lists): repeat r uses fold seed
+    `seed + r`. Repeat 0 is class_folds(seed); the others place the groups in a seeded order
+    rather than largest first, since groups of unequal sizes would otherwise fall into the same
+    folds whatever the seed."""
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, not {repeats}")
+    return [class_folds(classes, groups, folds=folds, seed=seed + r, largest_first=r == 0) for r in range(repeats)]
+
+
+def class_folds(classes, groups, *, folds, seed, largest_first=True):
+    """`folds` lists of held-out class names, disjoint and together covering every class, whole
+    groups at a time, each group to the fold with the fewest classes so far: the largest groups
+    first (the best balance; the seed then only orders groups of equal size), or with
+    `largest_first=False` in the seeded order. A function of its arguments alone."""
+    members = _members(classes, groups)
     if folds < 2:
         raise UserError(f"--folds must be at least 2, not {folds}")
     if len(members) < folds:
@@ -62,9 +103,10 @@ def class_folds(classes, groups, *, folds, seed):
     rng = np.random.default_rng([int(seed), 7_000_003])
     names = sorted(members)
     order = [names[i] for i in rng.permutation(len(names))]
-    order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the seeded order
+    if largest_first:
+        order.sort(key=lambda g: -len(members[g]))  # stable: equal sizes keep the seeded order
     held_out = [[] for _ in range(folds)]
-    for group in order:  # the largest groups first, each to the fold with the fewest classes so far
+    for group in order:
         smallest = min(range(folds), key=lambda f: len(held_out[f]))
         held_out[smallest] += members[group]
     return [sorted(fold) for fold in held_out]

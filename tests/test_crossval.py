@@ -230,3 +230,85 @@ def test_trained_folds_are_rescored_with_other_scoring_settings_without_training
     assert "other --dropout; only --flip-average and --shift-average may differ" in capsys.readouterr().err
     assert _cv(data, trained, "--trained-folds", trained, "--flip-average") == 2
     assert "give another --out_path" in capsys.readouterr().err
+
+
+def test_the_outer_holdout_is_seeded_whole_groups_and_in_no_fold_of_any_repeat():
+    from siamese.folds import holdout_classes, repeated_folds
+
+    classes = [f"{alphabet}_character{i:02d}" for alphabet, n in (("A", 6), ("B", 5), ("C", 5), ("D", 4), ("E", 4),
+                                                                  ("F", 3)) for i in range(n)]
+    groups = class_groups(classes, regex=r"(.+)_character\d+$")
+    holdout = holdout_classes(classes, groups, count=5, seed=0)
+    assert len(holdout) >= 5 and holdout == holdout_classes(classes, groups, count=5, seed=0)
+    held_groups = {name.split("_")[0] for name in holdout}
+    assert holdout == sorted(c for c in classes if c.split("_")[0] in held_groups)  # whole groups
+    assert any(holdout_classes(classes, groups, count=5, seed=s) != holdout for s in range(1, 4))
+    inner = [(c, g) for c, g in zip(classes, groups) if c not in holdout]
+    repeats = repeated_folds([c for c, _ in inner], [g for _, g in inner], folds=2, seed=4, repeats=3)
+    assert repeats[0] == class_folds([c for c, _ in inner], [g for _, g in inner], folds=2, seed=4)
+    assert len({json.dumps(r) for r in repeats}) > 1  # repeats draw other folds
+    for folds in repeats:  # every repeat covers the inner classes and never touches the holdout
+        assert sorted(sum(folds, [])) == sorted(c for c, _ in inner)
+    with pytest.raises(UserError, match="leaves no classes to train on"):
+        holdout_classes(classes, groups, count=len(classes), seed=0)
+    with pytest.raises(UserError, match="--repeats must be at least 1"):
+        repeated_folds(classes, groups, folds=2, seed=0, repeats=0)
+
+
+def test_nested_cross_validation_repeats_and_the_outer_figure(tmp_path, capsys):
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=4)
+    out = str(tmp_path / "cv")
+    nested = ["--holdout-classes", "2", "--repeats", "2"]
+    assert crossval.main(["--data", data, "-o", out, "--folds", "2", "-e", "1", *TINY_TRAIN_ARGS, *nested]) == 0
+    printed = capsys.readouterr().out
+    assert "2 kept out of every fold (outer)" in printed and "4 of 4 folds (2 repeats of 2 folds)" in printed
+    assert "inner folds: settings chosen by these figures are flattered by them" in printed
+    assert "outer held-out classes (2): not scored yet" in printed and "model, between repeats" in printed
+    plan = json.load(open(os.path.join(out, "plan.json")))
+    report = json.load(open(os.path.join(out, "crossval.json")))
+    assert len(plan["holdout"]) == 2 and report["outer"] is None
+    assert sorted((r["repeat"], r["fold"]) for r in report["per_fold"]) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert os.path.exists(os.path.join(out, "repeat_2", "fold_1", "result.json"))
+    for fold in report["per_fold"]:  # no inner fold trains on or scores an outer class
+        assert fold["train_classes"] == 2 and not set(fold["held_out"]) & set(plan["holdout"])
+    auc = report["summary"]["model"]["auc"]
+    means = [np.mean([r["model"]["auc"] for r in report["per_fold"] if r["repeat"] == k]) for k in (1, 2)]
+    assert auc["repeat_means"] == pytest.approx(means) and auc["repeat_std"] == pytest.approx(np.std(means, ddof=1))
+    header = open(os.path.join(out, "crossval.csv")).readline().strip()
+    assert header == "system,metric,mean,std,fold_1,fold_2,repeat_2_fold_1,repeat_2_fold_2"
+    # --outer: trained on all four inner classes, scored on the two outer ones, labelled as the unbiased figure
+    assert crossval.main(["--data", data, "-o", out, "--folds", "2", "-e", "1", *TINY_TRAIN_ARGS, *nested,
+                          "--outer"]) == 0
+    printed = capsys.readouterr().out
+    assert "outer: training on 4 classes, holding out 2" in printed
+    assert "outer held-out classes (2, trained on by no run and seen by no choice; 28 pairs): the unbiased" in printed
+    assert "thresholds over the folds' held-out pairs (mean ± std): at the EER" in printed
+    outer = json.load(open(os.path.join(out, "crossval.json")))["outer"]
+    assert set(outer["thresholds"]) == {"eer", "far_0.01", "far_0.001"}
+    assert outer["held_out"] == plan["holdout"] and outer["train_classes"] == 4 and outer["outer"] is True
+    assert set(outer["baselines"]) == {"pixels", "lbp"}
+    assert torch.load(os.path.join(out, "outer", "last.pth"), weights_only=True)["epoch"] == 1
+    # --outer needs a holdout; --fold with --outer is refused
+    assert crossval.main(["--data", data, "-o", str(tmp_path / "x"), "--folds", "2", "--outer", *TINY_TRAIN_ARGS]) == 2
+    assert "give --holdout-classes too" in capsys.readouterr().err
+    assert crossval.main(["--data", data, "-o", out, "--folds", "2", *nested, "--outer", "--fold", "1"]) == 2
+    assert "leave out --fold and --repeat" in capsys.readouterr().err
+
+
+def test_against_compares_settings_fold_by_fold_and_names_the_spread(tmp_path, capsys):
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=4)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    base = ["--data", data, "--folds", "2", "-e", "1", "--holdout-classes", "2", *TINY_TRAIN_ARGS]
+    assert crossval.main([*base, "-o", a, "--against", b]) == 2  # nothing there yet
+    assert "holds no scored cross-validation" in capsys.readouterr().err
+    assert crossval.main([*base, "-o", a]) == 0
+    assert crossval.main([*base, "-o", b, "--dropout", "0.2", "--against", a]) == 0
+    printed = capsys.readouterr().out
+    assert f"against '{a}' on the 2 inner folds scored in both" in printed
+    assert "ROC-AUC:" in printed and "of 2 folds; run both with --repeats 2 or more" in printed
+    assert crossval.main([*base, "-o", str(tmp_path / "c"), "--fold-seed", "3", "--against", a]) == 2
+    assert "has other folds; only the training options may differ" in capsys.readouterr().err
+    a2, b2 = str(tmp_path / "a2"), str(tmp_path / "b2")
+    assert crossval.main([*base, "--repeats", "2", "-o", a2]) == 0
+    assert crossval.main([*base, "--repeats", "2", "-o", b2, "--dropout", "0.2", "--against", a2]) == 0
+    assert "the spread between fold choices (" in capsys.readouterr().out
