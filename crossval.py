@@ -23,18 +23,16 @@ Run it again to continue an interrupted cross-validation; --fold K runs one fold
 run's --flip-average and --shift-average.
 """
 
-import argparse
-
-from eval import add_one_shot_options
+from siamese.options import add_one_shot_options, add_out_option, script_parser
 from siamese.errors import UserError, cli
 from siamese.settings import TrainingSettings, add_options
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--data", required=True, nargs="+", type=str,
                    help="one or more folders in the ROOT/ClassName/image layout, their classes taken together")
-    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="folder for the folds and the report")
+    add_out_option(p, "folder for the folds and the report", required=True)
     p.add_argument("--folds", default=5, type=int, help="number of folds of held-out classes")
     p.add_argument("--fold-seed", default=0, type=int, help="seed of the assignment of classes (or groups) to folds")
     p.add_argument("--fold", default=None, type=int, help="run only this fold (1 to --folds), then report the folds done")
@@ -59,7 +57,7 @@ def get_args_parser():
     p.add_argument("--trained-folds", default=None, type=str,
                    help="score the fold models of this earlier crossval.py output instead of training (its options "
                         "all the same but --flip-average and --shift-average, which change only the scoring): tries "
-                        "a scoring setting in minutes; the figures go to --out_path")
+                        "a scoring setting in minutes; the figures go to -o/--out")
     # the groups also keep each group's classes in one fold
     add_one_shot_options(p)
     p.add_argument("--threshold-at-far", dest="report_far", default=None, type=float,

@@ -5,7 +5,6 @@ Example:
     python demo.py --out runs/demo
 """
 
-import argparse
 import os
 import shutil
 
@@ -15,12 +14,13 @@ import infer_tensorrt
 import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
+from siamese.options import add_out_option, script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="runs/demo", type=str, help="folder for the data, the model and the results")
+    p = script_parser(__doc__)
+    add_out_option(p, "folder for the data, the model and the results", default="runs/demo")
     p.add_argument("--epochs", default=6, type=int, help="training epochs")
     p.add_argument("--workers", default=2, type=int, help="data loading worker processes")
     return p
@@ -29,44 +29,44 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    data = os.path.join(args.out, "data")
+    data = os.path.join(args.out_path, "data")
     train_dir, val_dir, counts = build_digits_dataset(data)
     print(f"demo data: {counts['train']} training and {counts['val']} validation images of handwritten digits in {data}")
-    model_dir = os.path.join(args.out, "model")
+    model_dir = os.path.join(args.out_path, "model")
     shutil.rmtree(model_dir, ignore_errors=True)  # the demo's own earlier model: train.py never trains over a run
     # From scratch (no download needed), small images; flips and rotations would turn digits into other digits.
-    status = train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", model_dir, "--weights", "none",
+    status = train.main(["--train-path", train_dir, "--val-path", val_dir, "-o", model_dir, "--weights", "none",
                          "--image-size", "32", "-e", str(args.epochs), "-lr", "1e-3", "--no-augment",
                          "--workers", str(args.workers), "--device", "cpu"])
     if status:
         return status
     checkpoint = os.path.join(model_dir, "best.pth")
-    eval_dir = os.path.join(args.out, "eval")
+    eval_dir = os.path.join(args.out_path, "eval")
     print("\n== evaluation of best.pth on the validation images (eval.py)")
     status = eval_script.main(["-v", val_dir, "-o", eval_dir, "-c", checkpoint, "--n-way", "5", "--trials", "400",
                                "--max-pictures", "200", "--workers", str(args.workers), "--device", "cpu"])
     if status:
         return status
-    onnx_path = os.path.join(args.out, "model.onnx")
+    onnx_path = os.path.join(args.out_path, "model.onnx")
     print("\n== export to ONNX (torch_to_onnx.py)")
     status = torch_to_onnx.main(["-c", checkpoint, "-o", onnx_path, "--force"])  # the demo's own earlier export
     if status:
         return status
     left, right = (os.path.join(val_dir, "three", sorted(os.listdir(os.path.join(val_dir, "three")))[k]) for k in (0, 1))
-    print(f"\n== one pair through ONNX Runtime (infer_tensorrt.py --engine {onnx_path})")
-    status = infer_tensorrt.main(["--image1", left, "--image2", right, "--engine", onnx_path])
+    print(f"\n== one pair through ONNX Runtime (infer_tensorrt.py -m {onnx_path})")
+    status = infer_tensorrt.main(["--image1", left, "--image2", right, "-m", onnx_path])
     if status:
         return status
-    queries = os.path.join(args.out, "queries")  # four validation digits, as crops a user would bring
+    queries = os.path.join(args.out_path, "queries")  # four validation digits, as crops a user would bring
     shutil.rmtree(queries, ignore_errors=True)
     os.makedirs(queries)
     for digit in ("two", "three", "seven", "nine"):
         first = sorted(os.listdir(os.path.join(val_dir, digit)))[0]
         shutil.copy(os.path.join(val_dir, digit, first), os.path.join(queries, f"{digit}_{first}"))
-    identify_dir = os.path.join(args.out, "identify")
-    print(f"\n== who is this? four validation digits against the training digits as the gallery (identify.py --engine "
+    identify_dir = os.path.join(args.out_path, "identify")
+    print(f"\n== who is this? four validation digits against the training digits as the gallery (identify.py -m "
           f"{onnx_path})")
-    status = identify.main(["--gallery", train_dir, "--query", queries, "--engine", onnx_path, "-o", identify_dir,
+    status = identify.main(["--gallery", train_dir, "--query", queries, "-m", onnx_path, "-o", identify_dir,
                             "--top-k", "3"])
     if status:
         return status

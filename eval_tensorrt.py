@@ -2,18 +2,16 @@
 pairs (same seed), metrics and pictures as eval.py, without PyTorch.
 
 Example:
-    python eval_tensorrt.py -v data/val -o runs/exp1/eval_trt --engine runs/exp1/model.engine
+    python eval_tensorrt.py -v data/val -o runs/exp1/eval_trt -m runs/exp1/model.engine
 """
 
-import argparse
-
-from eval import add_evaluation_options, evaluation_settings
+from siamese.options import add_evaluation_options, add_model_option, evaluation_settings, script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--engine", required=True, type=str, help="TensorRT engine (with ENGINE.json beside it) or .onnx file")
+    p = script_parser(__doc__)
+    add_model_option(p, required=True)
     return add_evaluation_options(p)
 
 

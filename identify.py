@@ -3,7 +3,7 @@ of the gallery, or 'unknown'.
 
 Example:
     python identify.py --gallery data/gallery --query crops/ -c runs/exp1/best.pth -o runs/exp1/identify
-    python identify.py --gallery data/gallery --query one.png --engine runs/exp1/model.onnx   # or a TensorRT engine
+    python identify.py --gallery data/gallery --query one.png -m runs/exp1/model.onnx   # or a TensorRT engine
 
 The gallery is a folder per class (ROOT/ClassName/image.png); a query is an image file or a
 folder of images (any depth). Each class is scored by its best gallery image. With -o: matches.csv
@@ -11,23 +11,23 @@ folder of images (any depth). Each class is scored by its best gallery image. Wi
 the gallery index (its features, reused while the gallery and the model are unchanged).
 """
 
-import argparse
 import contextlib
 import os
 
+from siamese.options import add_model_option, add_out_option, script_parser
 from siamese.errors import UserError, cli
 
 PRINTED_QUERIES = 20  # one line each up to this many queries, a progress bar beyond
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--gallery", required=True, type=str, help="folder of known entities: ROOT/ClassName/image")
     p.add_argument("--query", required=True, type=str, help="an image file, or a folder of images (any depth)")
     model = p.add_mutually_exclusive_group(required=True)
     model.add_argument("-c", "--checkpoint", type=str, help="a .pth written by train.py (runs on PyTorch)")
-    model.add_argument("--engine", type=str, help="a deployed model: .onnx file (ONNX Runtime) or TensorRT engine")
-    p.add_argument("-o", "--out_path", "--out-path", default=None, type=str,
+    add_model_option(model)
+    add_out_option(p, default=None,
                    help="folder for matches.csv, matches.json, pictures/ and the gallery index")
     p.add_argument("--top-k", default=5, type=int, help="classes listed per query")
     p.add_argument("--threshold", default=None, type=float,

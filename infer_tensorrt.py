@@ -2,21 +2,21 @@
 (run by ONNX Runtime, so the same command works on a machine without a GPU). No PyTorch needed.
 
 Example:
-    python infer_tensorrt.py --image1 a.png --image2 b.png --engine runs/exp1/model.engine
-    python infer_tensorrt.py --image1 a.png --image2 b.png --engine runs/exp1/model.onnx --json
+    python infer_tensorrt.py --image1 a.png --image2 b.png -m runs/exp1/model.engine
+    python infer_tensorrt.py --image1 a.png --image2 b.png -m runs/exp1/model.onnx --json
 """
 
-import argparse
 import json
 
+from siamese.options import add_model_option, script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--image1", required=True, type=str, help="first image")
     p.add_argument("--image2", required=True, type=str, help="second image")
-    p.add_argument("--engine", required=True, type=str, help="TensorRT engine (with ENGINE.json beside it) or .onnx file")
+    add_model_option(p, required=True)
     p.add_argument("--threshold", default=None, type=float, help="'same' at or above this (default: the model's, else 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p

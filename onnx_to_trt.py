@@ -1,8 +1,8 @@
 """Build a TensorRT engine from an ONNX file written by torch_to_onnx.py (TensorRT 10.x/11.x).
 
 Example:
-    python onnx_to_trt.py --onnx runs/exp1/model.onnx --engine runs/exp1/model.engine --max-batch 64
-    python onnx_to_trt.py --onnx runs/exp1/model.onnx --engine runs/exp1/model_fp16.engine --fp16
+    python onnx_to_trt.py --onnx runs/exp1/model.onnx -o runs/exp1/model.engine --max-batch 64
+    python onnx_to_trt.py --onnx runs/exp1/model.onnx -o runs/exp1/model_fp16.engine --fp16
 
 Writes ENGINE and ENGINE.json (preprocessing and build facts), so the engine alone is enough
 for infer_tensorrt.py and eval_tensorrt.py. When the embedder and head that torch_to_onnx.py
@@ -12,22 +12,21 @@ version that built it. On TensorRT 11 (strongly typed), FP16 needs an FP16 ONNX 
 (torch_to_onnx.py --fp16).
 """
 
-import argparse
-
+from siamese.options import script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--onnx", required=True, type=str, help="the .onnx file")
-    p.add_argument("--engine", required=True, type=str, help="the engine file to write")
+    p.add_argument("-o", "--out", "--engine", dest="engine", required=True, type=str, help="the engine file to write")
     p.add_argument("--fp16", action="store_true", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 needs an FP16 ONNX model)")
     p.add_argument("--workspace", default=2048, type=int, help="builder workspace limit in MiB")
     p.add_argument("--min-batch", default=1, type=int, help="smallest batch the engine accepts")
     p.add_argument("--opt-batch", default=8, type=int, help="batch the engine is tuned for")
     p.add_argument("--max-batch", default=32, type=int, help="largest batch the engine accepts")
     p.add_argument("--timing-cache", default=None, type=str, help="reuse/update this timing cache file (faster rebuilds)")
-    p.add_argument("--force", action="store_true", help="replace an existing engine at --engine (never the ONNX file)")
+    p.add_argument("--force", action="store_true", help="replace an existing engine at -o/--out (never the ONNX file)")
     return p
 
 
@@ -46,7 +45,7 @@ def main(argv=None):
 
     def check_out_paths():
         for path in engines.values():
-            for out, option in ((path, "--engine"), (engine_metadata_path(path), "--engine's sidecar")):
+            for out, option in ((path, "-o/--out"), (engine_metadata_path(path), "-o/--out's sidecar")):
                 check_new_file(out, inputs=[args.onnx, *(part_path(args.onnx, p) for p in parts), args.timing_cache],
                                force=args.force, option=option)
 

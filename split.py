@@ -9,16 +9,14 @@ Writes OUT/train/ClassName and OUT/val/ClassName (links to photos/ClassName), OU
 --test-classes, and OUT/split.json (the classes of each split, the source and the seed).
 """
 
-import argparse
-
 from siamese.errors import UserError, cli
+from siamese.options import add_out_option, script_parser
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("folder", type=str, help="the folder of classes: FOLDER/ClassName/image")
-    p.add_argument("-o", "--out", required=True, type=str, help="new folder for train/, val/ (and test/)")
+    add_out_option(p, "new folder for train/, val/ (and test/)", required=True)
     p.add_argument("--val-classes", default=0.2, type=float,
                    help="classes for validation: a number (e.g. 8) or a fraction below 1 (default: 0.2)")
     p.add_argument("--test-classes", default=0.0, type=float,
@@ -45,11 +43,11 @@ def main(argv=None):
         raise UserError(f"--val-classes {args.val_classes} gives {val} of {total} classes; validation needs at least 2")
     groups = class_groups(folder.classes, regex=args.group_regex)
     split = split_classes(folder.classes, groups, val=val, test=test, seed=args.seed)
-    images = write_split(folder, split, args.out, seed=args.seed)
+    images = write_split(folder, split, args.out_path, seed=args.seed)
     for name, classes in split.items():
         if classes:
-            print(f"{name}: {len(classes)} classes, {images[name]} images -> {args.out}/{name}/")
-    print(f"wrote {args.out}/split.json; nothing was copied or moved")
+            print(f"{name}: {len(classes)} classes, {images[name]} images -> {args.out_path}/{name}/")
+    print(f"wrote {args.out_path}/split.json; nothing was copied or moved")
     return 0
 
 

@@ -11,16 +11,16 @@ the runtimes embed each image once. Image size, normalisation, backbone, thresho
 fingerprint of the weights go into each file's metadata.
 """
 
-import argparse
 import os
 
+from siamese.options import add_out_option, script_parser
 from siamese.errors import UserError, cli
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py")
-    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="the .onnx file to write (or a folder)")
+    add_out_option(p, "the .onnx file to write (or a folder)", required=True)
     p.add_argument("--opset", default=20, type=int, help="ONNX opset version")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic (inputs/output stay float32)")
     p.add_argument("--images", default=None, type=str,

@@ -1,14 +1,14 @@
 """Train a Siamese network on a folder-per-class image tree.
 
 Example (one CPU or GPU):
-    python train.py --train_path data/train --val_path data/val -o runs/exp1 -b resnet18 -e 20
+    python train.py --train-path data/train --val-path data/val -o runs/exp1 -b resnet18 -e 20
 
 Many GPUs or machines (one process per GPU):
-    torchrun --nproc_per_node 4 train.py --train_path data/train --val_path data/val -o runs/exp1
+    torchrun --nproc_per_node 4 train.py --train-path data/train --val-path data/val -o runs/exp1
 
-Without --val_path (the final model, once cross-validation has chosen the settings and the
+Without --val-path (the final model, once cross-validation has chosen the settings and the
 number of epochs; see crossval.py):
-    python train.py --train_path data/train data/val -o runs/final -b resnet18 -e 20
+    python train.py --train-path data/train data/val -o runs/final -b resnet18 -e 20
 
 Again, as recorded (flags given here override the recorded ones):
     python train.py --config runs/exp1/args.json -o runs/exp2 --seed 1
@@ -18,23 +18,22 @@ epoch_N.pth, args.json (the run's folders and settings), metrics.csv and tensorb
 tensorboard --logdir runs/exp1) into the out path.
 """
 
-import argparse
-
+from siamese.options import add_out_option, script_parser
 from siamese.errors import UserError, cli
 from siamese.settings import TrainingSettings, add_options, read_run_record
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--config", default=None, type=str,
                    help="args.json of an earlier run: train with its folders and settings (flags given here override them)")
-    p.add_argument("--train_path", "--train-path", default=None, nargs="+", type=str,
+    p.add_argument("--train-path", "--train_path", dest="train_path", default=None, nargs="+", type=str,
                    help="training folder: ROOT/ClassName/image; several folders train on their classes together "
                         "(required unless --config gives it)")
-    p.add_argument("--val_path", "--val-path", default=None, type=str,
+    p.add_argument("--val-path", "--val_path", dest="val_path", default=None, type=str,
                    help="validation folder in the same layout (classes not seen in training): picks best.pth and "
                         "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
-    p.add_argument("-o", "--out_path", "--out-path", required=True, type=str, help="folder for checkpoints and logs")
+    add_out_option(p, "folder for checkpoints and logs", required=True)
     p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
     add_options(p)
     return p
@@ -48,7 +47,7 @@ def parse_args(argv=None):
         parser.set_defaults(**read_run_record(args.config))
         args = parser.parse_args(argv)
     if not args.train_path:
-        raise UserError("give --train_path (the training folder), or --config with an earlier run's args.json")
+        raise UserError("give --train-path (the training folder), or --config with an earlier run's args.json")
     return args
 
 

@@ -32,7 +32,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         run = os.path.join(tmp, "run")
         common = ["--weights", "none", "--image-size", str(args.image_size), "--device", "cpu"]
-        train_cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--train_path", train_dir, "--val_path", val_dir,
+        train_cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--train-path", train_dir, "--val-path", val_dir,
                      "-o", run, "-e", "1", "--batch-size", str(args.batch_size), "--workers", "2", *common]
         train_peak = peak_mib(train_cmd)
         eval_cmd = [sys.executable, os.path.join(ROOT, "eval.py"), "-v", val_dir, "-o", os.path.join(tmp, "eval"),

@@ -54,7 +54,7 @@ def inside(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_new_file(path, *, inputs=(), force=False, option="--out_path"):
+def check_new_file(path, *, inputs=(), force=False, option="-o/--out"):
     """Refuse an out file that is one of the inputs (ever) or already exists (unless force)."""
     for given in inputs:
         if given and os.path.exists(given) and os.path.exists(path) and same_path(path, given):
@@ -65,7 +65,7 @@ def check_new_file(path, *, inputs=(), force=False, option="--out_path"):
         raise UserError(f"{option} '{path}' already exists; give another path, or --force to replace it")
 
 
-def check_not_inside(out_path, folders, *, option="--out_path"):
+def check_not_inside(out_path, folders, *, option="-o/--out"):
     """Refuse an out path inside a folder of images that is read: what is written there would be
     taken for images (or a class) by the next command that reads the folder."""
     for folder in folders:

@@ -53,7 +53,7 @@ class TrainingSettings:
     epochs: int = option(20, "number of epochs", "-e", "--epochs")
     batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "
                                  "torchrun)")
-    learning_rate: float = option(1e-4, "Adam learning rate", "-lr", "--learning_rate", "--learning-rate")
+    learning_rate: float = option(1e-4, "Adam learning rate", "--learning-rate", "-lr", "--learning_rate")
     weight_decay: float = option(0.0, "Adam weight decay")
     lr_schedule: str = option("constant", "learning rate schedule over the epochs", choices=LR_SCHEDULES)
     ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) "
@@ -100,7 +100,7 @@ class TrainingSettings:
                                            "--val-path); default: calibrated on --val-path, else none (0.5 is used)")
     # where and how it runs (no effect on the result)
     save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
-                             "-s", "--save_after", "--save-after")
+                             "-s", "--save-after", "--save_after")
     workers: int = option(2, "data loading worker processes (per process)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = option(False, "mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with "
@@ -127,14 +127,14 @@ class TrainingSettings:
         check_batch_size(self.eval_batch_size, "--eval-batch-size")
         check_at_least(self.workers, 0, "--workers")
         check_at_least(check_finite(self.weight_decay, "--weight-decay"), 0, "--weight-decay")
-        check_finite(self.learning_rate, "-lr/--learning_rate")
+        check_finite(self.learning_rate, "--learning-rate")
         check_finite(self.class_loss, "--class-loss")
         check_at_least(self.seed, 0, "--seed")
         check_at_least(self.save_after, 0, "--save-after")
         if self.image_size < 1:
             raise UserError(f"--image-size must be at least 1 pixel, not {self.image_size}")
         if not self.learning_rate > 0:
-            raise UserError(f"-lr/--learning_rate must be above 0, not {self.learning_rate}")
+            raise UserError(f"--learning-rate must be above 0, not {self.learning_rate}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"--dropout is a probability from 0 up to, not including, 1, not {self.dropout}")
         if self.pairing == "in-batch" and (self.images_per_class < 2 or self.batch_size < 2 * self.images_per_class):

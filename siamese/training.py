@@ -170,7 +170,7 @@ def _check_out_path(out_path, resume, run_id):
         return
     if not resume:
         raise UserError(f"output folder '{out_path}' already holds a training run ({', '.join(found)}); continue it "
-                        f"with --resume {os.path.join(out_path, 'last.pth')}, or give another --out_path")
+                        f"with --resume {os.path.join(out_path, 'last.pth')}, or give another -o/--out")
     for name in ("last.pth", "best.pth", found[0]):
         path = os.path.join(out_path, name)
         if os.path.exists(path):

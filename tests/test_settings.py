@@ -46,6 +46,7 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_config_reruns_a_recorded_run_exactly(tiny_dataset, tmp_path, capsys):
     train_dir, val_dir = tiny_dataset
     first, again, changed = (str(tmp_path / name) for name in ("first", "again", "changed"))
@@ -78,7 +79,7 @@ def test_config_reruns_a_recorded_run_exactly(tiny_dataset, tmp_path, capsys):
     ([1, 2], "does not hold a training run's settings"),
     (None, "is not a readable JSON file"),
     ("missing", "does not exist"),
-    ({"epochs": 1}, "give --train_path"),
+    ({"epochs": 1}, "give --train-path"),
     ({"train_path": "x", "epochs": 0}, "--epochs, --pairs-per-image and --val-pairs-per-image must be at least 1"),
 ])
 def test_a_bad_config_is_one_line(tmp_path, capsys, record, message):

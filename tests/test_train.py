@@ -34,6 +34,7 @@ def test_train_end_to_end_writes_everything(tiny_dataset, trained_checkpoint):
     assert checkpoint["config"]["image_size"] == 32
 
 
+@pytest.mark.slow
 def test_training_learns_the_demo_digits(tmp_path):
     from siamese.demo import build_digits_dataset
 
@@ -44,6 +45,7 @@ def test_training_learns_the_demo_digits(tmp_path):
     assert best["auc"] > 0.85  # chance is 0.5; two epochs on the digits reach about 0.94
 
 
+@pytest.mark.slow
 def test_in_batch_pairing_learns_the_demo_digits(tmp_path):
     from siamese.demo import build_digits_dataset
 
@@ -56,6 +58,7 @@ def test_in_batch_pairing_learns_the_demo_digits(tmp_path):
     assert checkpoint["metrics"]["train"]["pairs"] % 496 == 0 and checkpoint["metrics"]["train"]["pairs"] > 0
 
 
+@pytest.mark.slow
 def test_class_loss_trains_a_classifier_beside_the_pairs(tmp_path):
     from siamese.demo import build_digits_dataset
 
@@ -72,6 +75,7 @@ def test_class_loss_trains_a_classifier_beside_the_pairs(tmp_path):
     assert len(class_losses) == 2 and class_losses[1] < class_losses[0] < 2.6
 
 
+@pytest.mark.slow
 def test_class_scale_trains_a_cosine_classifier_with_a_margin(tmp_path):
     from siamese.demo import build_digits_dataset
 
@@ -138,6 +142,7 @@ def test_constant_validation_scores_get_a_note(tiny_dataset, tmp_path, monkeypat
     assert "note: every pair got the same similarity (0.300, to within 1e-6)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
     from siamese.demo import build_digits_dataset
 
@@ -152,6 +157,7 @@ def test_amp_on_cpu_learns_the_demo_digits(tmp_path):
 @pytest.mark.parametrize("extra", [[], ["--pairing", "in-batch", "--images-per-class", "2", "--ema", "0.9",
                                          "--class-loss", "0.5", "--jitter", "0.3"]],
                          ids=["sampled", "in-batch-ema-class-loss-jitter"])
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_a_straight_run(tiny_dataset, tmp_path, monkeypatch, extra):
     import siamese.training
 
@@ -216,7 +222,7 @@ def _error_line(capsys):
     ("class_count_resume", "training classes, but this run has"),
     ("altered_resume", "does not match its recorded model resnet34"),
     ("image_size", "--image-size must be at least 1 pixel, not 0"),
-    ("learning_rate", "-lr/--learning_rate must be above 0, not -0.001"),
+    ("learning_rate", "--learning-rate must be above 0, not -0.001"),
     ("weight_decay", "--weight-decay must be at least 0, not -1"),
     ("dropout", "--dropout is a probability from 0 up to, not including, 1, not 1.5"),
     ("workers", "--workers must be at least 0, not -1"),
@@ -312,6 +318,7 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         assert not os.path.exists(out)  # stopped before writing anything, not even an empty folder
 
 
+@pytest.mark.slow
 def test_script_exits_non_zero_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--train_path", str(tmp_path / "x"),
                              "--val_path", str(tmp_path / "y"), "-o", str(tmp_path / "o")],
@@ -320,6 +327,7 @@ def test_script_exits_non_zero_without_traceback(tmp_path):
     assert result.stderr.strip().startswith("error: training folder") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypatch):
     train_dir, val_dir = tiny_dataset
     out = str(tmp_path / "out")
@@ -338,6 +346,7 @@ def test_interrupted_run_keeps_its_checkpoints(tiny_dataset, tmp_path, monkeypat
     assert not [n for n in os.listdir(out) if n.startswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_new_run_never_trains_over_an_earlier_one(tiny_dataset, tmp_path, capsys):
     train_dir, val_dir = tiny_dataset
     out = str(tmp_path / "out")
@@ -359,6 +368,7 @@ def test_a_new_run_never_trains_over_an_earlier_one(tiny_dataset, tmp_path, caps
     # synchronised model
     ("in-batch", 56),
 ])
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
     train_dir, val_dir = tiny_dataset
     out = str(tmp_path / "ddp")
@@ -377,6 +387,7 @@ def test_torchrun_two_cpu_processes(tiny_dataset, tmp_path, pairing, pairs):
     assert checkpoint["epoch"] == 2 and "auc" in checkpoint["metrics"]["val"]
 
 
+@pytest.mark.slow
 def test_the_stored_threshold_is_given_or_calibrated_at_a_false_accept_rate(tiny_dataset, tmp_path, capsys):
     from siamese.checkpoint import load_model
     from siamese.evaluate import evaluate
