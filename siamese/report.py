@@ -18,11 +18,16 @@ MIN_TILE = 96  # and enlarged to this at least
 GREEN, RED, GREY, BLUE = (0, 140, 60), (200, 30, 30), (120, 120, 120), (30, 80, 200)
 
 
+# DejaVu Sans (free license in fonts/LICENSE_DEJAVU): Latin, Greek and Cyrillic letters, so class
+# names such as 'Anna Müller' or 'Ελένη' are drawn as letters, not boxes.
+FONT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fonts", "DejaVuSans.ttf")
+
+
 @functools.lru_cache(maxsize=None)
 def _font(size):
     try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed-size bitmap font
+        return ImageFont.truetype(FONT, size)
+    except OSError:  # Pillow without FreeType: its fixed-size bitmap font
         return ImageFont.load_default()
 
 
@@ -224,7 +229,7 @@ def cmc_picture(curve, path, size=480):
     ranks = sorted(curve)
     img = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 50, 20, size - 20, size - 45
+    left, top, right, bottom = 50, 20, size - 20, size - 50
     draw.rectangle([left, top, right, bottom], outline=GREY)
     span = max(1, ranks[-1] - ranks[0])
 
@@ -235,10 +240,15 @@ def cmc_picture(curve, path, size=480):
     for k in ranks:
         x, y = xy(k, curve[k])
         draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=BLUE)
-    _write(img, (left, bottom + 8), (f"rank (1 to {ranks[-1]})",), (0, 0, 0), 12)
-    _write(img, (left + 8, top + 6), (f"rank-1 {curve[ranks[0]]:.1%}",), BLUE, 12)
-    _write(img, (4, top), ("100%",), GREY, 11)
-    _write(img, (14, bottom - 12), ("0%",), GREY, 11)
+        _write(img, (round(x) - 3, bottom + 4), (str(k),), GREY, 11)  # a tick label at every rank measured
+    for rate in (0.0, 0.25, 0.5, 0.75, 1.0):
+        _, y = xy(ranks[0], rate)
+        draw.line([left - 4, y, left, y], fill=GREY)
+        _write(img, (left - 36, round(y) - 7), (f"{rate:.0%}",), GREY, 11)
+    _write(img, (left + (right - left) // 2 - 140, bottom + 22),
+           ("rank k: the class among the first k answers",), (0, 0, 0), 12)
+    _write(img, (left + 8, top + 6), ("share of queries identified within rank k",), (0, 0, 0), 12)
+    _write(img, (left + 8, top + 24), (f"rank-1 {curve[ranks[0]]:.1%}",), BLUE, 12)
     _save_png(img, path)
     return path
 

@@ -20,7 +20,13 @@ def test_cached_text_draws_what_pillow_draws():
     pieces = Image.new("RGB", (300, 40), (255, 255, 255))
     report._write(pieces, (8, 6), ("similarity ", "0.873", "  WRONG"), report.RED, 13)
     assert np.asarray(drawn).min() < 255  # something was drawn
-    assert np.array_equal(np.asarray(pieces), np.asarray(drawn))
+    # DejaVu's advances are fractional: pieces start on whole pixels, so glyphs may sit a pixel
+    # apart, but the same ink covers the same box
+    ink_drawn, ink_pieces = (np.asarray(img).min(axis=2) < 128 for img in (drawn, pieces))
+    box = lambda ink: (np.flatnonzero(ink.any(0))[[0, -1]], np.flatnonzero(ink.any(1))[[0, -1]])
+    (x1, y1), (x2, y2) = box(ink_drawn), box(ink_pieces)
+    assert np.abs(x1 - x2).max() <= 2 and np.array_equal(y1, y2)
+    assert abs(int(ink_drawn.sum()) - int(ink_pieces.sum())) <= 0.05 * ink_drawn.sum()
 
 
 def test_long_class_names_are_shortened_to_fit(tmp_path):
@@ -123,3 +129,39 @@ def test_folders_left_by_a_killed_run_are_removed(tmp_path):
     alive.mkdir()
     report.write_pair_pictures(_evaluation(str(tmp_path / "d"), 1), str(tmp_path / "pairs"), threshold=0.5)
     assert not dead.exists() and alive.exists()
+
+
+def test_class_names_in_other_alphabets_are_drawn_as_letters_not_boxes():
+    font = report._font(14)
+    masks = [np.asarray(font.getmask(letter)) for letter in ("ü", "λ", "ж", "Ω")]
+    assert all(m.size and m.max() > 0 for m in masks)  # every letter has ink
+    shapes = {(m.shape, m.tobytes()) for m in masks}
+    assert len(shapes) == 4  # and a shape of its own: a missing glyph would be the same box each time
+
+
+def test_a_pair_picture_shows_the_similarity_against_the_threshold(tmp_path):
+    folder = make_folder(str(tmp_path / "d"), classes=2, per_class=1)
+    left, right = scan_folder(folder, for_pairs=False).paths
+    drawn = []
+    original = report._write
+
+    def spy(canvas, xy, pieces, colour, size, max_width=None):
+        drawn.append("".join(pieces))
+        return original(canvas, xy, pieces, colour, size, max_width)
+
+    report._write = spy
+    try:
+        report.pair_picture(left, right, 0.55774, False, 0.55768)
+        report.pair_picture(left, right, 0.2, False, 0.5)
+    finally:
+        report._write = original
+    assert drawn[0] == "similarity 0.55774 >= 0.55768  WRONG"  # digits enough to see the side of the threshold
+    assert drawn[2] == "similarity 0.200 < 0.500  RIGHT"
+
+
+def test_the_cmc_picture_labels_both_axes(tmp_path, monkeypatch):
+    texts = []
+    monkeypatch.setattr(report, "_write", lambda canvas, xy, pieces, *a, **k: texts.append("".join(pieces)))
+    report.cmc_picture({1: 0.6, 5: 0.8, 10: 0.9}, str(tmp_path / "cmc.png"))
+    assert {"1", "5", "10", "0%", "50%", "100%"} <= set(texts)
+    assert any("rank k" in t for t in texts) and any("share of queries" in t for t in texts)
