@@ -1,12 +1,12 @@
 # make demo : set up .venv, build the bundled demo dataset, train, evaluate, export, infer
-# make test : set up .venv and run the test suite
+# make test : set up .venv and run the fast tests (the daily loop); make test-all: every test, as CI runs them
 # make bench: benchmarks (tables on stdout, JSON in bench/results/); make bench-gpu: the GPU figures
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := runs/demo
 
-.PHONY: demo test test-gpu bench bench-gpu venv clean
+.PHONY: demo test test-all test-gpu bench bench-gpu venv clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 test: venv
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: venv
 	$(PY) -m pytest -q tests
 
 test-gpu: venv

@@ -74,7 +74,7 @@ def check_plan(out_path, plan):
         changed = _plan_differences(_read_json(path), plan)
         if changed:
             raise UserError(f"'{out_path}' holds a cross-validation with other {', '.join(changed)}; continue it with "
-                            f"the same options, or give another --out_path")
+                            f"the same options, or give another -o/--out")
     else:
         write_json(path, plan)
 
@@ -85,7 +85,7 @@ def check_trained_folds(trained_folds, plan):
     path = os.path.join(trained_folds, "plan.json")
     if not os.path.isfile(path):
         raise UserError(f"--trained-folds '{trained_folds}' holds no cross-validation (no plan.json); give the "
-                        f"--out_path of an earlier crossval.py run")
+                        f"-o/--out of an earlier crossval.py run")
     changed = _plan_differences(_read_json(path), plan, ignore=SCORING_SETTINGS)
     if changed:
         raise UserError(f"--trained-folds '{trained_folds}' was run with other {', '.join(changed)}; only "
@@ -147,7 +147,8 @@ def run_fold(folder, held_out, groups, *, name, record, out_path, training, pair
     device = resolve_device(training.device)
     model, _ = load_model(last, device=device)
     model.config.update({key: getattr(training, key) for key in SCORING_SETTINGS})  # the same with a fold trained here
-    result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots)
+    result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots,
+                      progress=True)
     thresholds = {"eer": result.metrics["eer_threshold"]}
     for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
         thresholds[f"far_{far:g}"] = threshold_at_far(result.scores, result.labels, far)["threshold"]
@@ -159,7 +160,7 @@ def run_fold(folder, held_out, groups, *, name, record, out_path, training, pair
         **({"trained_in": os.path.abspath(last)} if trained_folds else {}),
         "model": _fold_metrics(result), "thresholds": thresholds,
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
-                      for name, metrics in baseline_metrics(pairs, trials=shots).items()},
+                      for name, metrics in baseline_metrics(pairs, trials=shots, progress=True).items()},
     }
     os.makedirs(fold_dir, exist_ok=True)
     write_json(result_path, fold_result)
@@ -332,7 +333,7 @@ def check_against(against, plan):
     path = os.path.join(against, "plan.json")
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(against, "crossval.json")):
         raise UserError(f"--against '{against}' holds no scored cross-validation (no plan.json or crossval.json); "
-                        f"give the --out_path of an earlier crossval.py run")
+                        f"give the -o/--out of an earlier crossval.py run")
     earlier = {**PLAN_DEFAULTS, **_read_json(path)}
     changed = sorted(k for k in set(plan) | set(earlier) if k != "training" and {**PLAN_DEFAULTS, **plan}.get(k) != earlier.get(k))
     if changed:
@@ -354,7 +355,7 @@ def cross_validate(folder, groups, repeat_folds, *, out_path, training, plan, ho
     if trained_folds:
         if same_path(trained_folds, out_path):
             raise UserError("--trained-folds is the cross-validation whose models are re-scored; give another "
-                            "--out_path for the new figures, so that its own are kept")
+                            "-o/--out for the new figures, so that its own are kept")
         check_trained_folds(trained_folds, plan)
     if outer and not holdout:
         raise UserError("--outer scores the classes kept out by --holdout-classes; give --holdout-classes too")

@@ -136,6 +136,7 @@ def test_merged_folders_refuse_a_class_in_both(tmp_path):
     assert all(merged.classes[label] in path for path, label in zip(merged.paths, merged.labels))
 
 
+@pytest.mark.slow
 def test_training_without_a_validation_folder_keeps_the_final_model(tiny_dataset, tmp_path, capsys):
     out = str(tmp_path / "final")
     assert train.main(["--train_path", tiny_dataset[0], "-o", out, "-e", "2", *TINY_TRAIN_ARGS]) == 0
@@ -149,6 +150,7 @@ def _cv(data, out, *extra):
     return crossval.main(["--data", data, "-o", out, "--folds", "3", "-e", "1", *TINY_TRAIN_ARGS, *extra])
 
 
+@pytest.mark.slow
 def test_cross_validation_end_to_end_and_resumed(tmp_path, capsys):
     data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
     out = str(tmp_path / "cv")
@@ -203,6 +205,7 @@ def test_a_plan_from_before_a_new_setting_continues_at_its_default(tmp_path):
         check_plan(str(tmp_path), dict(plan, training=dict(training, flip_average=True)))
 
 
+@pytest.mark.slow
 def test_trained_folds_are_rescored_with_other_scoring_settings_without_training(tmp_path, capsys):
     data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
     trained, flipped = str(tmp_path / "cv"), str(tmp_path / "cv_flip")
@@ -229,7 +232,7 @@ def test_trained_folds_are_rescored_with_other_scoring_settings_without_training
     assert _cv(data, str(tmp_path / "cv_other"), "--trained-folds", trained, "--dropout", "0.2") == 2
     assert "other --dropout; only --flip-average and --shift-average may differ" in capsys.readouterr().err
     assert _cv(data, trained, "--trained-folds", trained, "--flip-average") == 2
-    assert "give another --out_path" in capsys.readouterr().err
+    assert "give another -o/--out" in capsys.readouterr().err
 
 
 def test_the_outer_holdout_is_seeded_whole_groups_and_in_no_fold_of_any_repeat():
@@ -255,6 +258,7 @@ def test_the_outer_holdout_is_seeded_whole_groups_and_in_no_fold_of_any_repeat()
         repeated_folds(classes, groups, folds=2, seed=0, repeats=0)
 
 
+@pytest.mark.slow
 def test_nested_cross_validation_repeats_and_the_outer_figure(tmp_path, capsys):
     data = make_folder(str(tmp_path / "data"), classes=6, per_class=4)
     out = str(tmp_path / "cv")
@@ -264,6 +268,7 @@ def test_nested_cross_validation_repeats_and_the_outer_figure(tmp_path, capsys):
     assert "2 kept out of every fold (outer)" in printed and "4 of 4 folds (2 repeats of 2 folds)" in printed
     assert "inner folds: settings chosen by these figures are flattered by them" in printed
     assert "outer held-out classes (2): not scored yet" in printed and "model, between repeats" in printed
+    assert "repeat 2 fold 1: scoring 8 held-out images" in printed  # a line per fold while it scores
     plan = json.load(open(os.path.join(out, "plan.json")))
     report = json.load(open(os.path.join(out, "crossval.json")))
     assert len(plan["holdout"]) == 2 and report["outer"] is None
@@ -295,6 +300,7 @@ def test_nested_cross_validation_repeats_and_the_outer_figure(tmp_path, capsys):
     assert "leave out --fold and --repeat" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_against_compares_settings_fold_by_fold_and_names_the_spread(tmp_path, capsys):
     data = make_folder(str(tmp_path / "data"), classes=6, per_class=4)
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -51,6 +51,7 @@ def test_onnx_matches_pytorch_at_several_batch_sizes(onnx_model, trained_checkpo
         np.testing.assert_allclose(got[:, 0], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fp16_export(trained_checkpoint, tiny_dataset, tmp_path, capsys):
     out = str(tmp_path / "half.onnx")
     assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", out, "--fp16", "--images", tiny_dataset[1]]) == 0
@@ -133,6 +134,7 @@ def _error(capsys):
     return err[0]
 
 
+@pytest.mark.slow
 def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsys):
     a = scan_folder(tiny_dataset[1]).paths[0]
     assert infer_tensorrt.main(["--image1", a, "--image2", str(tmp_path / "no.png"), "--engine", onnx_model]) == 2

@@ -124,6 +124,7 @@ def test_embedding_needs_the_parts(onnx_model, tmp_path):
         model.embed(np.zeros((1, 3, 32, 32), np.float32))
 
 
+@pytest.mark.slow
 def test_export_refuses_existing_parts_without_force(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsys):
     out = str(tmp_path / "model.onnx")
     open(part_path(out, "head"), "w").write("someone's file")
@@ -135,6 +136,7 @@ def test_export_refuses_existing_parts_without_force(onnx_model, trained_checkpo
     assert "embed each image once" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("average, feature_dim", [("flip_average", "1024"), ("shift_average", "512")])
 def test_a_test_time_average_deploys_with_the_model(trained_checkpoint, tiny_dataset, tmp_path, average, feature_dim):
     """--flip-average and --shift-average live in the model: eval.py and every exported part apply

@@ -82,6 +82,7 @@ def test_scripts_read_their_options_before_importing_torch():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_training_killed_at_random_moments_resumes(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
     rc, _, err = _run("train.py", *_train_args(tiny_dataset, out, "-e", "1"))
@@ -104,6 +105,7 @@ def test_training_killed_at_random_moments_resumes(tiny_dataset, tmp_path):
     _no_temporary_files(out)
 
 
+@pytest.mark.slow
 def test_a_new_run_killed_before_its_first_checkpoint_leaves_a_usable_path(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
     process = _start("train.py", *_train_args(tiny_dataset, out, "-e", "3"))
@@ -124,6 +126,7 @@ def _evaluation(out):
     return metrics["seed"]
 
 
+@pytest.mark.slow
 def test_evaluation_killed_at_random_moments_leaves_one_whole_evaluation(trained_checkpoint, tiny_dataset, tmp_path):
     out = str(tmp_path / "eval")
     args = ["-v", tiny_dataset[1], "-o", out, "-c", trained_checkpoint, "--pairs-per-image", "3"]
@@ -138,6 +141,7 @@ def test_evaluation_killed_at_random_moments_leaves_one_whole_evaluation(trained
     _no_temporary_files(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_export_killed_at_random_moments_keeps_the_checkpoint_and_a_whole_export(trained_checkpoint, tiny_dataset,
                                                                                tmp_path):
     import onnx
@@ -157,6 +161,7 @@ def test_export_killed_at_random_moments_keeps_the_checkpoint_and_a_whole_export
     _no_temporary_files(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_path_at_once(trained_checkpoint, tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
     runs = {seed: _start("train.py", *_train_args(tiny_dataset, out, "-e", "3", "--seed", str(seed))) for seed in (1, 2)}
@@ -199,6 +204,7 @@ def _small_disk(path, size="64k"):
         subprocess.run(["umount", "-l", path], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_for_every_script(trained_checkpoint, tiny_dataset, tmp_path):
     with _small_disk(str(tmp_path / "disk")) as disk:
         checks = [("train.py", _train_args(tiny_dataset, os.path.join(disk, "run"), "-e", "1")),

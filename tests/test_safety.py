@@ -41,6 +41,7 @@ def _train(tiny_dataset, out, *extra):
     return train.main(["--train_path", tiny_dataset[0], "--val_path", tiny_dataset[1], "-o", out, *TINY_TRAIN_ARGS, *extra])
 
 
+@pytest.mark.slow
 def test_an_export_never_replaces_its_checkpoint_or_an_existing_file(trained_checkpoint, tiny_dataset, tmp_path, capsys):
     before = open(trained_checkpoint, "rb").read()
     assert torch_to_onnx.main(["-c", trained_checkpoint, "-o", trained_checkpoint]) == 2
@@ -56,6 +57,7 @@ def test_an_export_never_replaces_its_checkpoint_or_an_existing_file(trained_che
     assert taken.read_bytes()[:4] != b"some"
 
 
+@pytest.mark.slow
 def test_a_failed_export_check_leaves_the_earlier_export_as_it_was(trained_checkpoint, tiny_dataset, tmp_path, capsys):
     out = str(tmp_path / "model.onnx")
     export = ["-c", trained_checkpoint, "-o", out, "--images", tiny_dataset[1]]
@@ -88,6 +90,7 @@ def test_a_claimed_out_path_refuses_a_second_run(tiny_dataset, tmp_path, capsys)
     assert _train(tiny_dataset, out, "-e", "1") == 0  # released: the path is free again
 
 
+@pytest.mark.slow
 def test_resume_into_a_folder_of_another_run_is_refused(tiny_dataset, tmp_path, capsys):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert _train(tiny_dataset, a, "-e", "1") == 0
@@ -116,6 +119,7 @@ def test_a_run_killed_before_its_first_checkpoint_does_not_block_the_path(tiny_d
     assert json.load(open(out / "args.json"))["run_id"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_one(tiny_dataset, tmp_path, capsys,
                                                                                     monkeypatch):
     out = str(tmp_path / "run")

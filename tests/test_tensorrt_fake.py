@@ -69,6 +69,7 @@ def test_fp16_on_tensorrt_10_sets_the_builder_flag(onnx_model, tmp_path):
     assert meta["precision"] == "fp16" and trt.calls[0][1] == ["FP16", "TF32"] and meta["tf32"] is True
 
 
+@pytest.mark.slow
 def test_fp16_on_tensorrt_11_needs_an_fp16_onnx(onnx_model, trained_checkpoint, tiny_dataset, tmp_path):
     trt = make_fake_tensorrt("11.0.0")
     with pytest.raises(UserError, match="torch_to_onnx.py --fp16"):
