@@ -5,7 +5,8 @@ beside what comparing the images themselves gives:
 - `lbp`: uniform local binary pattern histograms over a grid of cells (Ahonen et al. 2006, the
   classic face descriptor) compared by chi-square distance.
 
-They have the predictors' `score_pairs` interface, so `evaluate()` scores them like a model.
+They have the predictors' `score_pairs` interface, so `evaluate()` scores them like a model
+(`evaluate.baseline_metrics`).
 Their similarities are not probabilities: only ranking metrics (ROC-AUC, EER, TAR at FAR,
 one-shot accuracy) mean anything for them. No torch here.
 """
@@ -95,16 +96,3 @@ class LocalBinaryPatterns(_Baseline):
 
 def make_baseline(name):
     return {"pixels": PixelCosine, "lbp": LocalBinaryPatterns}[name]()
-
-
-def baseline_metrics(pairs, *, trials=None, names=BASELINES, progress=False):
-    """{name: ranking metrics (and one-shot accuracy)} for each baseline on these pairs and trials."""
-    from .evaluate import evaluate
-
-    results = {}
-    for name in names:
-        result = evaluate(make_baseline(name), pairs, trials=trials, progress=progress)
-        results[name] = {key: result.metrics[key] for key in RANKING_METRICS if key in result.metrics}
-        if result.one_shot:
-            results[name]["one_shot"] = result.one_shot
-    return results

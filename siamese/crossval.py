@@ -25,9 +25,9 @@ import time
 
 import numpy as np
 
-from .baselines import BASELINES, RANKING_METRICS, baseline_metrics
+from .baselines import BASELINES, RANKING_METRICS
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import baseline_metrics, evaluate
 from .files import atomic_open, claim_folder, same_path, write_json
 from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .baselines import BASELINES, RANKING_METRICS, make_baseline
 from .errors import UserError, check_at_least, check_between, check_finite
 from .metrics import one_shot_accuracy, threshold_at_far, verification_metrics
 
@@ -57,6 +58,17 @@ def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, far=None, trials=
                     "accuracy": one_shot_accuracy(similarities, [t.answer for t in trials])}
         metrics["one_shot"] = one_shot
     return Evaluation(pairs=list(pairs), scores=scores, metrics=metrics, one_shot=one_shot)
+
+
+def baseline_metrics(pairs, *, trials=None, names=BASELINES, progress=False):
+    """{name: ranking metrics (and one-shot accuracy)} for each baseline on these pairs and trials."""
+    results = {}
+    for name in names:
+        result = evaluate(make_baseline(name), pairs, trials=trials, progress=progress)
+        results[name] = {key: result.metrics[key] for key in RANKING_METRICS if key in result.metrics}
+        if result.one_shot:
+            results[name]["one_shot"] = result.one_shot
+    return results
 
 
 def summary(metrics, *, classes=None, threshold_source=None):
@@ -196,8 +208,6 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
         if shots and within_group:
             result.metrics["one_shot"]["within_group"] = True
         if baselines:
-            from .baselines import baseline_metrics
-
             result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
         curve = None
         if retrieval:

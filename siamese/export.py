@@ -18,9 +18,9 @@ import warnings
 import numpy as np
 import torch
 
+from .contract import PARTS, model_metadata  # one definition of the deployed interface
 from .errors import UserError
 from .files import atomic_open
-from .runtime import PARTS  # one definition of the deployed interface
 
 DEFAULT_OPSET = 20
 
@@ -66,28 +66,6 @@ def fingerprint(network):
         digest.update(name.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerprint=""):
-    """String key/values stored in the ONNX file (and beside a TensorRT engine)."""
-    return {
-        "siamese.format_version": "1",
-        "siamese.part": part,
-        "siamese.fingerprint": model_fingerprint,
-        "siamese.backbone": config["backbone"],
-        "siamese.features": config["features"],
-        "siamese.feature_dim": str(config["feature_dim"] * (2 if config.get("flip_average") else 1)),
-        "siamese.flip_average": "1" if config.get("flip_average") else "0",
-        "siamese.shift_average": "1" if config.get("shift_average") else "0",
-        "siamese.image_size": str(config["image_size"]),
-        "siamese.mean": json.dumps(list(config["mean"])),
-        "siamese.std": json.dumps(list(config["std"])),
-        "siamese.channel_order": "RGB",
-        "siamese.layout": "NCHW",
-        "siamese.threshold": "" if threshold is None else repr(float(threshold)),
-        "siamese.opset": str(opset),
-        "siamese.precision": "fp16" if fp16 else "fp32",
-    }
 
 
 def _example_inputs(network, part):

@@ -17,8 +17,6 @@ metadata, or for a TensorRT engine from the ENGINE.json written beside it.
 """
 
 import hashlib
-import json
-import math
 import os
 import sys
 from functools import lru_cache
@@ -26,110 +24,24 @@ from functools import lru_cache
 import numpy as np
 from tqdm import tqdm
 
+from .contract import (
+    PARTS,
+    check_interface,
+    engine_metadata_path,
+    feature_dim,
+    parse_metadata,
+    part_of,
+    part_path,
+    tensor_shapes,
+)
 from .errors import UserError, check_batch_size
-from .images import Preprocessing
 
-# The deployed parts: name -> (input names, output name). The pair model is the original
-# toolkit's contract; the embedder and the head beside it let each image be embedded once.
-PARTS = {"pair": (("img1", "img2"), "similarity"),
-         "embed": (("images",), "features"),
-         "head": (("features1", "features2"), "similarity")}
-INPUT_NAMES, OUTPUT_NAME = PARTS["pair"]
 IMAGE_CACHE_BYTES = 512 * 2**20
 HEAD_BATCH = 4096  # pairs of features per head call: a small MLP, fast in big batches
 
 
-def part_path(path, part):
-    """MODEL.embed.onnx and MODEL.head.onnx beside MODEL.onnx (engines likewise)."""
-    if part == "pair":
-        return path
-    root, ext = os.path.splitext(path)
-    return f"{root}.{part}{ext}"
-
-
 def note(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def _numbers(text, count):
-    values = json.loads(text)
-    if not (isinstance(values, list) and len(values) == count
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
-        raise ValueError(f"{text!r} is not {count} numbers")
-    return tuple(float(v) for v in values)
-
-
-def parse_metadata(meta, source):
-    """Metadata strings (from ONNX or ENGINE.json) -> (Preprocessing, threshold or None, dict),
-    each value checked: an edited file is refused in one line, not run on nonsense."""
-    def broken(why):
-        return UserError(f"'{source}' has unusable metadata: {why}; export the model again with torch_to_onnx.py "
-                         f"(and build engines with onnx_to_trt.py)")
-
-    missing = [key for key in ("siamese.image_size", "siamese.mean", "siamese.std") if key not in meta]
-    if missing:
-        raise UserError(f"'{source}' lacks the toolkit's preprocessing metadata ({', '.join(missing)}); "
-                        f"export it with torch_to_onnx.py (and build engines with onnx_to_trt.py)")
-    size = str(meta["siamese.image_size"])
-    if not size.isdigit() or not 1 <= int(size) <= 8192:
-        raise broken(f"image size {size!r} is not a whole number of pixels from 1 to 8192")
-    try:
-        mean, std = _numbers(meta["siamese.mean"], 3), _numbers(meta["siamese.std"], 3)
-    except ValueError as error:
-        raise broken(f"mean or std: {error} (one per colour channel)") from None
-    if min(std) <= 0:
-        raise broken(f"std {list(std)} has a value at or below 0")
-    threshold = meta.get("siamese.threshold") or None
-    if threshold is not None:
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            raise broken(f"threshold {threshold!r} is not a number") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise broken(f"threshold {threshold} is not between 0 and 1")
-    return Preprocessing(int(size), mean, std), threshold, dict(meta)
-
-
-def _part_of(meta, source):
-    part = meta.get("siamese.part", "pair")  # exports before the parts were pair models
-    if part not in PARTS:
-        raise UserError(f"'{source}' has unusable metadata: part {part!r} is none of {', '.join(PARTS)}; export the "
-                        f"model again with torch_to_onnx.py")
-    return part
-
-
-def _feature_dim(meta, source):
-    dim = str(meta.get("siamese.feature_dim", ""))
-    if not dim.isdigit() or int(dim) < 1:
-        raise UserError(f"'{source}' has unusable metadata: feature size {dim!r} is not a whole number of at least 1; "
-                        f"export the model again with torch_to_onnx.py")
-    return int(dim)
-
-
-def tensor_shapes(part, image_size, feature_dim=None):
-    """name -> shape after the batch dimension, for a part's inputs and output."""
-    image, features = (3, image_size, image_size), (feature_dim,)
-    names, output = PARTS[part]
-    shapes = {name: features if part == "head" else image for name in names}
-    shapes[output] = features if part == "embed" else (1,)
-    return shapes
-
-
-def check_interface(inputs, outputs, image_size, source, part="pair", feature_dim=None):
-    """The graph's own inputs and output (name -> shape, None for a dynamic dimension) against
-    the deployed contract of its part and the metadata's sizes."""
-    names, output = PARTS[part]
-    if sorted(inputs) != sorted(names):
-        raise UserError(f"'{source}' has inputs {sorted(inputs)}, not {' and '.join(names)}; export it with "
-                        f"torch_to_onnx.py")
-    if list(outputs) != [output]:
-        raise UserError(f"'{source}' has outputs {list(outputs)}, not one named '{output}'; export it with "
-                        f"torch_to_onnx.py")
-    expected = tensor_shapes(part, image_size, feature_dim)
-    for name, shape in {**inputs, **outputs}.items():
-        if len(shape) != 1 + len(expected[name]) or tuple(shape[1:]) != expected[name]:
-            raise UserError(f"'{source}' {name} has shape {list(shape)}, but its metadata says "
-                            f"(N, {', '.join(map(str, expected[name]))}); the file was altered: export it again")
 
 
 class _Part:
@@ -169,12 +81,12 @@ class _OnnxPart(_Part):
                             f"give an .onnx file written by torch_to_onnx.py") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, path)
-        self.part = _part_of(meta, path)
+        self.part = part_of(meta, path)
         if self.part != part:
             raise UserError(f"'{path}' is the {self.part} part of an export, not the {part} model; give the model's "
                             f".onnx file (the one without .embed or .head in its name)")
         size = self.preprocessing.image_size
-        dim = _feature_dim(meta, path) if part != "pair" else None
+        dim = feature_dim(meta, path) if part != "pair" else None
 
         def shape(value):  # symbolic dimensions (the batch) as None
             return [d if isinstance(d, int) else None for d in value.shape]
@@ -302,10 +214,6 @@ class OnnxRuntimeModel(DeployedModel):
         return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part == "pair" else None)
 
 
-def engine_metadata_path(engine_path):
-    return engine_path + ".json"
-
-
 class _EnginePart(_Part):
     """A serialized TensorRT engine (10.x/11.x API) with device buffers sized for its largest batch."""
 
@@ -315,7 +223,7 @@ class _EnginePart(_Part):
         meta = read_engine_metadata(path)
         sidecar = engine_metadata_path(path)
         self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, sidecar)
-        self.part = _part_of(meta, sidecar)
+        self.part = part_of(meta, sidecar)
         if self.part != part:
             raise UserError(f"'{path}' is the {self.part} part of a deployment, not the {part} engine; give the "
                             f"model's engine (the one without .embed or .head in its name)")
@@ -351,7 +259,7 @@ class _EnginePart(_Part):
         if sorted(self.tensors) != sorted([*names, output]):
             raise UserError(f"engine '{path}' has tensors {sorted(self.tensors)}, expected {', '.join([*names, output])}")
         self.min_batch, self.max_batch = int(meta.get("min_batch", 1)), int(meta["max_batch"])
-        dim = _feature_dim(meta, sidecar) if part != "pair" else None
+        dim = feature_dim(meta, sidecar) if part != "pair" else None
         self.shapes = tensor_shapes(part, self.preprocessing.image_size, dim)
         self.stream = cuda.create_stream()
         self.buffers = {name: cuda.malloc(self.max_batch * int(np.prod(shape)) * self.tensors[name].itemsize)

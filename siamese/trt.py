@@ -7,9 +7,9 @@ import hashlib
 import json
 import os
 
+from .contract import PARTS, engine_metadata_path, tensor_shapes
 from .errors import UserError, check_at_least
 from .files import atomic_open
-from .runtime import PARTS, engine_metadata_path, tensor_shapes
 
 
 def import_tensorrt():

@@ -9,7 +9,8 @@ from PIL import Image
 import crossval
 import train
 from conftest import TINY_TRAIN_ARGS, make_folder
-from siamese.baselines import LocalBinaryPatterns, PixelCosine, baseline_metrics
+from siamese.baselines import LocalBinaryPatterns, PixelCosine
+from siamese.evaluate import baseline_metrics
 from siamese.errors import UserError
 from siamese.folds import class_folds, class_groups
 from siamese.images import merge_folders, scan_folder

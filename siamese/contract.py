@@ -1,0 +1,133 @@
+"""The deployed contract, in one leaf module that the exporter, the runtimes and the engine
+builder all read: the parts and their tensors, where each file of a deployment lies, and the
+metadata written into every file and parsed back (each key written and read here, side by side).
+No torch, no other module of the toolkit but errors and images.
+"""
+
+import json
+import math
+import os
+
+from .errors import UserError
+from .images import Preprocessing
+
+# The deployed parts: name -> (input names, output name). The pair model is the original
+# toolkit's contract; the embedder and the head beside it let each image be embedded once.
+PARTS = {"pair": (("img1", "img2"), "similarity"),
+         "embed": (("images",), "features"),
+         "head": (("features1", "features2"), "similarity")}
+
+
+def part_path(path, part):
+    """MODEL.embed.onnx and MODEL.head.onnx beside MODEL.onnx (engines likewise)."""
+    if part == "pair":
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.{part}{ext}"
+
+
+def engine_metadata_path(engine_path):
+    return engine_path + ".json"
+
+
+def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerprint=""):
+    """String key/values stored in the ONNX file (and beside a TensorRT engine)."""
+    return {
+        "siamese.format_version": "1",
+        "siamese.part": part,
+        "siamese.fingerprint": model_fingerprint,
+        "siamese.backbone": config["backbone"],
+        "siamese.features": config["features"],
+        "siamese.feature_dim": str(config["feature_dim"] * (2 if config.get("flip_average") else 1)),
+        "siamese.flip_average": "1" if config.get("flip_average") else "0",
+        "siamese.shift_average": "1" if config.get("shift_average") else "0",
+        "siamese.image_size": str(config["image_size"]),
+        "siamese.mean": json.dumps(list(config["mean"])),
+        "siamese.std": json.dumps(list(config["std"])),
+        "siamese.channel_order": "RGB",
+        "siamese.layout": "NCHW",
+        "siamese.threshold": "" if threshold is None else repr(float(threshold)),
+        "siamese.opset": str(opset),
+        "siamese.precision": "fp16" if fp16 else "fp32",
+    }
+
+
+def _numbers(text, count):
+    values = json.loads(text)
+    if not (isinstance(values, list) and len(values) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)):
+        raise ValueError(f"{text!r} is not {count} numbers")
+    return tuple(float(v) for v in values)
+
+
+def parse_metadata(meta, source):
+    """Metadata strings (from ONNX or ENGINE.json) -> (Preprocessing, threshold or None, dict),
+    each value checked: an edited file is refused in one line, not run on nonsense."""
+    def broken(why):
+        return UserError(f"'{source}' has unusable metadata: {why}; export the model again with torch_to_onnx.py "
+                         f"(and build engines with onnx_to_trt.py)")
+
+    missing = [key for key in ("siamese.image_size", "siamese.mean", "siamese.std") if key not in meta]
+    if missing:
+        raise UserError(f"'{source}' lacks the toolkit's preprocessing metadata ({', '.join(missing)}); "
+                        f"export it with torch_to_onnx.py (and build engines with onnx_to_trt.py)")
+    size = str(meta["siamese.image_size"])
+    if not size.isdigit() or not 1 <= int(size) <= 8192:
+        raise broken(f"image size {size!r} is not a whole number of pixels from 1 to 8192")
+    try:
+        mean, std = _numbers(meta["siamese.mean"], 3), _numbers(meta["siamese.std"], 3)
+    except ValueError as error:
+        raise broken(f"mean or std: {error} (one per colour channel)") from None
+    if min(std) <= 0:
+        raise broken(f"std {list(std)} has a value at or below 0")
+    threshold = meta.get("siamese.threshold") or None
+    if threshold is not None:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise broken(f"threshold {threshold!r} is not a number") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise broken(f"threshold {threshold} is not between 0 and 1")
+    return Preprocessing(int(size), mean, std), threshold, dict(meta)
+
+
+def part_of(meta, source):
+    part = meta.get("siamese.part", "pair")  # exports before the parts were pair models
+    if part not in PARTS:
+        raise UserError(f"'{source}' has unusable metadata: part {part!r} is none of {', '.join(PARTS)}; export the "
+                        f"model again with torch_to_onnx.py")
+    return part
+
+
+def feature_dim(meta, source):
+    dim = str(meta.get("siamese.feature_dim", ""))
+    if not dim.isdigit() or int(dim) < 1:
+        raise UserError(f"'{source}' has unusable metadata: feature size {dim!r} is not a whole number of at least 1; "
+                        f"export the model again with torch_to_onnx.py")
+    return int(dim)
+
+
+def tensor_shapes(part, image_size, feature_dim=None):
+    """name -> shape after the batch dimension, for a part's inputs and output."""
+    image, features = (3, image_size, image_size), (feature_dim,)
+    names, output = PARTS[part]
+    shapes = {name: features if part == "head" else image for name in names}
+    shapes[output] = features if part == "embed" else (1,)
+    return shapes
+
+
+def check_interface(inputs, outputs, image_size, source, part="pair", feature_dim=None):
+    """The graph's own inputs and output (name -> shape, None for a dynamic dimension) against
+    the deployed contract of its part and the metadata's sizes."""
+    names, output = PARTS[part]
+    if sorted(inputs) != sorted(names):
+        raise UserError(f"'{source}' has inputs {sorted(inputs)}, not {' and '.join(names)}; export it with "
+                        f"torch_to_onnx.py")
+    if list(outputs) != [output]:
+        raise UserError(f"'{source}' has outputs {list(outputs)}, not one named '{output}'; export it with "
+                        f"torch_to_onnx.py")
+    expected = tensor_shapes(part, image_size, feature_dim)
+    for name, shape in {**inputs, **outputs}.items():
+        if len(shape) != 1 + len(expected[name]) or tuple(shape[1:]) != expected[name]:
+            raise UserError(f"'{source}' {name} has shape {list(shape)}, but its metadata says "
+                            f"(N, {', '.join(map(str, expected[name]))}); the file was altered: export it again")
