@@ -12,7 +12,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import warnings
 
 import numpy as np
@@ -85,7 +84,6 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
     module = _deployed(network, part, fp16)
     example = _example_inputs(network, part)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    tmp_path = path + ".partial"
     # A failed opset conversion is logged there with a traceback; it is reported below in one line.
     converter_log = logging.getLogger("onnxscript.version_converter")
     level = converter_log.level
@@ -102,8 +100,6 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
                         f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); try another --opset") from None
     finally:
         converter_log.setLevel(level)
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     if written != opset:  # torch.onnx keeps its own opset when it cannot convert, with only a logged warning
         raise UserError(f"torch.onnx could not convert {network.config['backbone']} to opset {opset} and would have "

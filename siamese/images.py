@@ -50,9 +50,6 @@ class ImageFolder:
     def __len__(self):
         return len(self.paths)
 
-    def relative(self, path):
-        return os.path.relpath(path, self.root)
-
     def images_by_class(self):
         groups = [[] for _ in self.classes]
         for index, label in enumerate(self.labels):

@@ -81,17 +81,3 @@ class TorchPredictor:
         left = torch.tensor([where[a] for a, _ in pairs], dtype=torch.long, device=features.device)
         right = torch.tensor([where[b] for _, b in pairs], dtype=torch.long, device=features.device)
         return self.score_features(features, left, right)
-
-    @torch.inference_mode()
-    def score_pairs_full(self, pairs, *, batch_size=None):
-        """Every pair through the whole network (the original's way): for checks and benchmarks."""
-        self.model.eval()
-        batch_size = batch_size or self.batch_size
-        out = []
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            x1 = torch.stack([torch.from_numpy(self.preprocessing.load(a)) for a, _ in chunk]).to(self.device)
-            x2 = torch.stack([torch.from_numpy(self.preprocessing.load(b)) for _, b in chunk]).to(self.device)
-            with self._autocast():
-                out.append(torch.sigmoid(self.model.pair_logits(x1, x2)).float().cpu())
-        return torch.cat(out).numpy()

@@ -24,7 +24,12 @@ def test_cached_features_equal_the_full_pair_forward(tiny_dataset, trained_check
     pairs = [(p.left, p.right) for p in evaluation_pairs(scan_folder(val_dir), seed=0, pairs_per_image=3)]
     predictor = TorchPredictor(model, batch_size=5)
     cached = predictor.score_pairs(pairs)
-    full = predictor.score_pairs_full(pairs, batch_size=7)
+    with torch.inference_mode():  # every pair through the whole network, the original's way, 7 at a time
+        full = np.concatenate([
+            torch.sigmoid(model.eval().pair_logits(
+                torch.stack([torch.from_numpy(model.preprocessing.load(a)) for a, _ in pairs[i:i + 7]]),
+                torch.stack([torch.from_numpy(model.preprocessing.load(b)) for _, b in pairs[i:i + 7]]))).numpy()
+            for i in range(0, len(pairs), 7)])
     assert len(cached) == len(pairs) == 54
     np.testing.assert_allclose(cached, full, atol=1e-5, rtol=0)
     assert np.ptp(cached) > 0  # not a constant output
