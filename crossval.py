@@ -99,12 +99,10 @@ def main(argv=None):
                                   seed=args.fold_seed, repeats=args.repeats)
     training = TrainingSettings.from_namespace(args)
     # what changes the results; workers and batch sizes may differ when a cross-validation continues
-    settings = {k: v for k, v in training.to_dict().items()
-                if k not in ("workers", "eval_batch_size", "save_after", "val_pairs_per_image", "threshold",
-                             "threshold_at_far")}
+    settings = {k: v for k, v in training.to_dict().items() if k not in (
+        "workers", "eval_batch_size", "save_after", "val_pairs_per_image", "threshold", "threshold_at_far")}
     plan = {"data": sorted(args.data), "folds": repeat_folds[0], "repeats": args.repeats, "holdout": holdout,
-            "training": settings,
-            "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
+            "training": settings, "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
             "trials": args.trials, "within_group": args.within_group}
     print(f"{len(folder.classes)} classes in {len(set(groups))} groups, {len(folder)} images; "
           + (f"{len(holdout)} kept out of every fold (outer); " if holdout else "")

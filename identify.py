@@ -13,12 +13,10 @@ the gallery index (its features, reused while the gallery and the model are unch
 
 import contextlib
 import os
+import sys
 
+from siamese.errors import cli
 from siamese.options import add_model_option, add_out_option, script_parser
-from siamese.errors import UserError, cli
-
-PRINTED_QUERIES = 20  # one line each up to this many queries, a progress bar beyond
-
 
 def get_args_parser():
     p = script_parser(__doc__)
@@ -46,30 +44,13 @@ def get_args_parser():
     return p
 
 
-def query_files(path):
-    """The query images: the file, or every image under the folder (sorted)."""
-    from siamese.images import check_image, class_images
-
-    if not os.path.exists(path):
-        raise UserError(f"query '{path}' does not exist; give an image file or a folder of images")
-    if os.path.isfile(path):
-        check_image(path)
-        return [path]
-    found = class_images(path)  # every image under the folder, as a class folder's are found
-    if not found:
-        raise UserError(f"query folder '{path}' holds no images")
-    for file in found:
-        check_image(file)
-    return sorted(found)
-
-
 def load_scorer(args):
     """(model for the gallery functions, calibrated threshold or None)."""
     if args.engine:
         from siamese.runtime import load_deployed_model
 
         model = load_deployed_model(args.engine, batch_size=args.batch_size)
-        model._need_parts()  # an older export without embedder and head: one line, before any work
+        model.require_parts()  # an older export without embedder and head: one line, before any work
         return model, model.threshold
     from siamese.checkpoint import load_model
     from siamese.distributed import resolve_device
@@ -87,6 +68,8 @@ def main(argv=None):
     from siamese.evaluate import resolve_threshold
     from siamese.files import check_not_inside, claim_beside, prepare_output_dir
     from siamese.gallery import choose_shortlist, embed_files, identify, load_gallery
+    from siamese.identification import (PRINTED_QUERIES, check_identification_out_path, match_rows, print_matches,
+                                        query_files, write_results)
     from siamese.images import scan_folder
 
     check_at_least(args.top_k, 1, "--top-k")
@@ -105,82 +88,15 @@ def main(argv=None):
         prepare_output_dir(args.out_path)
     claimed = args.out_path or index  # one command at a time writes into the out path or the index
     with claim_beside(claimed, what="identification out path") if claimed else contextlib.nullcontext():
-        gallery = load_gallery(folder, model, index_path=index, progress=True, log=_note)
+        gallery = load_gallery(folder, model, index_path=index, progress=True,
+                               log=lambda line: print(line, file=sys.stderr))
         features = embed_files(model, queries, progress=len(queries) > PRINTED_QUERIES)
         results = identify(model, gallery, features, top_k=args.top_k, shortlist=shortlist)
         rows = match_rows(queries, results, gallery, threshold)
         if args.out_path:
             write_results(args.out_path, rows, queries, results, gallery, threshold, max_pictures=args.max_pictures)
-    report(rows, queries, results, gallery, threshold, source, as_json=args.json)
+    print_matches(rows, queries, results, gallery, threshold, source, as_json=args.json)
     return 0
-
-
-def _note(line):
-    import sys
-
-    print(line, file=sys.stderr)
-
-
-def check_identification_out_path(out_path):
-    known = {"matches.csv", "matches.json", "pictures", "gallery_index.npz"}
-    if os.path.isdir(out_path):
-        other = sorted(n for n in os.listdir(out_path) if not n.startswith(".") and n not in known)
-        if other:
-            raise UserError(f"out path '{out_path}' holds other files ({', '.join(other[:3])}); give an empty or new "
-                            f"folder, or one identify.py wrote")
-    elif os.path.exists(out_path):
-        raise UserError(f"out path '{out_path}' is a file; give a folder")
-
-
-def match_rows(queries, results, gallery, threshold):
-    rows = []
-    for query, matches in zip(queries, results):
-        for m in matches:
-            rows.append({"query": query, "rank": m.rank, "class": gallery.classes[m.label], "gallery_image": m.image,
-                         "similarity": round(float(m.similarity), 6),
-                         "verdict": "match" if m.similarity >= threshold else "unknown"})
-    return rows
-
-
-def write_results(out_path, rows, queries, results, gallery, threshold, *, max_pictures):
-    import csv
-    import json
-
-    from siamese.files import atomic_folder, atomic_open
-    from siamese.report import identification_picture
-
-    with atomic_open(os.path.join(out_path, "matches.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["query", "rank", "class", "gallery_image", "similarity", "verdict"])
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_open(os.path.join(out_path, "matches.json"), "w") as f:
-        json.dump({"threshold": threshold, "matches": rows}, f, indent=2)
-    with atomic_folder(os.path.join(out_path, "pictures")) as staging:
-        for i, (query, matches) in enumerate(zip(queries[:max_pictures], results)):
-            name = f"{i:05d}_{os.path.splitext(os.path.basename(query))[0][:60]}.jpg"
-            identification_picture(query, matches, gallery.classes, threshold, os.path.join(staging, name))
-
-
-def report(rows, queries, results, gallery, threshold, source, *, as_json):
-    import json
-
-    if as_json:
-        print(json.dumps({"threshold": threshold, "threshold_source": source, "matches": rows}, indent=2))
-        return
-    from siamese.metrics import digits_to_tell
-
-    for query, matches in list(zip(queries, results))[:PRINTED_QUERIES]:
-        best = matches[0]
-        verdict = gallery.classes[best.label] if best.similarity >= threshold else "unknown"
-        digits = digits_to_tell(best.similarity, threshold)  # the printed numbers agree with the verdict
-        others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.{digits}f}" for m in matches[1:])
-        print(f"{query}: {verdict} (best {gallery.classes[best.label]} {best.similarity:.{digits}f}"
-              + (f"; then {others}" if others else "") + ")")
-    if len(queries) > PRINTED_QUERIES:
-        known = sum(m[0].similarity >= threshold for m in results)
-        print(f"... {len(queries)} queries in all: {known} matched a known class, {len(queries) - known} unknown")
-    print(f"threshold {threshold:.3f} ({source}); gallery {len(gallery.paths)} images in {len(gallery.classes)} classes "
-          f"({gallery.reused} from the index, {gallery.embedded} embedded now)")
 
 
 if __name__ == "__main__":

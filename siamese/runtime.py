@@ -148,7 +148,8 @@ class DeployedModel:
             return None
         return embedder, head
 
-    def _need_parts(self):
+    def require_parts(self):
+        """(embedder, head), or a UserError naming the export that lacks them."""
         if self.parts is None:
             raise UserError(f"'{self.path}' has no embedder and head beside it (export it again with torch_to_onnx.py, "
                             f"and build engines with onnx_to_trt.py)")
@@ -156,15 +157,15 @@ class DeployedModel:
 
     def embed(self, images):
         """(N, 3, H, W) float32 preprocessed images -> (N, D) features, through the embedder."""
-        return self._need_parts()[0].run({"images": images})
+        return self.require_parts()[0].run({"images": images})
 
     def score_features(self, features1, features2):
         """Two (N, D) batches of features -> (N,) similarities, through the head."""
-        return self._need_parts()[1].run({"features1": features1, "features2": features2}).reshape(-1)
+        return self.require_parts()[1].run({"features1": features1, "features2": features2}).reshape(-1)
 
     def embed_paths(self, paths, *, progress=False):
         """Features (len(paths), D) of image files, each decoded and embedded once."""
-        embedder = self._need_parts()[0]
+        embedder = self.require_parts()[0]
         chunks = []
         for start in tqdm(range(0, len(paths), embedder.max_batch), desc="features", unit="batch",
                           disable=not progress, leave=False):

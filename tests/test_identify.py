@@ -13,6 +13,7 @@ import identify
 from conftest import make_folder
 from siamese.checkpoint import load_model
 from siamese.images import scan_folder
+from siamese.identification import query_files
 from siamese.predict import TorchPredictor
 from siamese.retrieval import cmc, mean_average_precision, open_set_identification
 
@@ -74,7 +75,7 @@ def test_identify_ranks_classes_by_their_best_gallery_image(trained_checkpoint, 
     assert identify.main(["--gallery", gallery_dir, "--query", queries, "-c", trained_checkpoint, "-o", out,
                           "--top-k", "2", "--threshold", "0.5"]) == 0
     rows = _matches(out)
-    files = identify.query_files(queries)
+    files = query_files(queries)
     assert [r["rank"] for r in rows] == ["1", "2"] * len(files)
     expected = _brute_force(trained_checkpoint, gallery_dir, files)
     for query, (label, score) in zip(files, expected):
