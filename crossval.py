@@ -23,9 +23,9 @@ Run it again to continue an interrupted cross-validation; --fold K runs one fold
 run's --flip-average and --shift-average.
 """
 
-from siamese.options import add_one_shot_options, add_out_option, script_parser
 from siamese.errors import UserError, cli
-from siamese.settings import TrainingSettings, add_options
+from siamese.options import add_out_option, script_parser
+from siamese.settings import ONE_SHOT_OPTIONS, EvaluationSettings, TrainingSettings, add_options
 
 
 def get_args_parser():
@@ -59,7 +59,7 @@ def get_args_parser():
                         "all the same but --flip-average and --shift-average, which change only the scoring): tries "
                         "a scoring setting in minutes; the figures go to -o/--out")
     # the groups also keep each group's classes in one fold
-    add_one_shot_options(p)
+    add_options(p, settings=EvaluationSettings, only=ONE_SHOT_OPTIONS)
     p.add_argument("--threshold-at-far", dest="report_far", default=None, type=float,
                    help="also report the threshold that gives this false accept rate on each fold's held-out pairs "
                         "(those at the EER, 0.01 and 0.001 are always reported), for the final model's --threshold")

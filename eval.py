@@ -11,13 +11,14 @@ Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.jpg into the ou
 import argparse
 
 from siamese.errors import cli
-from siamese.options import add_evaluation_options, evaluation_settings, script_parser
+from siamese.options import script_parser
+from siamese.settings import EvaluationSettings, add_options
 
 
 def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py (or the original toolkit)")
-    add_evaluation_options(p)
+    add_options(p, settings=EvaluationSettings)
     p.add_argument("--device", default="auto", type=str, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision: float16 on CUDA, bfloat16 on CPUs")
@@ -27,6 +28,7 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    settings = EvaluationSettings.from_namespace(args)
     from siamese.checkpoint import load_model
     from siamese.distributed import resolve_device
     from siamese.evaluate import run_evaluation
@@ -34,10 +36,10 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     model, checkpoint = load_model(args.checkpoint, device=device)
-    predictor = TorchPredictor(model, device=device, batch_size=args.batch_size, workers=args.workers, amp=args.amp)
-    run_evaluation(predictor, calibrated_threshold=checkpoint.get("threshold"),
-                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]},
-                   **evaluation_settings(args))
+    predictor = TorchPredictor(model, device=device, batch_size=settings.batch_size, workers=settings.workers,
+                               amp=args.amp)
+    run_evaluation(predictor, settings, calibrated_threshold=checkpoint.get("threshold"),
+                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
     return 0
 
 

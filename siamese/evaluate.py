@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS, make_baseline
-from .errors import UserError, check_at_least, check_between, check_finite
+from .errors import UserError, check_between
 from .metrics import one_shot_accuracy, threshold_at_far, verification_metrics
 
 DEFAULT_THRESHOLD = 0.5
@@ -165,52 +165,40 @@ def check_finite_scores(scores):
                         f"are broken (a diverged training run?): use an earlier checkpoint or train again")
 
 
-def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pairs_per_image=1, threshold=None,
-                   threshold_at_far=None, calibrated_threshold=None, n_way=0, trials=400, within_group=False, group_regex=None,
-                   group_csv=None, baselines=False, retrieval=False, max_pictures=None, workers=4, extra=None,
-                   log=print):
+def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None, log=print):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files; with
-    `baselines`, the no-learning baselines on the same pairs and trials."""
+    `baselines`, the no-learning baselines on the same pairs and trials. `settings` is an
+    EvaluationSettings (its values already checked)."""
     from .files import atomic_folder, check_not_inside, claim_beside, prepare_output_dir
     from .folds import class_groups
     from .images import scan_folder
     from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
     from .report import write_report
 
-    check_at_least(pairs_per_image, 1, "--pairs-per-image")
-    check_at_least(max_pictures, 0, "--max-pictures")
-    check_at_least(workers, 0, "--workers")
-    check_at_least(seed, 0, "--seed")
-    requested_threshold = threshold
-    threshold, source = resolve_threshold(threshold, calibrated_threshold)  # checked before anything is written
-    if threshold_at_far is not None:
-        if requested_threshold is not None:
-            raise UserError("give --threshold or --threshold-at-far, not both")
-        if not 0.0 < check_finite(threshold_at_far, "--threshold-at-far") < 1.0:
-            raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not "
-                            f"{threshold_at_far}")
-        source = f"set on these pairs at a false accept rate of {threshold_at_far:g}"
+    s = settings
+    val_path, out_path, seed, pairs_file = s.val_path, s.out_path, s.seed, s.pairs_file
+    threshold, source = resolve_threshold(s.threshold, calibrated_threshold)
+    if s.threshold_at_far is not None:
+        source = f"set on these pairs at a false accept rate of {s.threshold_at_far:g}"
     check_not_inside(out_path, [val_path])
     check_evaluation_out_path(out_path)
-    if within_group and not (n_way and (group_regex or group_csv)):
-        raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
 
     folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
-    pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)
-    groups = class_groups(folder.classes, regex=group_regex, csv_path=group_csv) if within_group else None
-    shots = one_shot_trials(folder, n_way=n_way, trials=trials, seed=seed, groups=groups) if n_way else None
+    pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=s.pairs_per_image)
+    groups = class_groups(folder.classes, regex=s.group_regex, csv_path=s.group_csv) if s.within_group else None
+    shots = one_shot_trials(folder, n_way=s.n_way, trials=s.trials, seed=seed, groups=groups) if s.n_way else None
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
     with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
-        result = evaluate(predictor, pairs, threshold=threshold, far=threshold_at_far, trials=shots, progress=True)
+        result = evaluate(predictor, pairs, threshold=threshold, far=s.threshold_at_far, trials=shots, progress=True)
         threshold = result.metrics["threshold"]
         check_finite_scores(result.scores)
-        if shots and within_group:
+        if shots and s.within_group:
             result.metrics["one_shot"]["within_group"] = True
-        if baselines:
+        if s.baselines:
             result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
         curve = None
-        if retrieval:
+        if s.retrieval:
             from .retrieval import retrieval_evaluation
 
             result.metrics["retrieval"], curve = retrieval_evaluation(predictor, folder, seed=seed, progress=True)
@@ -218,17 +206,17 @@ def run_evaluation(predictor, *, val_path, out_path, seed=1, pairs_file=None, pa
                    "pairs_file": pairs_file, **(extra or {})}
         # The result set appears as a whole, replacing an earlier evaluation's, or not at all.
         with atomic_folder(out_path) as staging:
-            paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=max_pictures,
-                                 workers=workers)
+            paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=s.max_pictures,
+                                 workers=s.workers)
             if curve:
                 from .report import cmc_picture
 
                 paths["cmc"] = cmc_picture(curve, os.path.join(staging, "cmc.png"))
     paths = {name: os.path.join(out_path, os.path.basename(path)) for name, path in paths.items()}
     log(summary(result.metrics, classes=len(folder.classes), threshold_source=source))
-    if baselines:
+    if s.baselines:
         log(baselines_summary(result.metrics["baselines"], result.metrics))
-    if retrieval:
+    if s.retrieval:
         log(retrieval_summary(result.metrics["retrieval"]))
     note = constant_scores_note(result.scores)
     if note:

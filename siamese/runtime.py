@@ -211,8 +211,8 @@ class OnnxRuntimeModel(DeployedModel):
         self.providers = self.pair.providers
 
     def open_part(self, path, part):
-        # --batch-size sets the pairs per call; the embedder and head keep their own batches
-        return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part == "pair" else None)
+        # --batch-size sets the images per call (pairs for the pair model); the head keeps its own batches
+        return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part != "head" else None)
 
 
 class _EnginePart(_Part):
@@ -327,4 +327,7 @@ def load_deployed_model(path, *, batch_size=None):
         return OnnxRuntimeModel(path, batch_size=batch_size)
     if head[:2] == b"PK" or b"format_version" in head[:200]:
         raise UserError(f"'{path}' looks like a PyTorch checkpoint; export it first with torch_to_onnx.py")
+    if batch_size is not None:
+        raise UserError(f"--batch-size applies to .onnx files on ONNX Runtime; the batches of the engine '{path}' were "
+                        f"fixed when it was built (onnx_to_trt.py --max-batch): leave --batch-size out")
     return TensorRTModel(path)

@@ -1,11 +1,13 @@
-"""The settings of a training run in one typed object: each field is a command-line option of
-train.py (and crossval.py), with its default and its help, and every check of the values sits in
-one place. The package never sees the command line's namespace; train.py builds the settings
-from it in one call, and args.json records them for re-running a run with --config.
+"""The settings of a training run (TrainingSettings) and of an evaluation (EvaluationSettings),
+each in one typed object: each field is a command-line option (of train.py and crossval.py; of
+eval.py and eval_tensorrt.py), with its default and its help, and every check of the values sits
+in one place. The package never sees the command line's namespace; the scripts build the
+settings from it in one call, and args.json records a training's for re-running it with --config.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -23,10 +25,10 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 PAIRINGS = ("sampled", "in-batch")
 
 
-def option(default, help, *flags, choices=None):
+def option(default, help, *flags, choices=None, required=False):
     """A settings field and the command-line option it is: flags (the first long one names the
-    field's option in messages), help and choices."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices})
+    field's option in messages), help, choices, and whether the command line must give it."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "required": required})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,16 +176,97 @@ class TrainingSettings:
     @classmethod
     def from_namespace(cls, args):
         """The settings from parsed options (those add_options() defined; others are ignored)."""
-        return cls(**{name: getattr(args, name) for name in _FIELDS if hasattr(args, name)})
+        return _from_namespace(cls, args)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainingSettings)}
-_HINTS = typing.get_type_hints(TrainingSettings)
+@dataclass(frozen=True, kw_only=True)
+class EvaluationSettings:
+    """What eval.py and eval_tensorrt.py share: which pairs, which threshold, what is written.
+    The two scripts differ only in how they build the scorer."""
+
+    val_path: str | None = option(None, "folder: ROOT/ClassName/image", "-v", "--val-path", "--val_path",
+                                  required=True)
+    out_path: str | None = option(None, "folder for the results", "-o", "--out", "--out-path", "--out_path",
+                                  required=True)
+    seed: int = option(1, "the evaluation pairs are a function of the files and this seed")
+    pairs_file: str | None = option(None, "score this pair list instead (CSV 'left,right,same', paths relative to the "
+                                          "folder or its parent)", "--pairs")
+    pairs_per_image: int = option(1, "pairs drawn per image (without --pairs)")
+    batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
+                                          "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)")
+    workers: int = option(2, "threads writing pair pictures, and image loading processes on a GPU (on a CPU, images "
+                             "load in the main process: loader processes would only compete with the backbone)")
+    threshold: float | None = option(None, "similarity at or above which a pair is called 'same' (default: the "
+                                           "threshold stored with the model, else 0.5)")
+    threshold_at_far: float | None = option(None, "set the threshold on these pairs instead: the lowest at which at "
+                                                  "most this fraction of the different-class pairs is called 'same' (a "
+                                                  "false accept rate, e.g. 0.01); reported with the true accept rate "
+                                                  "it gives")
+    max_pictures: int | None = option(None, "write at most this many pair pictures (default: all)")
+    n_way: int = option(0, "also run N-way one-shot trials (0: off)")
+    trials: int = option(400, "number of one-shot trials")
+    within_group: bool = option(False, "draw the N classes of each one-shot trial from one group (--group-regex or "
+                                       "--group-csv), e.g. one alphabet (Lake et al. 2015)")
+    group_regex: str | None = option(None, "the group of a class: the first capture group (or match) in its name, "
+                                           "e.g. '(.+)_character[0-9]+$' for Omniglot's alphabets")
+    group_csv: str | None = option(None, "CSV 'class,group' naming the group of every class")
+    baselines: bool = option(False, "also score the same pairs and trials with no-learning baselines (raw-pixel cosine "
+                                    "similarity, LBP histograms) and report them beside the model")
+    retrieval: bool = option(False, "also rank, for every image, all the other images by similarity (leave-one-out "
+                                    "retrieval): CMC at ranks 1, 5 and 10, mAP, rank-1 by the features' cosine, and "
+                                    "open-set identification with half the classes (seeded) left out of the gallery; "
+                                    "writes cmc.png")
+
+    def __post_init__(self):
+        _check_types(self)
+        self.validate()
+
+    def validate(self):
+        """Every check of the values alone, each one line naming the option."""
+        check_at_least(self.pairs_per_image, 1, "--pairs-per-image")
+        check_at_least(self.max_pictures, 0, "--max-pictures")
+        check_at_least(self.workers, 0, "--workers")
+        check_at_least(self.seed, 0, "--seed")
+        check_batch_size(self.batch_size, "--batch-size")
+        check_between(self.threshold, 0.0, 1.0, "--threshold")
+        if self.threshold_at_far is not None:
+            if self.threshold is not None:
+                raise UserError("give --threshold or --threshold-at-far, not both")
+            if not 0.0 < check_finite(self.threshold_at_far, "--threshold-at-far") < 1.0:
+                raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not "
+                                f"{self.threshold_at_far}")
+        if self.within_group and not (self.n_way and (self.group_regex or self.group_csv)):
+            raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
+
+    @classmethod
+    def from_namespace(cls, args):
+        return _from_namespace(cls, args)
 
 
-def flag(name):
+ONE_SHOT_OPTIONS = ("n_way", "trials", "within_group", "group_regex", "group_csv")  # crossval.py takes these too
+
+
+@functools.cache
+def _fields(cls):
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+@functools.cache
+def _hints(cls):
+    return typing.get_type_hints(cls)
+
+
+def _from_namespace(cls, args):
+    return cls(**{name: getattr(args, name) for name in _fields(cls) if hasattr(args, name)})
+
+
+_FIELDS = _fields(TrainingSettings)
+_HINTS = _hints(TrainingSettings)
+
+
+def flag(name, cls=TrainingSettings):
     """The option's name for messages: its first long flag."""
-    flags = _FIELDS[name].metadata["flags"]
+    flags = _fields(cls)[name].metadata["flags"]
     return next((f for f in flags if f.startswith("--")), "--" + name.replace("_", "-"))
 
 
@@ -205,22 +288,25 @@ def _fits(value, hint):
 
 def _check_types(settings):
     """Settings come from JSON files too: a string where a number belongs is one line, not a crash later."""
-    for name, hint in _HINTS.items():
+    for name, hint in _hints(type(settings)).items():
         value = getattr(settings, name)
         if not _fits(value, hint):
-            raise UserError(f"{flag(name)} must be {_type_name(hint)}, not {json.dumps(value)}")
+            raise UserError(f"{flag(name, type(settings))} must be {_type_name(hint)}, not {json.dumps(value)}")
         if hint is float and isinstance(value, int):
             object.__setattr__(settings, name, float(value))
 
 
-def add_options(parser, skip=()):
-    """The settings' command-line options, from the fields (one place for each option's default and help)."""
-    for name, f in _FIELDS.items():
-        if name in skip:
+def add_options(parser, skip=(), *, settings=TrainingSettings, only=None):
+    """The settings' command-line options, from the fields (one place for each option's default and
+    help): all of them but `skip`, or `only` those named."""
+    for name, f in _fields(settings).items():
+        if name in skip or (only is not None and name not in only):
             continue
-        hint = _HINTS[name]
+        hint = _hints(settings)[name]
         flags = f.metadata["flags"] or ("--" + name.replace("_", "-"),)
         kwargs = dict(default=f.default, help=f.metadata["help"], dest=name)
+        if f.metadata["required"]:
+            kwargs["required"] = True
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: a recorded run's flag can be undone
         else:
@@ -228,7 +314,7 @@ def add_options(parser, skip=()):
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(*flags, **kwargs)
-    if "augment" not in skip:
+    if settings is TrainingSettings and "augment" not in skip:
         parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
                             help="same as --augment none")
     return parser

@@ -164,7 +164,7 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     assert not os.path.exists(tmp_path / "m.onnx")
     out = tmp_path / "eval"
     assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(out), "--engine", onnx_model, "--batch-size", "0"]) == 2
-    assert "batch size must be at least 1" in _error(capsys)
+    assert "--batch-size must be at least 1" in _error(capsys)
     assert not out.exists()
 
 

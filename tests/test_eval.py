@@ -16,6 +16,7 @@ from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs, one_shot_trials
 from siamese.predict import TorchPredictor, default_batch_size
+from siamese.settings import EvaluationSettings
 
 
 def test_cached_features_equal_the_full_pair_forward(tiny_dataset, trained_checkpoint):
@@ -106,11 +107,12 @@ def test_one_shot_oracle_and_constant(tmp_path):
 def test_a_constant_model_is_named_as_such(tmp_path):
     val = make_folder(str(tmp_path / "d"), classes=3, per_class=4)
     lines = []
-    result = run_evaluation(_Constant(), val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, log=lines.append)
+    settings = EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"), max_pictures=0)
+    result = run_evaluation(_Constant(), settings, log=lines.append)
     assert result.metrics["auc"] == 0.5
     assert any(line.startswith("note: every pair got the same similarity (0.500, to within 1e-6)") for line in lines)
     lines.clear()
-    run_evaluation(_Oracle(), val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, log=lines.append)
+    run_evaluation(_Oracle(), settings, log=lines.append)
     assert not any(line.startswith("note:") for line in lines)
 
 
@@ -195,7 +197,7 @@ def test_bad_batch_size_is_one_line(tiny_dataset, trained_checkpoint, tmp_path, 
     out = str(tmp_path / "out")
     assert eval_script.main(["-v", tiny_dataset[1], "-o", out, "-c", trained_checkpoint, "--batch-size", "-4",
                              "--device", "cpu"]) == 2
-    assert "batch size must be at least 1" in _error(capsys)
+    assert "--batch-size must be at least 1" in _error(capsys)
     assert not os.path.exists(out)
 
 
