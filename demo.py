@@ -36,7 +36,7 @@ def main(argv=None):
     shutil.rmtree(model_dir, ignore_errors=True)  # the demo's own earlier model: train.py never trains over a run
     # From scratch (no download needed), small images; flips and rotations would turn digits into other digits.
     status = train.main(["--train-path", train_dir, "--val-path", val_dir, "-o", model_dir, "--weights", "none",
-                         "--image-size", "32", "-e", str(args.epochs), "-lr", "1e-3", "--no-augment",
+                         "--image-size", "32", "-e", str(args.epochs), "--learning-rate", "1e-3", "--no-augment",
                          "--workers", str(args.workers), "--device", "cpu"])
     if status:
         return status

@@ -1,0 +1,21 @@
+"""The README's first command: the demo end to end (one epoch), as a newcomer runs it."""
+
+import json
+import os
+
+import pytest
+
+import demo
+
+
+@pytest.mark.slow
+def test_the_demo_trains_evaluates_exports_infers_and_identifies(tmp_path, capsys):
+    out = str(tmp_path / "demo")
+    assert demo.main(["-o", out, "--epochs", "1", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "demo done." in printed and "Similarity between the two images = " in printed
+    for path in ("model/best.pth", "eval/metrics.json", "eval/roc.png", "model.onnx", "model.embed.onnx",
+                 "model.head.onnx", "identify/matches.csv"):
+        assert os.path.isfile(os.path.join(out, path)), path
+    metrics = json.load(open(os.path.join(out, "eval", "metrics.json")))
+    assert metrics["one_shot"]["n_way"] == 5 and 0.5 < metrics["auc"] <= 1.0  # one epoch already tells digits apart
