@@ -97,3 +97,14 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
         assert os.path.isfile(os.path.join(ROOT, link)), link
     for script in ("split", "train", "eval", "torch_to_onnx", "infer_tensorrt", "identify"):
         assert f"python {script}.py" in readme  # the five steps show each main command
+
+
+def test_the_options_reference_is_generated_from_the_parsers():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import options_table
+
+    with open(os.path.join(ROOT, "docs", "options.md"), encoding="utf-8") as f:
+        written = f.read()
+    assert written == options_table.reference(), "docs/options.md is stale: python docs/options_table.py > docs/options.md"
