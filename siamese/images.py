@@ -146,9 +146,8 @@ def layout_warnings(folder, *, what="image folder"):
         lines.append(f"warning: {what} '{folder.root}' has classes named {', '.join(repr(n) for n in splits)}: is it "
                      f"the parent of the splits? Give the split itself (e.g. '{os.path.join(folder.root, splits[0])}'),"
                      f" whose sub-folders are the classes")
-    nested = [name for name in folder.classes
-              if not any(os.path.dirname(p) == os.path.join(folder.root, name)
-                         for p, label in zip(folder.paths, folder.labels) if folder.classes[label] == name)]
+    parents = {os.path.dirname(path) for path in folder.paths}  # folders that hold an image themselves
+    nested = [name for name in folder.classes if os.path.join(folder.root, name) not in parents]
     if nested:
         lines.append(f"warning: in {what} '{folder.root}', {len(nested)} of {len(folder.classes)} classes (such as "
                      f"'{nested[0]}') keep their images only in sub-folders; each is taken as one class. If the "
