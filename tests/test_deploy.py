@@ -80,6 +80,8 @@ def test_infer_text_and_json(onnx_model, tiny_dataset, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("Similarity between the two images = ")
     assert lines[1].split()[0] in ("same", "different")
+    printed, threshold = float(lines[0].split("= ")[1]), float(lines[1].split("threshold ")[1].split(",")[0])
+    assert (printed >= threshold) == (lines[1].split()[0] == "same")  # the printed numbers agree with the verdict
     assert infer_tensorrt.main(["--image1", a, "--image2", b, "--engine", onnx_model, "--json", "--threshold", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0 <= result["similarity"] <= 1 and result["same"] is True and result["threshold_source"] == "--threshold"
