@@ -45,7 +45,7 @@ def get_args_parser():
 
 
 def load_scorer(args):
-    """(model for the gallery functions, calibrated threshold or None)."""
+    """(scorer for the gallery functions, calibrated threshold or None)."""
     if args.engine:
         from siamese.runtime import load_deployed_model
 
@@ -67,7 +67,7 @@ def main(argv=None):
     from siamese.errors import check_at_least
     from siamese.evaluate import resolve_threshold
     from siamese.files import check_not_inside, claim_beside, prepare_output_dir
-    from siamese.gallery import choose_shortlist, embed_files, identify, load_gallery
+    from siamese.gallery import choose_shortlist, identify, load_gallery
     from siamese.identification import (PRINTED_QUERIES, check_identification_out_path, match_rows, print_matches,
                                         query_files, write_results)
     from siamese.images import scan_folder
@@ -90,7 +90,7 @@ def main(argv=None):
     with claim_beside(claimed, what="identification out path") if claimed else contextlib.nullcontext():
         gallery = load_gallery(folder, model, index_path=index, progress=True,
                                log=lambda line: print(line, file=sys.stderr))
-        features = embed_files(model, queries, progress=len(queries) > PRINTED_QUERIES)
+        features = model.embed_paths(queries, progress=len(queries) > PRINTED_QUERIES)
         results = identify(model, gallery, features, top_k=args.top_k, shortlist=shortlist)
         rows = match_rows(queries, results, gallery, threshold)
         if args.out_path:

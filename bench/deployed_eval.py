@@ -25,6 +25,7 @@ import torch
 
 from common import SHARED_DATA, report
 from siamese.evaluate import evaluate
+from siamese.scoring import score_pairs
 from siamese.export import export_onnx, fingerprint
 from siamese.model import SiameseNetwork
 from siamese.pairs import read_pairs_csv
@@ -76,8 +77,8 @@ def main():
             return len(pairs) / (time.perf_counter() - start), scored - start, result.scores
 
         warm_up = [(pair.left, pair.right) for pair in pairs[:8]]
-        pair_only.score_pairs(warm_up)  # and the note about the missing parts, once
-        with_parts.score_pairs(warm_up)
+        score_pairs(pair_only, warm_up)  # and the note about the missing parts, once
+        score_pairs(with_parts, warm_up)
         tops, fast, slow = [], [], []
         for _ in range(args.repeats):
             tops.append(ceiling())

@@ -13,7 +13,8 @@ import numpy as np
 
 from common import report
 from siamese.checkpoint import load_model
-from siamese.gallery import DEFAULT_SHORTLIST, Shortlist, embed_files, similarity_matrix
+from siamese.gallery import DEFAULT_SHORTLIST, Shortlist
+from siamese.scoring import similarity_matrix
 from siamese.images import merge_folders, scan_folder
 from siamese.predict import TorchPredictor
 
@@ -33,7 +34,7 @@ def main():
     predictor = TorchPredictor(model)
     labels = np.asarray(folder.labels)
     n = len(labels)
-    features = embed_files(predictor, folder.paths, progress=True)
+    features = predictor.embed_paths(folder.paths, progress=True)
     similarity = similarity_matrix(predictor, features, np.arange(n), np.arange(n))
     np.fill_diagonal(similarity, -np.inf)
     rows = [{"ranking": "the head on every other image", "rank1": float(np.mean(labels[similarity.argmax(1)] == labels))}]

@@ -5,7 +5,7 @@ beside what comparing the images themselves gives:
 - `lbp`: uniform local binary pattern histograms over a grid of cells (Ahonen et al. 2006, the
   classic face descriptor) compared by chi-square distance.
 
-They have the predictors' `score_pairs` interface, so `evaluate()` scores them like a model
+They are scorers (scoring.py), so `evaluate()` scores them like a model
 (`evaluate.baseline_metrics`).
 Their similarities are not probabilities: only ranking metrics (ROC-AUC, EER, TAR at FAR,
 one-shot accuracy) mean anything for them. No torch here.
@@ -28,26 +28,18 @@ def _grey(path, size):
 
 
 class _Baseline:
+    """A scorer (scoring.py) from a fixed image descriptor and a similarity of two descriptors."""
+
     name = ""
+    embeds = True
 
     def features(self, path):
         raise NotImplementedError
 
-    def similarity(self, a, b):
-        raise NotImplementedError
+    def embed_paths(self, paths, *, progress=False):
+        return np.stack([self.features(p) for p in tqdm(paths, desc=self.name, unit="image", disable=not progress,
+                                                        leave=False)])
 
-    def score_pairs(self, pairs, *, progress=False):
-        paths = sorted({p for pair in pairs for p in pair})
-        where = {p: i for i, p in enumerate(paths)}
-        features = np.stack([self.features(p) for p in tqdm(paths, desc=self.name, unit="image", disable=not progress,
-                                                                leave=False)])
-        left = np.array([where[a] for a, _ in pairs], dtype=np.int64)
-        right = np.array([where[b] for _, b in pairs], dtype=np.int64)
-        out = np.empty(len(pairs))
-        for start in range(0, len(pairs), 8192):  # bounded memory for long pair lists
-            chunk = slice(start, start + 8192)
-            out[chunk] = self.similarity(features[left[chunk]], features[right[chunk]])
-        return out
 
 
 class PixelCosine(_Baseline):
@@ -64,7 +56,7 @@ class PixelCosine(_Baseline):
         norm = np.linalg.norm(grey)
         return grey / norm if norm > 0 else grey
 
-    def similarity(self, a, b):
+    def score_features(self, a, b):
         return np.einsum("ij,ij->i", a, b)
 
 
@@ -89,7 +81,7 @@ class LocalBinaryPatterns(_Baseline):
         histogram = np.concatenate(histograms).astype(np.float64)
         return histogram / histogram.sum()
 
-    def similarity(self, a, b):
+    def score_features(self, a, b):
         total = a + b
         return -np.sum(np.divide((a - b) ** 2, total, out=np.zeros_like(total), where=total > 0), axis=1)
 

@@ -1,8 +1,8 @@
 """The one evaluation routine, shared by train.py's validation, eval.py and eval_tensorrt.py.
 
-It takes a predictor (anything with `score_pairs(list of (left path, right path)) -> array of
-similarities`) and a pair list, and returns the scores and the metrics. No torch here: the
-TensorRT and ONNX Runtime predictors use it on machines without PyTorch.
+It takes a scorer (scoring.py: a PyTorch predictor, a deployed model or a baseline) and a pair
+list, and returns the scores and the metrics. No torch here: the TensorRT and ONNX Runtime
+models use it on machines without PyTorch.
 """
 
 import os
@@ -13,6 +13,7 @@ import numpy as np
 from .baselines import BASELINES, RANKING_METRICS, make_baseline
 from .errors import UserError, check_between
 from .metrics import one_shot_accuracy, threshold_at_far, verification_metrics
+from .scoring import score_pairs
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -43,8 +44,8 @@ def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, far=None, trials=
     these pairs at that false accept rate (metrics['threshold_at_far']) instead of `threshold`."""
     verification = [(p.left, p.right) for p in pairs]
     one_shot_pairs = [(t.query, candidate) for t in trials or () for candidate in t.candidates]
-    # One call for both: a caching predictor then sees every distinct image once.
-    all_scores = np.asarray(predictor.score_pairs(verification + one_shot_pairs, progress=progress), dtype=np.float64)
+    # One call for both: every distinct image is then embedded once.
+    all_scores = np.asarray(score_pairs(predictor, verification + one_shot_pairs, progress=progress), dtype=np.float64)
     scores = all_scores[:len(verification)]
     labels = [p.same for p in pairs]
     at_far = threshold_at_far(scores, labels, far) if far else None

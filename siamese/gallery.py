@@ -1,6 +1,7 @@
 """Identification against a gallery of known entities (a folder per class): the gallery's features
 kept in an index file, and each query scored by the pair head against them, exhaustively or on a
-FAISS shortlist. Works with a PyTorch predictor and with a deployed model alike; no torch here.
+FAISS shortlist. Works with any scorer (scoring.py): a PyTorch predictor or a deployed model; no
+torch here.
 """
 
 import io
@@ -11,70 +12,13 @@ import numpy as np
 
 from .errors import UserError
 from .files import atomic_open
+from .scoring import score_feature_pairs
 
 INDEX_FORMAT = 1
-SCORE_CHUNK = 65_536  # pairs of features per head call from here (bounds the memory of the gathered features)
 # Galleries up to this many images are scored exhaustively by the head; larger ones on a FAISS
 # shortlist (README, Identification: measured cost and rank-1 on both sides).
 EXHAUSTIVE_UP_TO = 20_000
 DEFAULT_SHORTLIST = 200
-
-
-# --- one interface over a TorchPredictor and a deployed model ---------------------------------
-
-def _deployed(model):
-    return hasattr(model, "parts") and hasattr(model, "embed_paths")
-
-
-def embed_files(model, paths, *, progress=False):
-    """Scoring features (len(paths), D) float32 of image files, each decoded and embedded once."""
-    if _deployed(model):
-        return np.asarray(model.embed_paths(list(paths), progress=progress), dtype=np.float32)
-    return model.embed_paths(list(paths), progress=progress).float().cpu().numpy()
-
-
-def score_indexed(model, features, left, right):
-    """Similarities (len(left),) of features[left] with features[right], by the model's head."""
-    left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
-    if _deployed(model):
-        out = [model.score_features(features[left[i:i + SCORE_CHUNK]], features[right[i:i + SCORE_CHUNK]])
-               for i in range(0, len(left), SCORE_CHUNK)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-    import torch
-
-    tensor = torch.from_numpy(np.ascontiguousarray(features)).to(model.device)
-    return model.score_features(tensor, torch.from_numpy(left).to(model.device), torch.from_numpy(right).to(model.device))
-
-
-def score_feature_pairs(model, features1, features2):
-    """Similarities (N,) of two (N, D) arrays of features (either may be a broadcast view)."""
-    if _deployed(model):
-        out = [model.score_features(np.ascontiguousarray(features1[i:i + SCORE_CHUNK]),
-                                    np.ascontiguousarray(features2[i:i + SCORE_CHUNK]))
-               for i in range(0, len(features1), SCORE_CHUNK)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
-    return model.score_feature_pairs(features1, features2)
-
-
-def model_key(model):
-    """What an index's features depend on: the weights and preprocessing (fingerprint) and precision."""
-    if _deployed(model):
-        fingerprint = model.metadata.get("siamese.fingerprint")
-        if not fingerprint:
-            raise UserError(f"'{model.path}' has no weights fingerprint (an export from an earlier version); export it "
-                            f"again with torch_to_onnx.py to index a gallery with it")
-        return f"{fingerprint}:{model.metadata.get('siamese.precision', 'fp32')}"
-    from .export import fingerprint
-
-    return f"{fingerprint(model.model)}:fp32"
-
-
-def similarity_matrix(model, features, queries, gallery):
-    """(len(queries), len(gallery)) similarities between rows of features, by the head."""
-    queries, gallery = np.asarray(queries, np.int64), np.asarray(gallery, np.int64)
-    left = np.repeat(queries, len(gallery))
-    right = np.tile(gallery, len(queries))
-    return np.asarray(score_indexed(model, features, left, right), np.float64).reshape(len(queries), len(gallery))
 
 
 # --- the gallery index -------------------------------------------------------------------------
@@ -134,13 +78,13 @@ def _write_index(path, key, relative, stamps, features):
         f.write(buffer.getvalue())
 
 
-def load_gallery(folder, model, *, index_path=None, progress=False, log=print):
+def load_gallery(folder, scorer, *, index_path=None, progress=False, log=print):
     """The gallery's features, reusing an index file's for unchanged files and embedding only added
     or changed ones; the index is rewritten (atomically) when anything changed."""
     if len(folder) < 2:
         raise UserError(f"gallery '{folder.root}' has {len(folder)} image; identification needs a gallery of at least "
                         f"two images, in a folder per known entity")
-    key = model_key(model)
+    key = scorer.index_key()
     known = _read_index(index_path, key)
     relative = [os.path.relpath(p, folder.root) for p in folder.paths]
     stamps = [_file_stamp(p) for p in folder.paths]
@@ -152,7 +96,7 @@ def load_gallery(folder, model, *, index_path=None, progress=False, log=print):
         else:
             missing.append(i)
     if missing:
-        new = embed_files(model, [folder.paths[i] for i in missing], progress=progress)
+        new = scorer.embed_paths([folder.paths[i] for i in missing], progress=progress)
         for i, row in zip(missing, new):
             features[i] = row
     dims = {len(f) for f in features}
@@ -215,7 +159,7 @@ class Match:
     similarity: float
 
 
-def identify(model, gallery, query_features, *, top_k=5, shortlist=None):
+def identify(scorer, gallery, query_features, *, top_k=5, shortlist=None):
     """For each query (rows of query_features): the top_k classes, each by its best gallery image,
     as Matches best first. shortlist: None exhaustive, else how many gallery images FAISS
     proposes for the head to re-rank."""
@@ -227,7 +171,7 @@ def identify(model, gallery, query_features, *, top_k=5, shortlist=None):
         else:
             rows = candidates[q][candidates[q] >= 0]
             found = gallery.features[rows]
-        scores = np.asarray(score_feature_pairs(model, np.broadcast_to(query, found.shape), found), np.float64)
+        scores = np.asarray(score_feature_pairs(scorer, np.broadcast_to(query, found.shape), found), np.float64)
         best = {}
         for i in np.argsort(-scores, kind="stable"):
             label = int(gallery.labels[rows[i]])

@@ -1,6 +1,5 @@
-"""A PyTorch predictor for the shared evaluation: each distinct image goes through the backbone
-once, then the head scores every pair from the cached features, so the cost grows with the
-number of images, not of pairs."""
+"""The PyTorch scorer (see scoring.py): a trained network's features of image files and its
+head's similarities of features."""
 
 import numpy as np
 import torch
@@ -10,6 +9,7 @@ from tqdm import tqdm
 from .data import ImageFiles, loader_options
 from .distributed import autocast
 from .errors import check_batch_size
+from .export import fingerprint
 from .images import cpu_images_per_batch
 
 GPU_BATCH_SIZE = 64
@@ -23,6 +23,8 @@ def default_batch_size(device, image_size):
 
 
 class TorchPredictor:
+    embeds = True
+
     def __init__(self, model, *, device="cpu", batch_size=None, workers=0, amp=False, channels_last=False):
         self.model = model
         self.device = torch.device(device)
@@ -37,7 +39,7 @@ class TorchPredictor:
 
     @torch.inference_mode()
     def embed_paths(self, paths, *, progress=False):
-        """Scoring features (len(paths), D) in float32 on the device (see SiameseNetwork.scoring_features)."""
+        """Scoring features (len(paths), D) float32 (see SiameseNetwork.scoring_features)."""
         self.model.eval()
         # On a CPU the backbone already keeps every core busy: loader processes only add their
         # start-up and copying (measured slower at 32, 64 and 224 px, even on 3000 px JPEGs).
@@ -49,35 +51,17 @@ class TorchPredictor:
         for images in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             with self._autocast():
-                chunks.append(self.model.scoring_features(images).float())
-        return torch.cat(chunks)
+                chunks.append(self.model.scoring_features(images).float().cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.scoring_dim), np.float32)
 
     @torch.inference_mode()
-    def score_features(self, features, left, right):
-        """Similarities for index arrays into a feature matrix, scored by the head in batches."""
+    def score_features(self, features1, features2):
+        """Similarities (N,) of two (N, D) arrays of scoring features, by the head."""
         self.model.eval()
-        out = []
-        for start in range(0, len(left), 4096):
-            f1 = features[left[start:start + 4096]]
-            f2 = features[right[start:start + 4096]]
-            out.append(torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        f1 = torch.as_tensor(features1, device=self.device)
+        f2 = torch.as_tensor(features2, device=self.device)
+        return torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu().numpy()
 
-    @torch.inference_mode()
-    def score_feature_pairs(self, features1, features2):
-        """Similarities (N,) of two (N, D) arrays of scoring features, by the head in batches."""
-        self.model.eval()
-        out = []
-        for start in range(0, len(features1), 4096):
-            f1 = torch.as_tensor(np.ascontiguousarray(features1[start:start + 4096]), device=self.device)
-            f2 = torch.as_tensor(np.ascontiguousarray(features2[start:start + 4096]), device=self.device)
-            out.append(torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
-
-    def score_pairs(self, pairs, *, progress=False):
-        paths = sorted({p for pair in pairs for p in pair})
-        where = {p: i for i, p in enumerate(paths)}
-        features = self.embed_paths(paths, progress=progress)
-        left = torch.tensor([where[a] for a, _ in pairs], dtype=torch.long, device=features.device)
-        right = torch.tensor([where[b] for _, b in pairs], dtype=torch.long, device=features.device)
-        return self.score_features(features, left, right)
+    def index_key(self):
+        """What features depend on (for gallery index files): the weights, preprocessing, precision."""
+        return f"{fingerprint(self.model)}:fp32"

@@ -9,6 +9,8 @@ class has no other image in the gallery has no correct answer and is left out of
 
 import numpy as np
 
+from .scoring import similarity_matrix
+
 CMC_RANKS = (1, 5, 10)
 
 
@@ -75,16 +77,14 @@ def open_set_identification(similarity, query_labels, gallery_labels, known, *, 
             "known_queries": int(known.sum()), "unknown_queries": int((~known).sum())}
 
 
-def retrieval_evaluation(model, folder, *, seed, progress=False):
+def retrieval_evaluation(scorer, folder, *, seed, progress=False):
     """Leave-one-out retrieval over a folder: every image a query against all the others, ranked
     by the model's head; CMC, mAP, rank-1 by the features' cosine (what the head adds), and open-set
     identification with a seeded half of the classes left out of the gallery as unknown."""
-    from .gallery import embed_files, similarity_matrix
-
     labels = np.asarray(folder.labels)
     everything = np.arange(len(labels))
-    features = embed_files(model, folder.paths, progress=progress)
-    similarity = similarity_matrix(model, features, everything, everything)
+    features = scorer.embed_paths(folder.paths, progress=progress)
+    similarity = similarity_matrix(scorer, features, everything, everything)
     ranks, queries = cmc(similarity, labels, labels, ranks=tuple(range(1, min(20, len(labels) - 1) + 1)),
                          exclude_self=True)
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)

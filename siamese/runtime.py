@@ -5,7 +5,7 @@
     model.predict(batch1, batch2)                    # (N, 3, H, W) float32 each -> (N,) similarity
     model.embed(batch)                               # (N, 3, H, W) -> (N, D) features
     model.score_features(features1, features2)       # (N, D) each -> (N,) similarity
-    model.score_pairs([(path_a, path_b), ...])       # for the shared evaluation: each image embedded once
+    score_pairs(model, [(path_a, path_b), ...])      # siamese.scoring: each image embedded once
 
 An export is three files: MODEL.onnx (the pair model: the original toolkit's contract), and
 MODEL.embed.onnx and MODEL.head.onnx (engines likewise: MODEL.engine, MODEL.embed.engine,
@@ -173,19 +173,20 @@ class DeployedModel:
             chunks.append(embedder.run({"images": images}))
         return np.concatenate(chunks) if chunks else np.zeros((0, *embedder.shapes["features"]), np.float32)
 
-    def score_pairs(self, pairs, *, progress=False):
-        """Similarities for (left path, right path) pairs: each distinct image embedded once and
-        the pairs scored by the head, or without those parts every pair through the pair model."""
-        if self.parts is None:
-            return self._score_pairs_whole(pairs, progress=progress)
-        paths = sorted({p for pair in pairs for p in pair})
-        where = {p: i for i, p in enumerate(paths)}
-        features = self.embed_paths(paths, progress=progress)
-        left = np.array([where[a] for a, _ in pairs], dtype=np.int64)
-        right = np.array([where[b] for _, b in pairs], dtype=np.int64)
-        return self.score_features(features[left], features[right]).astype(np.float32)
+    @property
+    def embeds(self):
+        """Whether images are embedded once (the export has its parts), else scored pair by pair."""
+        return self.parts is not None
 
-    def _score_pairs_whole(self, pairs, *, progress=False):
+    def index_key(self):
+        """What features depend on (for gallery index files): the weights, preprocessing, precision."""
+        fingerprint = self.metadata.get("siamese.fingerprint")
+        if not fingerprint:
+            raise UserError(f"'{self.path}' has no weights fingerprint (an export from an earlier version); export it "
+                            f"again with torch_to_onnx.py to index a gallery with it")
+        return f"{fingerprint}:{self.metadata.get('siamese.precision', 'fp32')}"
+
+    def score_whole_pairs(self, pairs, *, progress=False):
         """Every pair through the pair model; each image is decoded once while it stays in a
         cache of IMAGE_CACHE_BYTES."""
         size = self.preprocessing.image_size

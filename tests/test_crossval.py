@@ -15,6 +15,7 @@ from siamese.errors import UserError
 from siamese.folds import class_folds, class_groups
 from siamese.images import merge_folders, scan_folder
 from siamese.pairs import all_pairs, one_shot_trials
+from siamese.scoring import score_pairs
 
 
 def test_folds_are_disjoint_cover_every_class_and_follow_the_seed():
@@ -64,7 +65,7 @@ def test_pixel_cosine_on_hand_made_images(tmp_path):
     a = _save(tmp_path / "a.png", gradient)
     brighter = _save(tmp_path / "b.png", gradient + 10)  # the mean is removed: same pattern, cosine 1
     inverted = _save(tmp_path / "c.png", 235 - gradient)  # the pattern reversed: cosine -1
-    scores = PixelCosine(size=48).score_pairs([(a, brighter), (a, inverted), (a, a)])
+    scores = score_pairs(PixelCosine(size=48), [(a, brighter), (a, inverted), (a, a)])
     np.testing.assert_allclose(scores, [1.0, -1.0, 1.0], atol=1e-9)
 
 
@@ -73,7 +74,7 @@ def test_lbp_similarity_is_minus_the_chi_square_distance(tmp_path):
     noise = _save(tmp_path / "noise.png", rng.integers(0, 256, (96, 96)))
     flat = _save(tmp_path / "flat.png", np.full((96, 96), 128))
     lbp = LocalBinaryPatterns()
-    same, different = lbp.score_pairs([(noise, noise), (noise, flat)])
+    same, different = score_pairs(lbp, [(noise, noise), (noise, flat)])
     assert same == 0.0
     # a flat image has one code everywhere: against noise, whose codes are spread, the chi-square
     # distance is near its maximum of 2 per histogram pair (sum over cells of normalised histograms)

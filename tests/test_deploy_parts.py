@@ -17,6 +17,7 @@ from siamese.checkpoint import load_model
 from siamese.errors import UserError
 from siamese.images import scan_folder
 from siamese.runtime import OnnxRuntimeModel, load_deployed_model, part_path
+from siamese.scoring import score_pairs
 
 
 def _meta(path):
@@ -70,14 +71,14 @@ def test_score_pairs_embeds_each_image_once(onnx_model, tiny_dataset, monkeypatc
     paths = scan_folder(tiny_dataset[1]).paths
     pairs = [(a, b) for a in paths for b in paths if a < b]
     model = OnnxRuntimeModel(onnx_model)
-    whole = model._score_pairs_whole(pairs)
+    whole = model.score_whole_pairs(pairs)
     embedded = []
     embedder = model.parts[0]
     run = embedder.run
     monkeypatch.setattr(embedder, "run", lambda feeds: embedded.append(len(feeds["images"])) or run(feeds))
     pair_calls = []
     monkeypatch.setattr(model.pair, "run", lambda feeds: pair_calls.append(1))
-    scores = model.score_pairs(pairs)
+    scores = score_pairs(model, pairs)
     assert sum(embedded) == len(paths) and not pair_calls  # every image once, no pair through the whole model
     np.testing.assert_allclose(scores, whole, atol=1e-5)
 

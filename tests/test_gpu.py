@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
+from siamese.scoring import score_pairs
 
 pytestmark = pytest.mark.gpu
 
@@ -56,8 +57,8 @@ def test_cuda_evaluation_matches_cpu(tiny_dataset, trained_checkpoint):
     from siamese.predict import TorchPredictor
 
     pairs = [(p.left, p.right) for p in evaluation_pairs(scan_folder(tiny_dataset[1]), seed=0)]
-    cpu = TorchPredictor(load_model(trained_checkpoint)[0]).score_pairs(pairs)
-    gpu = TorchPredictor(load_model(trained_checkpoint, device="cuda")[0], device="cuda").score_pairs(pairs)
+    cpu = score_pairs(TorchPredictor(load_model(trained_checkpoint)[0]), pairs)
+    gpu = score_pairs(TorchPredictor(load_model(trained_checkpoint, device="cuda")[0], device="cuda"), pairs)
     np.testing.assert_allclose(gpu, cpu, atol=1e-3)
 
 
@@ -81,10 +82,10 @@ def test_tensorrt_engine_matches_onnx_runtime(onnx_model, trained_checkpoint, ti
     pairs = [(paths[i], paths[-1 - i]) for i in range(len(paths))]
     deployed = TensorRTModel(engine)
     assert deployed.parts is not None  # the embedder and head engines were built beside it
-    trt_scores = deployed.score_pairs(pairs)
-    onnx_scores = OnnxRuntimeModel(onnx_model).score_pairs(pairs)
+    trt_scores = score_pairs(deployed, pairs)
+    onnx_scores = score_pairs(OnnxRuntimeModel(onnx_model), pairs)
     assert np.abs(trt_scores - onnx_scores).max() < tolerance
-    assert np.abs(deployed._score_pairs_whole(pairs) - trt_scores).max() < tolerance  # pair engine and parts agree
+    assert np.abs(deployed.score_whole_pairs(pairs) - trt_scores).max() < tolerance  # pair engine and parts agree
     assert infer_tensorrt.main(["--image1", paths[0], "--image2", paths[1], "--engine", engine]) == 0
     assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e"), "--engine", engine, "--workers", "0"]) == 0
     assert json.load(open(tmp_path / "e" / "metrics.json"))["pairs"] == len(paths)
@@ -104,4 +105,4 @@ def test_onnx_runtime_on_cuda_embeds_and_scores_like_the_cpu(onnx_model, tiny_da
     gpu = OnnxRuntimeModel(onnx_model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert gpu.providers[0] == "CUDAExecutionProvider"
     cpu = OnnxRuntimeModel(onnx_model, providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(gpu.score_pairs(pairs), cpu.score_pairs(pairs), atol=1e-3)
+    np.testing.assert_allclose(score_pairs(gpu, pairs), score_pairs(cpu, pairs), atol=1e-3)

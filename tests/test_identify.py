@@ -16,6 +16,7 @@ from siamese.images import scan_folder
 from siamese.identification import query_files
 from siamese.predict import TorchPredictor
 from siamese.retrieval import cmc, mean_average_precision, open_set_identification
+from siamese.scoring import score_pairs
 
 
 def test_cmc_and_map_against_hand_computed_rankings():
@@ -57,7 +58,7 @@ def _brute_force(checkpoint, gallery_dir, queries):
     gallery = scan_folder(gallery_dir)
     best = []
     for query in queries:
-        scores = predictor.score_pairs([(query, g) for g in gallery.paths])
+        scores = score_pairs(predictor, [(query, g) for g in gallery.paths])
         per_class = [max(scores[i] for i, label in enumerate(gallery.labels) if label == c)
                      for c in range(len(gallery.classes))]
         best.append((gallery.classes[int(np.argmax(per_class))], float(max(per_class))))
@@ -200,7 +201,7 @@ def test_eval_retrieval_matches_a_ranking_by_hand(trained_checkpoint, tiny_datas
     model, _ = load_model(trained_checkpoint)
     predictor = TorchPredictor(model)
     n = len(folder.paths)
-    scores = predictor.score_pairs([(a, b) for a in folder.paths for b in folder.paths]).reshape(n, n)
+    scores = score_pairs(predictor, [(a, b) for a in folder.paths for b in folder.paths]).reshape(n, n)
     np.fill_diagonal(scores, -np.inf)
     labels = np.array(folder.labels)
     rank1 = np.mean([labels[np.argmax(scores[i])] == labels[i] for i in range(n)])
@@ -209,12 +210,12 @@ def test_eval_retrieval_matches_a_ranking_by_hand(trained_checkpoint, tiny_datas
 
 
 def test_a_shortlist_reranks_only_the_nearest_by_cosine(trained_checkpoint, tiny_dataset):
-    from siamese.gallery import embed_files, identify as identify_queries, load_gallery
+    from siamese.gallery import identify as identify_queries, load_gallery
 
     model, _ = load_model(trained_checkpoint)
     predictor = TorchPredictor(model)
     gallery = load_gallery(scan_folder(tiny_dataset[1]), predictor)
-    queries = embed_files(predictor, scan_folder(tiny_dataset[0]).paths[:4])
+    queries = predictor.embed_paths(scan_folder(tiny_dataset[0]).paths[:4])
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     nearest = np.argsort(-(unit(queries) @ unit(gallery.features).T), axis=1)[:, :3]
     for q, matches in enumerate(identify_queries(predictor, gallery, queries, top_k=5, shortlist=3)):

@@ -11,6 +11,7 @@ from siamese.errors import UserError
 from siamese.images import scan_folder
 from siamese.runtime import OnnxRuntimeModel, TensorRTModel
 from siamese.trt import build_engine_file
+from siamese.scoring import score_pairs
 
 
 def _build(onnx_model, tmp_path, trt, **kwargs):
@@ -43,8 +44,8 @@ def test_engine_scores_like_onnx_runtime_in_batches(onnx_model, tiny_dataset, tm
     assert model.max_batch == 4 and model.threshold is not None
     paths = scan_folder(tiny_dataset[1]).paths
     pairs = [(paths[i], paths[-1 - i]) for i in range(11)]  # 11 pairs: batches of 4, 4, 3
-    scores = model.score_pairs(pairs)
-    reference = OnnxRuntimeModel(onnx_model).score_pairs(pairs)
+    scores = score_pairs(model, pairs)
+    reference = score_pairs(OnnxRuntimeModel(onnx_model), pairs)
     np.testing.assert_allclose(scores, reference, atol=1e-6)
     assert [c[1] for c in trt.calls if c[0] == "execute"] == [4, 4, 3]
     x = np.stack([model.preprocessing.load(p) for p in paths[:9]])
@@ -59,7 +60,7 @@ def test_batches_below_the_profile_minimum_are_padded(onnx_model, tiny_dataset, 
     model = TensorRTModel(engine, trt=trt, cuda=FakeCuda())
     paths = scan_folder(tiny_dataset[1]).paths
     pairs = [(paths[i], paths[-1 - i]) for i in range(5)]  # batches of 4 and 1 (padded to 3)
-    np.testing.assert_allclose(model.score_pairs(pairs), OnnxRuntimeModel(onnx_model).score_pairs(pairs), atol=1e-6)
+    np.testing.assert_allclose(score_pairs(model, pairs), score_pairs(OnnxRuntimeModel(onnx_model), pairs), atol=1e-6)
     assert [c[1] for c in trt.calls if c[0] == "execute"] == [4, 3]
 
 
@@ -215,9 +216,9 @@ def test_onnx_to_trt_builds_embedder_and_head_engines_that_embed_each_image_once
     model = TensorRTModel(engine, trt=trt, cuda=FakeCuda())
     paths = scan_folder(tiny_dataset[1]).paths[:10]
     pairs = [(a, b) for i, a in enumerate(paths) for b in paths[i + 1:]]  # 45 pairs over 10 images
-    reference = OnnxRuntimeModel(onnx_model)._score_pairs_whole(pairs)
+    reference = OnnxRuntimeModel(onnx_model).score_whole_pairs(pairs)
     trt.calls.clear()
-    np.testing.assert_allclose(model.score_pairs(pairs), reference, atol=1e-5)
+    np.testing.assert_allclose(score_pairs(model, pairs), reference, atol=1e-5)
     # 10 images through the embedder in batches of 4, then one head call for the 45 pairs
     assert [c[1] for c in trt.calls if c[0] == "execute"] == [4, 4, 2, 45]
     assert model.embed(np.zeros((3, 3, 32, 32), np.float32)).shape == (3, 512)
@@ -283,4 +284,4 @@ def test_an_engine_from_another_gpu_of_the_same_compute_capability_loads_with_a_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning:") and "Fake GPU (compute 9.0)" in err[0] and other in err[0]
     paths = scan_folder(tiny_dataset[1]).paths
-    assert model.score_pairs([(paths[0], paths[1])]).shape == (1,)
+    assert score_pairs(model, [(paths[0], paths[1])]).shape == (1,)

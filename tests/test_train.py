@@ -135,7 +135,7 @@ def test_amp_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatc
 def test_constant_validation_scores_get_a_note(tiny_dataset, tmp_path, monkeypatch, capsys):
     from siamese.predict import TorchPredictor
 
-    monkeypatch.setattr(TorchPredictor, "score_pairs", lambda self, pairs, progress=False: np.full(len(pairs), 0.3))
+    monkeypatch.setattr(TorchPredictor, "score_features", lambda self, f1, f2: np.full(len(f1), 0.3))
     train_dir, val_dir = tiny_dataset
     assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", str(tmp_path / "out"), "-e", "1",
                        *TINY_TRAIN_ARGS]) == 0
