@@ -71,7 +71,7 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    from siamese.crossval import cross_validate
+    from siamese.crossval import CrossValidation, FoldScoring, cross_validate, make_plan
     from siamese.folds import class_groups, holdout_classes, repeated_folds
     from siamese.images import merge_folders, scan_folder
 
@@ -98,21 +98,16 @@ def main(argv=None):
     repeat_folds = repeated_folds([n for n, _ in inner], [g for _, g in inner], folds=args.folds,
                                   seed=args.fold_seed, repeats=args.repeats)
     training = TrainingSettings.from_namespace(args)
-    # what changes the results; workers and batch sizes may differ when a cross-validation continues
-    settings = {k: v for k, v in training.to_dict().items() if k not in (
-        "workers", "eval_batch_size", "save_after", "val_pairs_per_image", "threshold", "threshold_at_far")}
-    plan = {"data": sorted(args.data), "folds": repeat_folds[0], "repeats": args.repeats, "holdout": holdout,
-            "training": settings, "eval_pairs": pairs, "eval_seed": args.eval_seed, "n_way": args.n_way,
-            "trials": args.trials, "within_group": args.within_group}
+    scoring = FoldScoring(pairs_per_image=pairs, n_way=args.n_way, trials=args.trials, within_group=args.within_group,
+                          eval_seed=args.eval_seed, report_far=args.report_far)
     print(f"{len(folder.classes)} classes in {len(set(groups))} groups, {len(folder)} images; "
           + (f"{len(holdout)} kept out of every fold (outer); " if holdout else "")
           + f"{args.folds} folds holding out {', '.join(str(len(f)) for f in repeat_folds[0])} classes"
           + (f", drawn {args.repeats} times" if args.repeats > 1 else ""))
-    cross_validate(folder, dict(zip(folder.classes, groups)), repeat_folds, out_path=args.out_path, training=training,
-                   plan=plan, holdout=holdout, outer=args.outer, pairs_per_image=pairs, n_way=args.n_way,
-                   trials=args.trials, within_group=args.within_group, eval_seed=args.eval_seed, only_fold=args.fold,
-                   only_repeat=args.repeat, trained_folds=args.trained_folds, against=args.against,
-                   report_far=args.report_far)
+    cv = CrossValidation(folder, dict(zip(folder.classes, groups)), repeat_folds, args.out_path, training, scoring,
+                         plan=make_plan(args.data, repeat_folds, holdout, training, scoring), holdout=tuple(holdout),
+                         trained_folds=args.trained_folds)
+    cross_validate(cv, outer=args.outer, only_fold=args.fold, only_repeat=args.repeat, against=args.against)
     return 0
 
 

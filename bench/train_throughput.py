@@ -15,10 +15,11 @@ import time
 import torch
 
 from common import data_folder, report
-from siamese.data import TrainingPairs, training_loader
-from siamese.distributed import autocast, grad_scaler, resolve_device
+from siamese.data import Augmentation, TrainingPairs, training_loader
+from siamese.distributed import Context, autocast, grad_scaler, resolve_device
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
+from siamese.settings import TrainingSettings
 from siamese.training import train_one_epoch
 
 SETTINGS = {  # name: (batch size, image size, augmentation)
@@ -58,8 +59,8 @@ def ceiling(step, batch, steps, device):
 
 def achieved(model, optimizer, scaler, iterator, steps, device, channels_last, amp):
     # train_one_epoch reads its loss sums back at the end, which waits for the GPU
-    stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, device=device,
-                            scaler=scaler, channels_last=channels_last, amp=amp)
+    stats = train_one_epoch(model, itertools.islice(iterator, steps), optimizer, scaler=scaler,
+                            settings=TrainingSettings(amp=amp, channels_last=channels_last), context=Context(device=device))
     return stats["pairs"] / stats["seconds"]
 
 
@@ -86,7 +87,7 @@ def main():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         scaler = grad_scaler(device, args.amp)
         steps = max(2, args.pairs // batch)
-        dataset = TrainingPairs(folder, model.preprocessing, seed=0, augment=augment,
+        dataset = TrainingPairs(folder, model.preprocessing, seed=0, augmentation=Augmentation(augment),
                                 pairs_per_image=(args.repeats * steps + 2) * batch // len(folder) + 1)
         loader = training_loader(dataset, batch_size=batch, workers=args.workers, device=device, seed=0)
         loader.sampler.set_epoch(1)

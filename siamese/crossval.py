@@ -22,6 +22,7 @@ same plan otherwise, and scores it with this plan's scoring settings into this O
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -104,20 +105,101 @@ def fold_name(repeat, index):
     return f"fold_{index}" if repeat == 1 else os.path.join(f"repeat_{repeat}", f"fold_{index}")
 
 
-def run_fold(folder, held_out, groups, *, name, record, out_path, training, pairs_per_image, n_way, trials,
-             within_group, eval_seed, trained_folds=None, report_far=None, log=print):
-    """Train (or continue) the run OUT/`name` on `folder`'s classes but `held_out`, and score the
-    held-out classes; returns its result dict (`record` and the figures). `groups` maps each class
-    to its group. With `trained_folds`, score that cross-validation's model of the run instead of
-    training one. It records the thresholds that give the EER and the false accept rates
-    THRESHOLD_FARS and `report_far` on the held-out pairs. This is a function of many settings
-    because it is the whole of one fold: the data split, the training, the scoring and the record."""
-    from .checkpoint import load_checkpoint, load_model
-    from .distributed import resolve_device
-    from .predict import TorchPredictor
+@dataclass(frozen=True)
+class FoldScoring:
+    """How each fold's held-out classes are scored: pairs per image (a number, or 'all' for every
+    pair), one-shot trials (n_way 0: none; within_group: candidates from the query's group), the
+    seed of both, and a false accept rate whose threshold is recorded beside THRESHOLD_FARS'."""
+
+    pairs_per_image: object = "all"
+    n_way: int = 0
+    trials: int = 400
+    within_group: bool = False
+    eval_seed: int = 1
+    report_far: float = None
+
+    def plan_entries(self):
+        """What of it changes the figures, as OUT/plan.json names it."""
+        return {"eval_pairs": self.pairs_per_image, "eval_seed": self.eval_seed, "n_way": self.n_way,
+                "trials": self.trials, "within_group": self.within_group}
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """One cross-validation: the classes (`folder`, `groups` mapping each class to its group),
+    each repeat's held-out class lists (`repeat_folds`, over the classes outside `holdout`), the
+    out path, how each fold trains and is scored, and `plan`: the folds and every setting that
+    changes results, which OUT/plan.json must match. With `trained_folds`, folds are not trained
+    but that earlier cross-validation's models are scored."""
+
+    folder: object
+    groups: dict
+    repeat_folds: list
+    out_path: str
+    training: TrainingSettings
+    scoring: FoldScoring
+    plan: dict
+    holdout: tuple = ()
+    trained_folds: str = None
+
+
+def make_plan(data, repeat_folds, holdout, training, scoring):
+    """OUT/plan.json's content. Workers and batch sizes may differ when a cross-validation
+    continues; the folds train without validation, so its settings are left out too."""
+    settings = {k: v for k, v in training.to_dict().items() if k not in (
+        "workers", "eval_batch_size", "save_after", "val_pairs_per_image", "threshold", "threshold_at_far")}
+    return {"data": sorted(data), "folds": repeat_folds[0], "repeats": len(repeat_folds), "holdout": list(holdout),
+            "training": settings, **scoring.plan_entries()}
+
+
+def _train_fold(cv, train_folder, *, name, label, record, log):
+    """Train (or continue) the run OUT/`name`; returns (its last.pth, seconds spent training, or
+    None when it was trained already)."""
+    from .checkpoint import load_checkpoint
     from .training import fit
 
-    fold_dir = os.path.join(out_path, name)
+    training, fold_dir = cv.training, os.path.join(cv.out_path, name)
+    last = os.path.join(cv.trained_folds or cv.out_path, name, "last.pth")
+    done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
+    if cv.trained_folds and done_epochs < training.epochs:
+        raise UserError(f"{label} of --trained-folds '{cv.trained_folds}' is not trained to its {training.epochs} "
+                        f"epochs yet; finish it there first (crossval.py with its options)")
+    if done_epochs >= training.epochs:
+        return last, None
+    log(f"{label}: training on {len(train_folder.classes)} classes, holding out {len(record['held_out'])}"
+        + (f" (continuing after epoch {done_epochs})" if done_epochs else ""))
+    start = time.perf_counter()
+    fit(training, train=train_folder, out_path=fold_dir, resume=last if done_epochs else None, record=record, log=log)
+    return last, time.perf_counter() - start
+
+
+def _score_fold(cv, test_folder, checkpoint_path):
+    """(pairs, one-shot trials, the model's Evaluation, the baselines' metrics) on the held-out classes."""
+    from .checkpoint import load_model
+    from .distributed import resolve_device
+    from .predict import TorchPredictor
+
+    s = cv.scoring
+    test_groups = [cv.groups[name] for name in test_folder.classes]
+    pairs = (all_pairs(test_folder) if s.pairs_per_image == "all" else
+             evaluation_pairs(test_folder, seed=s.eval_seed, pairs_per_image=s.pairs_per_image))
+    shots = (one_shot_trials(test_folder, n_way=s.n_way, trials=s.trials, seed=s.eval_seed,
+                             groups=test_groups if s.within_group else None) if s.n_way else None)
+    device = resolve_device(cv.training.device)
+    model, _ = load_model(checkpoint_path, device=device)
+    # the same as stored with a fold trained here; other values with --trained-folds
+    model.config.update({key: getattr(cv.training, key) for key in SCORING_SETTINGS})
+    result = evaluate(TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size), pairs,
+                      trials=shots, progress=True)
+    return pairs, shots, result, baseline_metrics(pairs, trials=shots, progress=True)
+
+
+def run_fold(cv, folder, held_out, *, name, record, log=print):
+    """Train (or continue) the run OUT/`name` on `folder`'s classes but `held_out`, and score the
+    held-out classes; returns its result dict (`record` and the figures), also written to
+    OUT/`name`/result.json. It records the thresholds that give the EER and the false accept rates
+    THRESHOLD_FARS and the scoring's report_far on the held-out pairs."""
+    fold_dir = os.path.join(cv.out_path, name)
     result_path = os.path.join(fold_dir, "result.json")
     label = name.replace(os.sep, " ").replace("_", " ")
     if os.path.exists(result_path):
@@ -125,42 +207,24 @@ def run_fold(folder, held_out, groups, *, name, record, out_path, training, pair
         return _read_json(result_path)
     kept = [name for name in folder.classes if name not in set(held_out)]
     train_folder, test_folder = folder.subset(kept), folder.subset(held_out)
-    last = os.path.join(trained_folds or out_path, name, "last.pth")
-    done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
-    if trained_folds and done_epochs < training.epochs:
-        raise UserError(f"{label} of --trained-folds '{trained_folds}' is not trained to its {training.epochs} "
-                        f"epochs yet; finish it there first (crossval.py with its options)")
-    start = time.perf_counter()
-    if done_epochs < training.epochs:
-        log(f"{label}: training on {len(kept)} classes, holding out {len(held_out)}"
-            + (f" (continuing after epoch {done_epochs})" if done_epochs else ""))
-        fit(training, train=train_folder, out_path=fold_dir, resume=last if done_epochs else None,
-            record={**record, "held_out": held_out}, log=log)
-    seconds = time.perf_counter() - start
-
+    last, seconds = _train_fold(cv, train_folder, name=name, label=label,
+                                record={**record, "held_out": held_out}, log=log)
     log(f"{label}: scoring {len(test_folder)} held-out images")
-    test_groups = [groups[name] for name in test_folder.classes]
-    pairs = (all_pairs(test_folder) if pairs_per_image == "all" else
-             evaluation_pairs(test_folder, seed=eval_seed, pairs_per_image=pairs_per_image))
-    shots = (one_shot_trials(test_folder, n_way=n_way, trials=trials, seed=eval_seed,
-                             groups=test_groups if within_group else None) if n_way else None)
-    device = resolve_device(training.device)
-    model, _ = load_model(last, device=device)
-    model.config.update({key: getattr(training, key) for key in SCORING_SETTINGS})  # the same with a fold trained here
-    result = evaluate(TorchPredictor(model, device=device, batch_size=training.eval_batch_size), pairs, trials=shots,
-                      progress=True)
+    pairs, shots, result, baselines = _score_fold(cv, test_folder, last)
     thresholds = {"eer": result.metrics["eer_threshold"]}
+    report_far = cv.scoring.report_far
     for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
         thresholds[f"far_{far:g}"] = threshold_at_far(result.scores, result.labels, far)["threshold"]
     fold_result = {
-        **record, "held_out": sorted(held_out), "held_out_groups": sorted(set(test_groups)),
+        **record, "held_out": sorted(held_out),
+        "held_out_groups": sorted({cv.groups[name] for name in test_folder.classes}),
         "train_classes": len(kept), "test_images": len(test_folder), "pairs": len(pairs),
         "positive_pairs": int(sum(p.same for p in pairs)), "trials": len(shots) if shots else 0,
-        "training_seconds": round(seconds, 1) if done_epochs < training.epochs else None,
-        **({"trained_in": os.path.abspath(last)} if trained_folds else {}),
+        "training_seconds": round(seconds, 1) if seconds is not None else None,
+        **({"trained_in": os.path.abspath(last)} if cv.trained_folds else {}),
         "model": _fold_metrics(result), "thresholds": thresholds,
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
-                      for name, metrics in baseline_metrics(pairs, trials=shots, progress=True).items()},
+                      for name, metrics in baselines.items()},
     }
     os.makedirs(fold_dir, exist_ok=True)
     write_json(result_path, fold_result)
@@ -342,54 +406,54 @@ def check_against(against, plan):
     return _read_json(os.path.join(against, "crossval.json"))
 
 
-def cross_validate(folder, groups, repeat_folds, *, out_path, training, plan, holdout=(), outer=False,
-                   pairs_per_image=5, n_way=0, trials=400, within_group=False, eval_seed=1, only_fold=None,
-                   only_repeat=None, trained_folds=None, against=None, report_far=None, log=print):
+def _scored_folds(cv):
+    """The result dicts of the inner folds scored so far, and the outer run's (or None)."""
+    names = [fold_name(repeat, index) for repeat in range(1, len(cv.repeat_folds) + 1)
+             for index in range(1, len(cv.repeat_folds[0]) + 1)]
+    done = [_read_json(path) for path in (os.path.join(cv.out_path, name, "result.json") for name in names)
+            if os.path.exists(path)]
+    outer_path = os.path.join(cv.out_path, OUTER, "result.json")
+    return done, (_read_json(outer_path) if os.path.exists(outer_path) else None)
+
+
+def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against=None, log=print):
     """Run every fold of every repeat (or only_fold / only_repeat, 1-based), or with `outer` the
-    run that trains on every class but `holdout` and scores the holdout; then write the summary
-    of what is scored so far. `groups` maps class names to groups; `repeat_folds` lists each
-    repeat's held-out class lists, over the classes outside `holdout`. `plan` (the folds and every
-    setting that changes results) must match OUT/plan.json, if any, and `trained_folds`'s plan
-    but for the scoring settings; `against` names a cross-validation of the same plan but the
-    training, compared fold by fold."""
-    if trained_folds:
-        if same_path(trained_folds, out_path):
+    run that trains on every class but the holdout and scores the holdout; then write and print
+    the summary of what is scored so far. `against` names a cross-validation of the same plan but
+    the training, compared fold by fold. Returns the summary (None before any inner fold)."""
+    if cv.trained_folds:
+        if same_path(cv.trained_folds, cv.out_path):
             raise UserError("--trained-folds is the cross-validation whose models are re-scored; give another "
                             "-o/--out for the new figures, so that its own are kept")
-        check_trained_folds(trained_folds, plan)
-    if outer and not holdout:
+        check_trained_folds(cv.trained_folds, cv.plan)
+    if outer and not cv.holdout:
         raise UserError("--outer scores the classes kept out by --holdout-classes; give --holdout-classes too")
-    earlier = check_against(against, plan) if against else None
-    inner = folder.subset([name for name in folder.classes if name not in set(holdout)])
-    common = dict(groups=groups, out_path=out_path, training=training, pairs_per_image=pairs_per_image, n_way=n_way,
-                  trials=trials, within_group=within_group, eval_seed=eval_seed, trained_folds=trained_folds,
-                  report_far=report_far, log=log)
-    runs = [(repeat, index) for repeat in range(1, len(repeat_folds) + 1) for index in range(1, len(repeat_folds[0]) + 1)
+    earlier = check_against(against, cv.plan) if against else None
+    inner = cv.folder.subset([name for name in cv.folder.classes if name not in set(cv.holdout)])
+    runs = [(repeat, index) for repeat in range(1, len(cv.repeat_folds) + 1)
+            for index in range(1, len(cv.repeat_folds[0]) + 1)
             if only_repeat in (None, repeat) and only_fold in (None, index)]
-    with claim_folder(out_path, what="cross-validation out path"):  # one cross-validation at a time per path
-        check_plan(out_path, plan)
+    with claim_folder(cv.out_path, what="cross-validation out path"):  # one cross-validation at a time per path
+        check_plan(cv.out_path, cv.plan)
         if outer:
-            run_fold(folder, list(holdout), name=OUTER, record={"outer": True}, **common)
+            run_fold(cv, cv.folder, list(cv.holdout), name=OUTER, record={"outer": True}, log=log)
         else:
             for repeat, index in runs:
-                run_fold(inner, repeat_folds[repeat - 1][index - 1], name=fold_name(repeat, index),
-                         record={"fold": index, "repeat": repeat}, **common)
-    done = [_read_json(path) for path in (os.path.join(out_path, fold_name(repeat, index), "result.json")
-                                          for repeat in range(1, len(repeat_folds) + 1)
-                                          for index in range(1, len(repeat_folds[0]) + 1)) if os.path.exists(path)]
-    outer_path = os.path.join(out_path, OUTER, "result.json")
-    outer_result = _read_json(outer_path) if os.path.exists(outer_path) else None
-    total = len(repeat_folds) * len(repeat_folds[0])
+                run_fold(cv, inner, cv.repeat_folds[repeat - 1][index - 1], name=fold_name(repeat, index),
+                         record={"fold": index, "repeat": repeat}, log=log)
+    done, outer_result = _scored_folds(cv)
+    total = len(cv.repeat_folds) * len(cv.repeat_folds[0])
     if not done:
-        for line in [f"no inner fold scored yet in '{out_path}'"] + (outer_lines(outer_result) if outer_result else []):
+        log(f"no inner fold scored yet in '{cv.out_path}'")
+        for line in outer_lines(outer_result) if outer_result else []:
             log(line)
         return None
-    report = write_summary(out_path, done, total, outer=outer_result)
-    for line in format_table(report["summary"], len(done), total, holdout=len(holdout), repeats=len(repeat_folds),
-                             outer=outer_result):
+    report = write_summary(cv.out_path, done, total, outer=outer_result)
+    for line in format_table(report["summary"], len(done), total, holdout=len(cv.holdout),
+                             repeats=len(cv.repeat_folds), outer=outer_result):
         log(line)
     if earlier is not None:
         for line in compare_lines(earlier, report, earlier_path=against):
             log(line)
-    log(f"wrote {os.path.join(out_path, 'crossval.json')} and {os.path.join(out_path, 'crossval.csv')}")
+    log(f"wrote {os.path.join(cv.out_path, 'crossval.json')} and {os.path.join(cv.out_path, 'crossval.csv')}")
     return report["summary"]

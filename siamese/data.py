@@ -3,6 +3,7 @@ images for feature extraction. Preprocessing is the one definition in `images.Pr
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,7 +13,6 @@ from torchvision.transforms import InterpolationMode
 
 from .images import load_image
 from .pairs import draw_partner, rng_for
-from .settings import AUGMENTATIONS
 
 # The original toolkit's augmentation: RandomAffine(20, translate=0.2, scale=0.8-1.2, shear=0.2)
 # and a horizontal flip.
@@ -66,6 +66,24 @@ def random_erase(array, rng, *, area=(0.02, 0.33), aspect=(0.3, 3.3)):
     return array
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """How training images are altered (TrainingSettings checks the values): `kind` 'full'
+    (affine and flips), 'affine' or 'none'; light `jitter` strength; `erase` probability; each
+    class also turned by 360/`rotations` degrees and, with mirror_classes, mirrored, as classes
+    of their own."""
+
+    kind: str = "full"
+    jitter: float = 0.0
+    erase: float = 0.0
+    rotations: int = 1
+    mirror_classes: bool = False
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.augment, settings.jitter, settings.erase, settings.rotations, settings.mirror_classes)
+
+
 class _TrainingImages(Dataset):
     """Virtual training images: with rotations=4, every class rotated by 90, 180 and 270 degrees
     counts as a class of its own, and with mirror_classes its mirror image too (the Omniglot
@@ -73,28 +91,13 @@ class _TrainingImages(Dataset):
     Decoded, resized files are cached up to CACHE_BYTES: decoding and resizing dominate loading
     for small images."""
 
-    def __init__(self, folder, preprocessing, *, seed, augment="full", jitter=0.0, erase=0.0, rotations=1,
-                 mirror_classes=False, cache_images=True):
-        if augment is True or augment is False:
-            augment = "full" if augment else "none"
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
-        if rotations not in (1, 2, 4):
-            raise ValueError("rotations must be 1, 2 or 4")
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError("jitter is a strength from 0 up to (not including) 1")
-        if not 0.0 <= erase <= 1.0:
-            raise ValueError("erase is a probability between 0 and 1")
-        if mirror_classes and augment == "full":
-            raise ValueError("mirror_classes needs an augmentation without flips: a flip would turn a class into its mirror class")
+    def __init__(self, folder, preprocessing, *, seed, augmentation=Augmentation(), cache_images=True):
         self.folder = folder
         self.preprocessing = preprocessing
         self.seed = seed
-        self.augment = augment
-        self.jitter = jitter
-        self.erase = erase
-        self.rotations = rotations
-        variants = rotations * (2 if mirror_classes else 1)
+        self.augmentation = augmentation
+        self.rotations = augmentation.rotations
+        variants = self.rotations * (2 if augmentation.mirror_classes else 1)
         n = len(folder)
         # virtual image v: file v % n, variant t = v // n: turned by 360 / rotations * (t % rotations)
         # degrees, then mirrored when t >= rotations
@@ -121,13 +124,13 @@ class _TrainingImages(Dataset):
         return TF.hflip(img) if variant >= self.rotations else img  # the mirrored variants come last
 
     def _tensor(self, v, rng):
-        img = self._image(v)
-        if self.augment != "none":
-            img = augment(img, rng, flip=self.augment == "full")
-        if self.jitter:
-            img = jitter_light(img, rng, self.jitter)
+        img, a = self._image(v), self.augmentation
+        if a.kind != "none":
+            img = augment(img, rng, flip=a.kind == "full")
+        if a.jitter:
+            img = jitter_light(img, rng, a.jitter)
         array = self.preprocessing.normalize(img)
-        if self.erase and rng.random() < self.erase:
+        if a.erase and rng.random() < a.erase:
             random_erase(array, rng)
         return torch.from_numpy(array)
 

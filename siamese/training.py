@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
-from .data import TrainingImages, TrainingPairs, set_loader_epoch, training_loader
+from .data import Augmentation, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
 from .metrics import threshold_at_far
@@ -72,18 +72,18 @@ def _forward_batch(model, batch, *, device, memory_format):
     return logits, same.float(), balanced_weights(same), class_logits, labels
 
 
-def train_one_epoch(model, loader, optimizer, *, device, scaler, amp=False, channels_last=False,
-                    progress=None, context=None, average=None, class_loss=0.0):
-    """One pass over the loader; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks,
-    and 'class_loss' when the model has a classifier.
+def train_one_epoch(model, loader, optimizer, *, scaler, settings, context, progress=None, average=None):
+    """One pass over the loader on context.device, with settings' amp, channels_last and
+    class_loss; returns {'loss', 'accuracy', 'pairs', 'seconds'} over all ranks, and
+    'class_loss' when the model has a classifier.
 
     The loader yields sampled pairs (img1, img2, label) for a SiameseNetwork, or class-grouped
     images (images, labels) for an AllPairs model; then the loss and accuracy are balanced
     between same-class and different-class pairs, and an AllPairs classifier adds its
     cross-entropy times `class_loss` to the loss ('loss' reports the pair loss alone).
     progress advances by images; a WeightAverage is updated after every step."""
-    context = context or distributed.Context(device=device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    device, amp, class_loss = context.device, settings.amp, settings.class_loss
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.float64, device=device)
@@ -269,16 +269,15 @@ def _build_model(settings, checkpoint, resume, context, log):
 def _training_set(settings, model, train_folder, device, checkpoint, resume):
     """The training images or pairs, and the module trained on them (the network itself, or with
     --pairing in-batch the network scoring every pair of a batch, with its classifier)."""
-    augmentation = dict(augment=settings.augment, jitter=settings.jitter, erase=settings.erase,
-                        rotations=settings.rotations, mirror_classes=settings.mirror_classes)
+    augmentation = Augmentation.from_settings(settings)
     if settings.pairing == "in-batch":
         dataset = TrainingImages(train_folder, model.preprocessing, seed=settings.seed, visits=settings.pairs_per_image,
-                                 **augmentation)
+                                 augmentation=augmentation)
         train_model = AllPairs(model, classes=len(dataset.by_class) if settings.class_loss > 0 else 0,
                                class_scale=settings.class_scale, class_margin=settings.class_margin).to(device)
     else:
         dataset = TrainingPairs(train_folder, model.preprocessing, seed=settings.seed,
-                                pairs_per_image=settings.pairs_per_image, **augmentation)
+                                pairs_per_image=settings.pairs_per_image, augmentation=augmentation)
         train_model = model
     if checkpoint is not None:
         _restore_classifier(getattr(train_model, "classifier", None), checkpoint, resume)
@@ -402,9 +401,8 @@ def _train_epoch(run, loader, epoch, images_per_epoch, context):
     bar = tqdm(total=images_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="image",
                disable=not context.is_main, leave=False, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 60)  # logs to a file stay readable
-    stats = train_one_epoch(run.train_model, loader, run.optimizer, device=context.device, scaler=run.scaler,
-                            amp=settings.amp, channels_last=settings.channels_last, progress=bar, context=context,
-                            average=run.average, class_loss=settings.class_loss)
+    stats = train_one_epoch(run.train_model, loader, run.optimizer, scaler=run.scaler, settings=settings,
+                            context=context, progress=bar, average=run.average)
     bar.close()
     _check_finite_training(stats, run.validated, epoch, settings.learning_rate, settings.weight_decay)
     return stats
@@ -422,8 +420,9 @@ def stored_threshold(settings, result):
     return result.metrics["best_threshold"]
 
 
-def _finish_epoch(run, epoch, stats, learning_rate, best, *, predictor, data, folder, log):
-    """Validate, record the epoch's row, save the checkpoints and say how it went; returns the best so far."""
+def _finish_epoch(run, epoch, stats, best, *, predictor, data, folder, log):
+    """Validate, record the epoch's row, save the checkpoints and say how it went; returns the best
+    so far. stats: train_one_epoch's, with the epoch's 'learning_rate'."""
     result = evaluate(predictor, data.val_pairs) if data.val is not None else None
     m = result.metrics if result is not None else {}
     threshold = stored_threshold(run.settings, result)
@@ -431,7 +430,7 @@ def _finish_epoch(run, epoch, stats, learning_rate, best, *, predictor, data, fo
     folder.add({"epoch": epoch, "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                 "val_loss": m.get("loss", ""), "val_accuracy": m.get("accuracy", ""), "val_auc": m.get("auc", ""),
                 "val_eer": m.get("eer", ""), "val_best_threshold": m.get("best_threshold", ""),
-                "learning_rate": learning_rate, "seconds": stats["seconds"],
+                "learning_rate": stats["learning_rate"], "seconds": stats["seconds"],
                 "pairs_per_second": pairs_per_second, "train_class_loss": stats.get("class_loss", "")})
     improved = result is not None and m["auc"] > best["auc"]
     if improved:
@@ -498,11 +497,10 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
         distributed.barrier(context)
         for epoch in range(start_epoch, settings.epochs + 1):
             learning_rate = optimizer.param_groups[0]["lr"]
-            stats = _train_epoch(run, loader, epoch, images_per_epoch, context)
+            stats = dict(_train_epoch(run, loader, epoch, images_per_epoch, context), learning_rate=learning_rate)
             scheduler.step()
             if context.is_main:
-                best = _finish_epoch(run, epoch, stats, learning_rate, best, predictor=predictor, data=data,
-                                     folder=folder, log=log)
+                best = _finish_epoch(run, epoch, stats, best, predictor=predictor, data=data, folder=folder, log=log)
             distributed.barrier(context)
     finally:
         if folder is not None:

@@ -15,7 +15,7 @@ import infer_tensorrt
 import torch_to_onnx
 from conftest import ROOT
 from siamese.checkpoint import load_model
-from siamese.data import ImageFiles, TrainingPairs
+from siamese.data import Augmentation, ImageFiles, TrainingPairs
 from siamese.images import Preprocessing, scan_folder
 from siamese.runtime import load_deployed_model
 
@@ -69,7 +69,8 @@ def test_runtime_preprocessing_equals_the_training_transform(tiny_dataset, onnx_
     training = ImageFiles(paths, Preprocessing(image_size=32))
     for i, path in enumerate(paths):
         np.testing.assert_allclose(deployed.preprocessing.load(path), training[i].numpy(), atol=1e-6, rtol=0)
-    pairs = TrainingPairs(scan_folder(tiny_dataset[1]), Preprocessing(image_size=32), seed=0, augment=False)
+    pairs = TrainingPairs(scan_folder(tiny_dataset[1]), Preprocessing(image_size=32), seed=0,
+                          augmentation=Augmentation("none"))
     x1, _, _ = pairs[(1, 0)]
     np.testing.assert_allclose(deployed.preprocessing.load(pairs.folder.paths[0]), x1.numpy(), atol=1e-6, rtol=0)
 

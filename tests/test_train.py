@@ -99,6 +99,8 @@ def test_class_scale_trains_a_cosine_classifier_with_a_margin(tmp_path):
 
 def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
     from siamese.model import AllPairs, SiameseNetwork
+    from siamese.distributed import Context
+    from siamese.settings import TrainingSettings
     from siamese.training import train_one_epoch
 
     torch.manual_seed(0)
@@ -108,8 +110,8 @@ def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
     network.backbone.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     batches = [(torch.randn(8, 3, 32, 32), torch.arange(8) // 2) for _ in range(2)]
-    stats = train_one_epoch(AllPairs(network), batches, optimizer, device=torch.device("cpu"),
-                            scaler=torch.amp.GradScaler("cuda", enabled=False), amp=True)
+    stats = train_one_epoch(AllPairs(network), batches, optimizer, scaler=torch.amp.GradScaler("cuda", enabled=False),
+                            settings=TrainingSettings(amp=True), context=Context(device=torch.device("cpu")))
     assert seen == [torch.bfloat16, torch.bfloat16]
     assert stats["pairs"] == 2 * 28 and 0.0 < stats["loss"] < 10.0
     after = network.state_dict()
