@@ -34,10 +34,11 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     import os
+    from dataclasses import replace
 
     from siamese.files import check_new_file, claim_beside
     from siamese.runtime import HEAD_BATCH, engine_metadata_path, part_path
-    from siamese.trt import build_engine_file, import_tensorrt
+    from siamese.trt import EngineBuild, build_engine_file, import_tensorrt
 
     # the embedder and head exported beside the ONNX model get engines beside the engine
     parts = [part for part in ("embed", "head") if os.path.isfile(part_path(args.onnx, part))]
@@ -57,15 +58,16 @@ def main(argv=None):
         gpu = default_cuda().device_name()
     except Exception:
         gpu = None
-    options = dict(fp16=args.fp16, workspace_mib=args.workspace, timing_cache=args.timing_cache, trt=trt, gpu_name=gpu)
-    batches = dict(min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch)
+    build = EngineBuild(fp16=args.fp16, workspace_mib=args.workspace, min_batch=args.min_batch, opt_batch=args.opt_batch,
+                        max_batch=args.max_batch, timing_cache=args.timing_cache)
+    head_build = replace(build, min_batch=1, opt_batch=HEAD_BATCH // 4, max_batch=HEAD_BATCH)
     with claim_beside(args.engine, what="engine path"):  # one build at a time into a path
         check_out_paths()  # again: another build may have written it meanwhile
         # the parts first, then the pair engine, which names them
         for part in parts:
-            part_batches = batches if part == "embed" else dict(min_batch=1, opt_batch=HEAD_BATCH // 4, max_batch=HEAD_BATCH)
-            build_engine_file(part_path(args.onnx, part), engines[part], **options, **part_batches)
-        meta = build_engine_file(args.onnx, args.engine, **options, **batches,
+            build_engine_file(part_path(args.onnx, part), engines[part], build if part == "embed" else head_build,
+                              trt=trt, gpu_name=gpu)
+        meta = build_engine_file(args.onnx, args.engine, build, trt=trt, gpu_name=gpu,
                                  extra_metadata={"parts": {p: os.path.basename(engines[p]) for p in parts}})
     print(f"wrote {args.engine} ({meta['precision']}, batches {meta['min_batch']}-{meta['max_batch']}, TensorRT "
           f"{meta['tensorrt_version']} on {meta['gpu']}) and {args.engine}.json"

@@ -72,13 +72,13 @@ def gpu_rows(network, onnx_path, tmp, size, runs):
     engines = []
     if importlib.util.find_spec("tensorrt") is not None:
         from siamese.runtime import TensorRTModel
-        from siamese.trt import build_engine_file
+        from siamese.trt import EngineBuild, build_engine_file
 
         fp16_onnx = os.path.join(tmp, "model_fp16.onnx")
         export_onnx(network, fp16_onnx, fp16=True)
         for precision, source in (("FP32", onnx_path), ("FP16", fp16_onnx)):
             engine_path = os.path.join(tmp, f"model_{precision}.engine")
-            build_engine_file(source, engine_path, fp16=precision == "FP16", max_batch=32, gpu_name=name,
+            build_engine_file(source, engine_path, EngineBuild(fp16=precision == "FP16", max_batch=32), gpu_name=name,
                               log=lambda *_: None)
             engines.append(TensorRTModel(engine_path))
             runtimes.append((f"TensorRT {precision} ({name})", engines[-1].predict))

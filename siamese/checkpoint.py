@@ -31,8 +31,9 @@ def atomic_save(obj, path):
 
 def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,
                     average=None, classifier=None, run_id=None):
-    """average: a model.WeightAverage; then `model` holds its averaged weights. classifier: the
-    --class-loss classifier, kept only to resume training (it is not part of the model)."""
+    """The checkpoint dict; its keyword arguments are its fields, one each. average: a
+    model.WeightAverage; then `model` holds its averaged weights. classifier: the --class-loss
+    classifier, kept only to resume training (it is not part of the model)."""
     extra = {}
     if average is not None:
         extra = {"training_model": average.network.state_dict(), "average_steps": average.steps}

@@ -93,7 +93,9 @@ SHIFTS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 class SiameseNetwork(nn.Module):
-    """forward(img1, img2) returns the logit that the two images show the same class."""
+    """forward(img1, img2) returns the logit that the two images show the same class. The
+    constructor's parameters are the model's config, one each: a checkpoint rebuilds the model
+    from that dict (build_model)."""
 
     def __init__(self, backbone="resnet18", features=DEFAULT_FEATURES, weights="none", image_size=224,
                  mean=None, std=None, dropout=0.5, normalize=False, flip_average=False, shift_average=False):

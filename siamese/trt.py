@@ -6,6 +6,7 @@ No torch here. The `trt` module is a parameter so the control flow can be tested
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 
 from .contract import PARTS, engine_metadata_path, tensor_shapes
 from .errors import UserError, check_at_least
@@ -67,21 +68,28 @@ def _attach_timing_cache(config, timing_cache, log):
         config.set_timing_cache(cache, False)
 
 
-def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048, min_batch=1, opt_batch=8, max_batch=32,
-                      timing_cache=None, trt=None, gpu_name=None, log=print, extra_metadata=None):
-    """Parse, configure, build, serialize; writes ENGINE and ENGINE.json, each whole and the
-    sidecar naming the engine's hash; returns the metadata. The ONNX file may be any deployed
-    part (pair model, embedder, head): the profile follows its inputs."""
-    if not os.path.isfile(onnx_path):
-        raise UserError(f"ONNX file '{onnx_path}' does not exist; make one with torch_to_onnx.py")
-    if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise UserError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got {min_batch}, {opt_batch}, {max_batch}")
-    check_at_least(workspace_mib, 1, "--workspace (MiB)")
-    meta, input_types = _onnx_facts(onnx_path)
-    part = meta.get("siamese.part", "pair")
-    if part not in PARTS:
-        raise UserError(f"'{onnx_path}' has unusable metadata (part {part!r}); export it again with torch_to_onnx.py")
-    trt = trt or import_tensorrt()
+@dataclass(frozen=True)
+class EngineBuild:
+    """How an engine is built (onnx_to_trt.py's options): FP16, the builder's workspace in MiB,
+    the batch profile, and a timing cache file reused and updated across builds."""
+
+    fp16: bool = False
+    workspace_mib: int = 2048
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    timing_cache: str = None
+
+    def check(self):
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise UserError(f"need 1 <= --min-batch <= --opt-batch <= --max-batch, got {self.min_batch}, "
+                            f"{self.opt_batch}, {self.max_batch}")
+        check_at_least(self.workspace_mib, 1, "--workspace (MiB)")
+
+
+def _parse(trt, onnx_path):
+    """(logger, builder, network) of the ONNX file, or a UserError saying why not. The caller
+    keeps the logger alive as long as the builder: they log through it."""
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -93,24 +101,26 @@ def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048,
     if not parser.parse_from_file(os.path.abspath(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise UserError(f"TensorRT could not parse '{onnx_path}': " + " | ".join(errors or ["unknown error"]))
+    return logger, builder, network
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib * 2**20)
-    precision = "fp32"
+
+def _set_precision(trt, config, fp16, meta):
+    """Configure the precision; returns its name."""
     onnx_fp16 = meta.get("siamese.precision") == "fp16"
-    if fp16 or onnx_fp16:
-        if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10.x
-            config.set_flag(trt.BuilderFlag.FP16)
-            precision = "fp16"
-        elif onnx_fp16:  # TensorRT 11: strongly typed, the ONNX model's types decide
-            precision = "fp16"
-        else:
-            raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (networks are strongly typed): export "
-                            f"an FP16 model with 'torch_to_onnx.py --fp16' and build from that")
-    else:
+    if not (fp16 or onnx_fp16):
         # TF32 is on by default on Ampere and newer: an "fp32" engine would round its products to TF32
         config.clear_flag(trt.BuilderFlag.TF32)
+        return "fp32"
+    if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10.x
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif not onnx_fp16:  # TensorRT 11: strongly typed, the ONNX model's types decide
+        raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (networks are strongly typed): export "
+                        f"an FP16 model with 'torch_to_onnx.py --fp16' and build from that")
+    return "fp16"
 
+
+def _add_profile(builder, network, config, build, part, meta, onnx_path):
+    """The batch profile over the part's inputs."""
     dim = int(meta["siamese.feature_dim"]) if part != "pair" else None
     shapes = tensor_shapes(part, int(meta["siamese.image_size"]), dim)
     profile = builder.create_optimization_profile()
@@ -118,24 +128,14 @@ def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048,
         name = network.get_input(i).name
         if name not in PARTS[part][0]:
             raise UserError(f"'{onnx_path}' has an unexpected input '{name}'; export it with torch_to_onnx.py")
-        profile.set_shape(name, (min_batch, *shapes[name]), (opt_batch, *shapes[name]), (max_batch, *shapes[name]))
+        profile.set_shape(name, *((batch, *shapes[name]) for batch in (build.min_batch, build.opt_batch, build.max_batch)))
     config.add_optimization_profile(profile)
-    if timing_cache:
-        _attach_timing_cache(config, timing_cache, log)
 
-    log(f"building a {precision} {'engine' if part == 'pair' else part + ' engine'} for batches {min_batch}-{max_batch} "
-        f"(optimised for {opt_batch}); this takes a while")
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UserError("TensorRT failed to build the engine (see its messages above); try a larger --workspace or "
-                        "a smaller --max-batch")
-    blob = bytes(serialized)
-    engine_meta = dict(meta, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
-                       tf32=precision != "fp32", min_batch=min_batch, opt_batch=opt_batch,
-                       max_batch=max_batch, onnx=os.path.basename(onnx_path), input_types=input_types,
-                       engine_sha256=hashlib.sha256(blob).hexdigest(), **(extra_metadata or {}))
-    # Both are written whole before either takes its name; the sidecar names the engine's hash, so
-    # an engine and a sidecar of different builds (a kill between the two renames) are told apart.
+
+def _write_engine(engine_path, blob, engine_meta):
+    """ENGINE and ENGINE.json, both written whole before either takes its name; the sidecar names
+    the engine's hash, so an engine and a sidecar of different builds (a kill between the two
+    renames) are told apart."""
     try:
         with atomic_open(engine_metadata_path(engine_path), "w") as sidecar, atomic_open(engine_path, "wb") as engine:
             json.dump(engine_meta, sidecar, indent=2)
@@ -144,9 +144,43 @@ def build_engine_file(onnx_path, engine_path, *, fp16=False, workspace_mib=2048,
         if _sha256_of(engine_path) == engine_meta["engine_sha256"]:  # the engine took its name, its sidecar did not
             os.remove(engine_path)
         raise
-    if timing_cache:
+
+
+def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, gpu_name=None, log=print,
+                      extra_metadata=None):
+    """Parse, configure, build, serialize; writes ENGINE and ENGINE.json and returns the metadata.
+    The ONNX file may be any deployed part (pair model, embedder, head): the profile follows its
+    inputs."""
+    if not os.path.isfile(onnx_path):
+        raise UserError(f"ONNX file '{onnx_path}' does not exist; make one with torch_to_onnx.py")
+    build.check()
+    meta, input_types = _onnx_facts(onnx_path)
+    part = meta.get("siamese.part", "pair")
+    if part not in PARTS:
+        raise UserError(f"'{onnx_path}' has unusable metadata (part {part!r}); export it again with torch_to_onnx.py")
+    trt = trt or import_tensorrt()
+    _logger, builder, network = _parse(trt, onnx_path)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_mib * 2**20)
+    precision = _set_precision(trt, config, build.fp16, meta)
+    _add_profile(builder, network, config, build, part, meta, onnx_path)
+    if build.timing_cache:
+        _attach_timing_cache(config, build.timing_cache, log)
+    log(f"building a {precision} {'engine' if part == 'pair' else part + ' engine'} for batches "
+        f"{build.min_batch}-{build.max_batch} (optimised for {build.opt_batch}); this takes a while")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError("TensorRT failed to build the engine (see its messages above); try a larger --workspace or "
+                        "a smaller --max-batch")
+    blob = bytes(serialized)
+    engine_meta = dict(meta, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
+                       tf32=precision != "fp32", min_batch=build.min_batch, opt_batch=build.opt_batch,
+                       max_batch=build.max_batch, onnx=os.path.basename(onnx_path), input_types=input_types,
+                       engine_sha256=hashlib.sha256(blob).hexdigest(), **(extra_metadata or {}))
+    _write_engine(engine_path, blob, engine_meta)
+    if build.timing_cache:
         cache = config.get_timing_cache()  # None when the build kept none: nothing to save
         if cache is not None:
-            with atomic_open(timing_cache, "wb") as f:
+            with atomic_open(build.timing_cache, "wb") as f:
                 f.write(bytes(cache.serialize()))
     return engine_meta

@@ -10,15 +10,14 @@ from fake_tensorrt import FakeCuda, make_fake_tensorrt
 from siamese.errors import UserError
 from siamese.images import scan_folder
 from siamese.runtime import OnnxRuntimeModel, TensorRTModel
-from siamese.trt import build_engine_file
+from siamese.trt import EngineBuild, build_engine_file
 from siamese.scoring import score_pairs
 
 
-def _build(onnx_model, tmp_path, trt, **kwargs):
+def _build(onnx_model, tmp_path, trt, log=lambda *a: None, **kwargs):
     engine = str(tmp_path / "model.engine")
-    options = dict(min_batch=1, opt_batch=2, max_batch=4, trt=trt, gpu_name="Fake GPU (compute 9.0)", log=lambda *a: None)
-    options.update(kwargs)
-    return engine, build_engine_file(onnx_model, engine, **options)
+    build = EngineBuild(**{"min_batch": 1, "opt_batch": 2, "max_batch": 4, **kwargs})
+    return engine, build_engine_file(onnx_model, engine, build, trt=trt, gpu_name="Fake GPU (compute 9.0)", log=log)
 
 
 def test_build_writes_engine_and_metadata(onnx_model, tmp_path):
