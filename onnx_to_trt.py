@@ -37,7 +37,8 @@ def main(argv=None):
     from dataclasses import replace
 
     from siamese.files import check_new_file, claim_beside
-    from siamese.runtime import HEAD_BATCH, engine_metadata_path, part_path
+    from siamese.contract import engine_metadata_path, part_path
+    from siamese.deployed import HEAD_BATCH
     from siamese.trt import EngineBuild, build_engine_file, import_tensorrt
 
     # the embedder and head exported beside the ONNX model get engines beside the engine

@@ -53,7 +53,7 @@ def main(argv=None):
     from siamese.errors import check_finite
     from siamese.export import export_onnx, fingerprint
     from siamese.files import check_new_file, claim_beside, prepare_output_dir, remove_killed_temporaries, temporary_beside
-    from siamese.runtime import PARTS, part_path
+    from siamese.contract import PARTS, part_path
 
     if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
         raise UserError(f"--tolerance must be above 0, not {args.tolerance}")

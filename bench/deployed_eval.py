@@ -30,7 +30,8 @@ from siamese.export import export_onnx, fingerprint
 from siamese.model import SiameseNetwork
 from siamese.pairs import read_pairs_csv
 from siamese.report import write_report
-from siamese.runtime import OnnxRuntimeModel, part_path
+from siamese.contract import part_path
+from siamese.runtime import OnnxRuntimeModel
 
 
 def export(network, folder, parts):

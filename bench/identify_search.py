@@ -19,7 +19,8 @@ from siamese.export import export_onnx
 from siamese.gallery import DEFAULT_SHORTLIST, Gallery, Shortlist, identify
 from siamese.model import SiameseNetwork
 from siamese.predict import TorchPredictor
-from siamese.runtime import OnnxRuntimeModel, part_path
+from siamese.contract import part_path
+from siamese.runtime import OnnxRuntimeModel
 
 
 def best_ms(fn, repeats):

@@ -71,7 +71,7 @@ def gpu_rows(network, onnx_path, tmp, size, runs):
         runtimes.append((f"ONNX Runtime CUDA ({name})", OnnxRuntimeModel(onnx_path, providers=["CUDAExecutionProvider"]).predict))
     engines = []
     if importlib.util.find_spec("tensorrt") is not None:
-        from siamese.runtime import TensorRTModel
+        from siamese.trt import TensorRTModel
         from siamese.trt import EngineBuild, build_engine_file
 
         fp16_onnx = os.path.join(tmp, "model_fp16.onnx")

@@ -1,6 +1,8 @@
-"""Building TensorRT engines from the exported ONNX model (TensorRT 10.x and 11.x API only).
+"""TensorRT (10.x and 11.x API only): building engines from the exported ONNX parts, and running
+them (TensorRTModel, a DeployedModel; runtime.load_deployed_model opens one by its file).
 
-No torch here. The `trt` module is a parameter so the control flow can be tested without a GPU.
+No torch here. The `trt` module (and the CUDA memory helper) are parameters, so the control flow
+is tested without a GPU against a fake TensorRT.
 """
 
 import hashlib
@@ -8,7 +10,11 @@ import json
 import os
 from dataclasses import dataclass
 
-from .contract import PARTS, engine_metadata_path, tensor_shapes
+import numpy as np
+
+from .contract import PARTS, engine_metadata_path, feature_dim, parse_metadata, part_of, tensor_shapes
+from .cuda_memory import default_cuda
+from .deployed import DeployedModel, Part, note
 from .errors import UserError, check_at_least
 from .files import atomic_open
 
@@ -184,3 +190,97 @@ def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, 
             with atomic_open(build.timing_cache, "wb") as f:
                 f.write(bytes(cache.serialize()))
     return engine_meta
+
+
+class _EnginePart(Part):
+    """A serialized TensorRT engine (10.x/11.x API) with device buffers sized for its largest batch."""
+
+    def __init__(self, path, part, *, trt, cuda):
+        meta = read_engine_metadata(path)
+        sidecar = engine_metadata_path(path)
+        self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, sidecar)
+        self.part = part_of(meta, sidecar)
+        if self.part != part:
+            raise UserError(f"'{path}' is the {self.part} part of a deployment, not the {part} engine; give the "
+                            f"model's engine (the one without .embed or .head in its name)")
+        self.cuda, self.trt = cuda, trt
+        with open(path, "rb") as f:
+            blob = f.read()
+        if meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+            raise UserError(f"'{sidecar}' describes another build than the engine '{path}' (an interrupted build or a "
+                            f"copied file?); rebuild the engine with onnx_to_trt.py")
+        self.logger = trt.Logger(trt.Logger.ERROR)
+        try:
+            self.runtime = trt.Runtime(self.logger)
+        except TypeError:  # how the bindings report that TensorRT cannot initialise CUDA
+            raise UserError("TensorRT cannot use a GPU on this machine (no usable NVIDIA GPU or driver); run the engine "
+                            "on the GPU machine that built it, or the .onnx file with ONNX Runtime") from None
+        here, built = f"TensorRT {trt.__version__} on {cuda.device_name()}", \
+            f"TensorRT {meta.get('tensorrt_version', '?')} on {meta.get('gpu', '?')}"
+        self.engine = self.runtime.deserialize_cuda_engine(blob)
+        if self.engine is None:
+            raise UserError(f"cannot load engine '{path}': it was built with {built}, this is {here}; engines only run "
+                            f"on the GPU model and TensorRT version that built them: rebuild it here with onnx_to_trt.py")
+        if here != built and part == "pair":
+            # TensorRT refuses only another compute capability or version; another GPU of the same
+            # capability loads, with kernels tuned for the other one
+            note(f"warning: engine '{path}' was built with {built} and runs with {here}; it works, but may be slower "
+                 f"than one built here with onnx_to_trt.py")
+        self.context = self.engine.create_execution_context()
+        self.tensors = {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            self.tensors[name] = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+        names, output = PARTS[part]
+        if sorted(self.tensors) != sorted([*names, output]):
+            raise UserError(f"engine '{path}' has tensors {sorted(self.tensors)}, expected {', '.join([*names, output])}")
+        self.min_batch, self.max_batch = int(meta.get("min_batch", 1)), int(meta["max_batch"])
+        dim = feature_dim(meta, sidecar) if part != "pair" else None
+        self.shapes = tensor_shapes(part, self.preprocessing.image_size, dim)
+        self.stream = cuda.create_stream()
+        self.buffers = {name: cuda.malloc(self.max_batch * int(np.prod(shape)) * self.tensors[name].itemsize)
+                        for name, shape in self.shapes.items()}
+        for name, pointer in self.buffers.items():
+            self.context.set_tensor_address(name, pointer)
+
+    def run_batch(self, feeds):
+        n = len(next(iter(feeds.values())))
+        if n < self.min_batch:  # pad with repeats of the last row: the profile refuses smaller batches
+            feeds = {k: np.concatenate([x, np.repeat(x[-1:], self.min_batch - n, axis=0)]) for k, x in feeds.items()}
+        batch = max(n, self.min_batch)
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array, dtype=self.tensors[name])
+            if not self.context.set_input_shape(name, (batch, *self.shapes[name])):
+                raise UserError(f"the engine does not accept a batch of {batch} (it was built for "
+                                f"{self.min_batch}-{self.max_batch})")
+            self.cuda.copy_to_device(self.buffers[name], array, self.stream)
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execution failed")
+        output = PARTS[self.part][1]
+        out = np.empty(tuple(self.context.get_tensor_shape(output)), dtype=self.tensors[output])
+        self.cuda.copy_to_host(out, self.buffers[output], self.stream)
+        self.cuda.synchronize(self.stream)
+        return out[:n].astype(np.float32)
+
+    def close(self):
+        for pointer in getattr(self, "buffers", {}).values():
+            self.cuda.free(pointer)
+        self.buffers = {}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+class TensorRTModel(DeployedModel):
+    """TensorRT engines: MODEL.engine, and MODEL.embed.engine and MODEL.head.engine beside it."""
+
+    def __init__(self, path, *, trt=None, cuda=None):
+        self.trt = trt or import_tensorrt()
+        self.cuda = cuda or default_cuda()
+        super().__init__(path)
+        self.min_batch = self.pair.min_batch
+
+    def open_part(self, path, part):
+        return _EnginePart(path, part, trt=self.trt, cuda=self.cuda)

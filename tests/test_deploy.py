@@ -115,7 +115,8 @@ class NoTorch:  # as if torch and torchvision were not installed
 
 sys.meta_path.insert(0, NoTorch())
 sys.path.insert(0, {ROOT!r})
-import siamese.runtime, siamese.trt, siamese.cuda_memory, siamese.evaluate, siamese.report, siamese.gallery
+import siamese.runtime, siamese.deployed, siamese.scoring, siamese.trt, siamese.cuda_memory
+import siamese.evaluate, siamese.report, siamese.gallery
 import infer_tensorrt, eval_tensorrt
 assert infer_tensorrt.main(['--image1', {a!r}, '--image2', {b!r}, '--engine', {onnx_model!r}]) == 0
 assert eval_tensorrt.main(['-v', {tiny_dataset[1]!r}, '-o', {str(tmp_path / 'e')!r}, '--engine', {onnx_model!r},

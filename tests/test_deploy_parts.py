@@ -16,7 +16,8 @@ import torch_to_onnx
 from siamese.checkpoint import load_model
 from siamese.errors import UserError
 from siamese.images import scan_folder
-from siamese.runtime import OnnxRuntimeModel, load_deployed_model, part_path
+from siamese.contract import part_path
+from siamese.runtime import OnnxRuntimeModel, load_deployed_model
 from siamese.scoring import score_pairs
 
 

@@ -70,7 +70,8 @@ def test_tensorrt_engine_matches_onnx_runtime(onnx_model, trained_checkpoint, ti
     import onnx_to_trt
     import torch_to_onnx
     from siamese.images import scan_folder
-    from siamese.runtime import OnnxRuntimeModel, TensorRTModel
+    from siamese.runtime import OnnxRuntimeModel
+    from siamese.trt import TensorRTModel
 
     source = onnx_model
     if fp16:  # an FP16 ONNX model serves both TensorRT 10 (flag) and 11 (strongly typed)

@@ -9,7 +9,8 @@ import pytest
 from fake_tensorrt import FakeCuda, make_fake_tensorrt
 from siamese.errors import UserError
 from siamese.images import scan_folder
-from siamese.runtime import OnnxRuntimeModel, TensorRTModel
+from siamese.runtime import OnnxRuntimeModel
+from siamese.trt import TensorRTModel
 from siamese.trt import EngineBuild, build_engine_file
 from siamese.scoring import score_pairs
 
@@ -148,8 +149,8 @@ def test_removed_tensorrt_calls_are_absent_from_the_code():
     removed = ["build_cuda_engine", "build_engine(", "max_workspace_size", "max_batch_size", "fp16_mode",
                "binding_is_input", "get_binding_shape", "execute_async(", "execute_async_v2", "EXPLICIT_BATCH",
                "pycuda.autoinit"]
-    for name in ["siamese/trt.py", "siamese/runtime.py", "siamese/cuda_memory.py", "onnx_to_trt.py",
-                 "infer_tensorrt.py", "eval_tensorrt.py"]:
+    for name in ["siamese/trt.py", "siamese/runtime.py", "siamese/deployed.py", "siamese/cuda_memory.py",
+                 "onnx_to_trt.py", "infer_tensorrt.py", "eval_tensorrt.py"]:
         code = open(os.path.join(root, name)).read()
         for call in removed:
             assert call not in code, f"{name} uses {call}"
@@ -200,7 +201,8 @@ def _script_build(onnx_model, tmp_path, monkeypatch, trt, *extra):
 
 def test_onnx_to_trt_builds_embedder_and_head_engines_that_embed_each_image_once(onnx_model, tiny_dataset, tmp_path,
                                                                                  monkeypatch, capsys):
-    from siamese.runtime import HEAD_BATCH, part_path
+    from siamese.contract import part_path
+    from siamese.deployed import HEAD_BATCH
 
     trt = make_fake_tensorrt("10.9.0")
     engine = _script_build(onnx_model, tmp_path, monkeypatch, trt)

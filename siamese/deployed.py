@@ -1,0 +1,138 @@
+"""What every deployed model shares, whatever runs it (ONNX Runtime in runtime.py, TensorRT in
+trt.py): the pair model and, beside it, the embedder and head, loaded on first use; embedding
+image files and scoring features (the scorer interface of scoring.py). No torch here."""
+
+import os
+import sys
+from functools import lru_cache
+
+import numpy as np
+from tqdm import tqdm
+
+from .contract import PARTS, part_path
+from .errors import UserError
+
+IMAGE_CACHE_BYTES = 512 * 2**20
+HEAD_BATCH = 4096  # pairs of features per head call: a small MLP, fast in big batches
+
+
+def note(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+class Part:
+    """One loaded file of a deployment: run({input name: array}) -> output, in batches it accepts."""
+
+    part: str
+    max_batch: int
+
+    def run_batch(self, feeds):
+        raise NotImplementedError
+
+    def run(self, feeds):
+        n = len(next(iter(feeds.values())))
+        out = [self.run_batch({k: v[i:i + self.max_batch] for k, v in feeds.items()})
+               for i in range(0, n, self.max_batch)]
+        if not out:
+            return np.zeros((0, *self.shapes[PARTS[self.part][1]]), np.float32)
+        return np.concatenate(out)
+
+    def close(self):
+        pass
+
+class DeployedModel:
+    """A deployment: the pair model, and the embedder and head beside it when the export has them
+    (loaded on first use, so scoring one pair loads one file). Subclasses give open_part()."""
+
+    def __init__(self, path):
+        self.path = path
+        self.pair = self.open_part(path, "pair")
+        self.preprocessing, self.threshold, self.metadata = self.pair.preprocessing, self.pair.threshold, self.pair.metadata
+        self.max_batch = self.pair.max_batch
+        self._parts = None  # (embedder, head), or False when the export has none
+
+    def open_part(self, path, part):
+        raise NotImplementedError
+
+    def predict(self, img1, img2):
+        """(N, 3, H, W) float32 each -> (N,) similarities, through the pair model."""
+        return self.pair.run({"img1": img1, "img2": img2}).reshape(-1)
+
+    @property
+    def parts(self):
+        """(embedder, head), or None for an export without them (with a one-line note, once)."""
+        if self._parts is None:
+            self._parts = self._open_parts() or False
+        return self._parts or None
+
+    def _open_parts(self):
+        paths = [part_path(self.path, part) for part in ("embed", "head")]
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            note(f"note: '{self.path}' has no {' and '.join(os.path.basename(p) for p in missing)} beside it, so every "
+                 f"pair runs through the whole model; export it again with torch_to_onnx.py (and onnx_to_trt.py) to "
+                 f"embed each image once, which is much faster")
+            return None
+        embedder, head = (self.open_part(p, part) for p, part in zip(paths, ("embed", "head")))
+        mine = self.metadata.get("siamese.fingerprint")
+        strangers = [p for p, other in zip(paths, (embedder, head)) if not mine or other.metadata.get("siamese.fingerprint") != mine]
+        if strangers:
+            note(f"note: ignoring {' and '.join(strangers)}: exported from another model than '{self.path}'; every pair "
+                 f"runs through the whole model until the parts are exported again with it (torch_to_onnx.py)")
+            return None
+        return embedder, head
+
+    def require_parts(self):
+        """(embedder, head), or a UserError naming the export that lacks them."""
+        if self.parts is None:
+            raise UserError(f"'{self.path}' has no embedder and head beside it (export it again with torch_to_onnx.py, "
+                            f"and build engines with onnx_to_trt.py)")
+        return self.parts
+
+    def embed(self, images):
+        """(N, 3, H, W) float32 preprocessed images -> (N, D) features, through the embedder."""
+        return self.require_parts()[0].run({"images": images})
+
+    def score_features(self, features1, features2):
+        """Two (N, D) batches of features -> (N,) similarities, through the head."""
+        return self.require_parts()[1].run({"features1": features1, "features2": features2}).reshape(-1)
+
+    def embed_paths(self, paths, *, progress=False):
+        """Features (len(paths), D) of image files, each decoded and embedded once."""
+        embedder = self.require_parts()[0]
+        chunks = []
+        for start in tqdm(range(0, len(paths), embedder.max_batch), desc="features", unit="batch",
+                          disable=not progress, leave=False):
+            images = np.stack([self.preprocessing.load(p) for p in paths[start:start + embedder.max_batch]])
+            chunks.append(embedder.run({"images": images}))
+        return np.concatenate(chunks) if chunks else np.zeros((0, *embedder.shapes["features"]), np.float32)
+
+    @property
+    def embeds(self):
+        """Whether images are embedded once (the export has its parts), else scored pair by pair."""
+        return self.parts is not None
+
+    def index_key(self):
+        """What features depend on (for gallery index files): the weights, preprocessing, precision."""
+        fingerprint = self.metadata.get("siamese.fingerprint")
+        if not fingerprint:
+            raise UserError(f"'{self.path}' has no weights fingerprint (an export from an earlier version); export it "
+                            f"again with torch_to_onnx.py to index a gallery with it")
+        return f"{fingerprint}:{self.metadata.get('siamese.precision', 'fp32')}"
+
+    def score_whole_pairs(self, pairs, *, progress=False):
+        """Every pair through the pair model; each image is decoded once while it stays in a
+        cache of IMAGE_CACHE_BYTES."""
+        size = self.preprocessing.image_size
+        load = lru_cache(maxsize=max(64, IMAGE_CACHE_BYTES // (12 * size * size)))(self.preprocessing.load)
+        scores = []
+        for start in tqdm(range(0, len(pairs), self.max_batch), desc="pairs", unit="batch", disable=not progress, leave=False):
+            chunk = pairs[start:start + self.max_batch]
+            img1 = np.stack([load(a) for a, _ in chunk])
+            img2 = np.stack([load(b) for _, b in chunk])
+            scores.append(self.predict(img1, img2))
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
+
+    def close(self):
+        for part in (self.pair, *(self._parts or ())):
+            part.close()
