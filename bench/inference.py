@@ -22,9 +22,9 @@ import torch
 
 from common import ROOT, data_folder, report
 from siamese.distributed import autocast
-from siamese.export import export_onnx
+from siamese.export import deployed_module, export_onnx
 from siamese.images import scan_folder
-from siamese.model import SiameseNetwork, SimilarityModel
+from siamese.model import SiameseNetwork
 from siamese.runtime import OnnxRuntimeModel
 
 
@@ -53,7 +53,7 @@ def row(runtime, batch, seconds, reference):
 def gpu_rows(network, onnx_path, tmp, size, runs):
     """Rows for the GPU; vs_pytorch compares with PyTorch eager FP32 on the same GPU."""
     device = torch.device("cuda")
-    eager = SimilarityModel(copy.deepcopy(network)).to(device).eval()
+    eager = deployed_module(copy.deepcopy(network), "pair").to(device)
     name = torch.cuda.get_device_name(device)
     runtimes = []
 
@@ -103,7 +103,7 @@ def main():
     args = p.parse_args()
     torch.manual_seed(0)
     network = SiameseNetwork(args.backbone, image_size=args.image_size).eval()
-    eager = SimilarityModel(network).eval()
+    eager = deployed_module(network, "pair")
     size = args.image_size
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

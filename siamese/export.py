@@ -53,7 +53,8 @@ class _Head(_Part):
 _MODULES = {"pair": _Pair, "embed": _Embedder, "head": _Head}
 
 
-def _deployed(network, part, fp16=False):
+def deployed_module(network, part, fp16=False):
+    """The module exported as `part` (PARTS): the pair model, the embedder or the head, in eval mode."""
     return _MODULES[part](network, fp16).eval()
 
 
@@ -81,7 +82,7 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
     import onnx
 
     network = network.cpu().eval()  # eval: Dropout out of the graph, BatchNorm on running statistics
-    module = _deployed(network, part, fp16)
+    module = deployed_module(network, part, fp16)
     example = _example_inputs(network, part)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # A failed opset conversion is logged there with a traceback; it is reported below in one line.
@@ -138,7 +139,7 @@ def check_against_pytorch(network, onnx_path, images1, images2, *, batch_sizes=(
 
     session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     network = network.cpu().eval()
-    reference = _deployed(network, part)
+    reference = deployed_module(network, part)
     names, output = PARTS[part]
     worst = 0.0
     for n in batch_sizes:

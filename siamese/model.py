@@ -282,17 +282,6 @@ class AllPairs(nn.Module):
         return logits, labels[first] == labels[second], class_logits
 
 
-class SimilarityModel(nn.Module):
-    """What gets deployed: (img1, img2) -> similarity in [0, 1], shape (N, 1)."""
-
-    def __init__(self, network):
-        super().__init__()
-        self.network = network
-
-    def forward(self, img1, img2):
-        return torch.sigmoid(self.network.pair_logits(img1, img2)).unsqueeze(1)
-
-
 def build_model(config, *, weights="none"):
     """Rebuild a network from the config stored in a checkpoint."""
     return SiameseNetwork(backbone=config["backbone"], features=config["features"], weights=weights,

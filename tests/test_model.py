@@ -5,7 +5,8 @@ import torch
 import torchvision
 
 from siamese.errors import UserError
-from siamese.model import AllPairs, CosineClassifier, SiameseNetwork, SimilarityModel, WeightAverage, build_model
+from siamese.export import deployed_module
+from siamese.model import AllPairs, CosineClassifier, SiameseNetwork, WeightAverage, build_model
 from siamese.training import balanced_weights
 
 
@@ -27,7 +28,7 @@ def test_shapes_for_backbones_and_feature_modes(backbone, features, dim):
         assert model.embed(x1).shape == (3, dim)
         logits = model(x1, x2)
         assert logits.shape == (3,)
-        similarity = SimilarityModel(model)(x1, x2)
+        similarity = deployed_module(model, "pair")(x1, x2)  # what gets deployed
     assert similarity.shape == (3, 1)
     torch.testing.assert_close(similarity.squeeze(1), torch.sigmoid(logits))
 
