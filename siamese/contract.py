@@ -52,6 +52,25 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
     }
 
 
+# What INT8 weights and activations look like for each runtime: ONNX Runtime's CPU kernels run
+# unsigned 8-bit activations with a zero point fast (signed symmetric ones ran at float32 speed
+# here); TensorRT accepts only signed symmetric ones (a zero point of 0).
+INT8_TARGETS = ("onnxruntime", "tensorrt")
+
+
+def int8_metadata(meta, *, target, calibration, images, method):
+    """An fp32 part's metadata for its INT8 copy: the precision, the runtime it was quantized for
+    and the calibration set (folder, image count, method)."""
+    return {**meta, "siamese.precision": "int8", "siamese.int8_target": target,
+            "siamese.calibration": calibration, "siamese.calibration_images": str(images),
+            "siamese.calibration_method": method}
+
+
+def int8_target(meta):
+    """The runtime an INT8 file was quantized for, None for a float file."""
+    return meta.get("siamese.int8_target") if meta.get("siamese.precision") == "int8" else None
+
+
 def _numbers(text, count):
     values = json.loads(text)
     if not (isinstance(values, list) and len(values) == count

@@ -44,8 +44,9 @@ class DeployedModel:
     """A deployment: the pair model, and the embedder and head beside it when the export has them
     (loaded on first use, so scoring one pair loads one file). Subclasses give open_part()."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, *, part_paths=None):
+        """part_paths: the (embedder, head) files, when not beside `path` under their usual names."""
+        self.path, self.part_paths = path, part_paths
         self.pair = self.open_part(path, "pair")
         self.preprocessing, self.threshold, self.metadata = self.pair.preprocessing, self.pair.threshold, self.pair.metadata
         self.max_batch = self.pair.max_batch
@@ -66,7 +67,7 @@ class DeployedModel:
         return self._parts or None
 
     def _open_parts(self):
-        paths = [part_path(self.path, part) for part in ("embed", "head")]
+        paths = list(self.part_paths or (part_path(self.path, part) for part in ("embed", "head")))
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             note(f"note: '{self.path}' has no {' and '.join(os.path.basename(p) for p in missing)} beside it, so every "
@@ -74,11 +75,15 @@ class DeployedModel:
                  f"embed each image once, which is much faster")
             return None
         embedder, head = (self.open_part(p, part) for p, part in zip(paths, ("embed", "head")))
-        mine = self.metadata.get("siamese.fingerprint")
-        strangers = [p for p, other in zip(paths, (embedder, head)) if not mine or other.metadata.get("siamese.fingerprint") != mine]
+        def identity(part):  # the weights and the precision
+            return [part.metadata.get(key) for key in ("siamese.fingerprint", "siamese.precision")]
+
+        strangers = [p for p, other in zip(paths, (embedder, head))
+                     if not identity(self)[0] or identity(other) != identity(self)]
         if strangers:
-            note(f"note: ignoring {' and '.join(strangers)}: exported from another model than '{self.path}'; every pair "
-                 f"runs through the whole model until the parts are exported again with it (torch_to_onnx.py)")
+            note(f"note: ignoring {' and '.join(strangers)}: exported from another model (or in another precision) "
+                 f"than '{self.path}'; every pair runs through the whole model until the parts are exported again "
+                 f"with it (torch_to_onnx.py)")
             return None
         return embedder, head
 

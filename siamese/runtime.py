@@ -67,15 +67,16 @@ class _OnnxPart(Part):
         return self.session.run([PARTS[self.part][1]], arrays)[0].astype(np.float32, copy=False)
 
 class OnnxRuntimeModel(DeployedModel):
-    def __init__(self, path, *, providers=None, batch_size=None):
+    def __init__(self, path, *, providers=None, batch_size=None, part_paths=None):
         check_batch_size(batch_size)
         self.providers_asked, self.batch_size = providers, batch_size
-        super().__init__(path)
+        super().__init__(path, part_paths=part_paths)
         self.providers = self.pair.providers
 
     def open_part(self, path, part):
         # --batch-size sets the images per call (pairs for the pair model); the head keeps its own batches
         return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part != "head" else None)
+
 
 def load_deployed_model(path, *, batch_size=None):
     """An .onnx file runs on ONNX Runtime; anything else is taken for a TensorRT engine."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import PARTS, engine_metadata_path, feature_dim, parse_metadata, part_of, tensor_shapes
+from .contract import PARTS, engine_metadata_path, feature_dim, int8_target, parse_metadata, part_of, tensor_shapes
 from .cuda_memory import default_cuda
 from .deployed import DeployedModel, Part, note
 from .errors import UserError, check_at_least
@@ -112,17 +112,31 @@ def _parse(trt, onnx_path):
 
 def _set_precision(trt, config, fp16, meta):
     """Configure the precision; returns its name."""
-    onnx_fp16 = meta.get("siamese.precision") == "fp16"
-    if not (fp16 or onnx_fp16):
+    onnx_precision = meta.get("siamese.precision", "fp32")
+    if onnx_precision == "int8":
+        return _set_int8(trt, config, fp16)
+    if not (fp16 or onnx_precision == "fp16"):
         # TF32 is on by default on Ampere and newer: an "fp32" engine would round its products to TF32
         config.clear_flag(trt.BuilderFlag.TF32)
         return "fp32"
     if hasattr(trt.BuilderFlag, "FP16"):  # TensorRT 10.x
         config.set_flag(trt.BuilderFlag.FP16)
-    elif not onnx_fp16:  # TensorRT 11: strongly typed, the ONNX model's types decide
+    elif onnx_precision != "fp16":  # TensorRT 11: strongly typed, the ONNX model's types decide
         raise UserError(f"TensorRT {trt.__version__} has no FP16 builder flag (networks are strongly typed): export "
                         f"an FP16 model with 'torch_to_onnx.py --fp16' and build from that")
     return "fp16"
+
+
+def _set_int8(trt, config, fp16):
+    """An INT8 engine from a QDQ model quantized for TensorRT (explicit quantization): the Q/DQ
+    pairs say what runs in INT8, the rest in float32."""
+    if fp16:
+        raise UserError("--fp16 does not apply to an INT8 model (its layers outside the Q/DQ pairs run in float32); "
+                        "leave --fp16 out")
+    if hasattr(trt.BuilderFlag, "INT8"):  # TensorRT 10.x: weakly typed networks need it for the INT8 kernels
+        config.set_flag(trt.BuilderFlag.INT8)
+    config.clear_flag(trt.BuilderFlag.TF32)  # the float layers in true float32, as an fp32 engine
+    return "int8"
 
 
 def _add_profile(builder, network, config, build, part, meta, onnx_path):
@@ -164,6 +178,10 @@ def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, 
     part = meta.get("siamese.part", "pair")
     if part not in PARTS:
         raise UserError(f"'{onnx_path}' has unusable metadata (part {part!r}); export it again with torch_to_onnx.py")
+    if meta.get("siamese.precision") == "int8" and int8_target(meta) != "tensorrt":
+        raise UserError(f"'{onnx_path}' was quantized for ONNX Runtime (unsigned activations with a zero point, which "
+                        f"TensorRT does not take); quantize the float export for TensorRT with 'onnx_to_int8.py "
+                        f"MODEL.onnx --calibration FOLDER --target tensorrt' and build from that")
     trt = trt or import_tensorrt()
     _logger, builder, network = _parse(trt, onnx_path)
     config = builder.create_builder_config()
@@ -180,7 +198,7 @@ def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, 
                         "a smaller --max-batch")
     blob = bytes(serialized)
     engine_meta = dict(meta, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
-                       tf32=precision != "fp32", min_batch=build.min_batch, opt_batch=build.opt_batch,
+                       tf32=precision == "fp16", min_batch=build.min_batch, opt_batch=build.opt_batch,
                        max_batch=build.max_batch, onnx=os.path.basename(onnx_path), input_types=input_types,
                        engine_sha256=hashlib.sha256(blob).hexdigest(), **(extra_metadata or {}))
     _write_engine(engine_path, blob, engine_meta)

@@ -68,8 +68,9 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
     class BuilderFlag:
         TF32 = "TF32"  # on by default, as on Ampere and newer
 
-    if major < 11:
+    if major < 11:  # 11.x removed the precision flags (strongly typed networks)
         BuilderFlag.FP16 = "FP16"
+        BuilderFlag.INT8 = "INT8"
 
     class TensorIOMode:
         INPUT, OUTPUT = "INPUT", "OUTPUT"
@@ -103,12 +104,22 @@ def make_fake_tensorrt(version="10.9.0", *, gpu_present=True, current_gpu="Fake 
 
         def parse_from_file(self, path):
             import onnx
+            import onnx.numpy_helper
 
             try:
                 model = onnx.load(path)
             except Exception as error:
                 self.errors = [f"In node -1: failed to parse: {error}"]
                 return False
+            # as TensorRT's parser: Q/DQ must be symmetric, signed 8-bit with a zero point of 0
+            constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+            for node in model.graph.node:
+                if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+                    zero_point = constants.get(node.input[2])
+                    if zero_point is not None and (zero_point.dtype != np.int8 or np.any(zero_point != 0)):
+                        self.errors = [f"In node {node.name}: TensorRT only supports symmetric quantization: the "
+                                       f"zero point must be INT8 and 0"]
+                        return False
             self.network.inputs = [_Input(i.name) for i in model.graph.input]
             self.network.onnx_path = path
             return True

@@ -10,8 +10,8 @@ import shlex
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("train", "eval", "torch_to_onnx", "onnx_to_trt", "infer_tensorrt", "eval_tensorrt", "demo", "crossval", "identify",
-           "split")
+SCRIPTS = ("train", "eval", "torch_to_onnx", "onnx_to_trt", "onnx_to_int8", "infer_tensorrt", "eval_tensorrt", "demo",
+           "crossval", "identify", "split")
 
 
 def _readme():

@@ -1,0 +1,181 @@
+"""INT8 copies of an export: ONNX Runtime's static quantization in the QDQ format (QuantizeLinear /
+DequantizeLinear pairs around each quantized operator), per-channel weights, activation ranges
+calibrated on real images through the model's own preprocessing. The QDQ format is also what
+TensorRT builds INT8 engines from (explicit quantization).
+
+Each part is calibrated on what it sees: the embedder on images, the head on pairs of the float
+embedder's features (each image with one same-class and one other-class partner), the pair
+model on those pairs of images. The copies are then scored against the float export on classes
+kept out of the calibration. No torch here.
+"""
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .contract import INT8_TARGETS, int8_metadata, part_path
+from .errors import UserError
+from .images import scan_folder
+from .metrics import verification_metrics
+from .pairs import all_pairs
+from .scoring import score_pairs
+
+METHODS = ("minmax", "entropy", "percentile")
+CALIBRATION_BATCH = 16
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How to quantize: the calibration folder (ROOT/ClassName/image), how many of its images
+    calibrate, by which method, for which runtime; whole classes of about check_images images are
+    kept out of the calibration to check the copies on, drawn by seed."""
+
+    calibration: str
+    images: int = 200
+    method: str = "minmax"
+    target: str = "onnxruntime"
+    check_images: int = 100
+    seed: int = 0
+
+    def validate(self):
+        if self.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)}, not '{self.method}'")
+        if self.target not in INT8_TARGETS:
+            raise UserError(f"--target must be one of {', '.join(INT8_TARGETS)}, not '{self.target}'")
+        if self.images < 1 or self.check_images < 2:
+            raise UserError("--calibration-images must be at least 1 and --check-images at least 2")
+
+
+def split_images(quantization):
+    """(calibration paths, the check folder): whole classes of at least check_images images kept
+    out, and `images` images drawn from the other classes."""
+    q = quantization
+    folder = scan_folder(q.calibration, what="calibration folder")
+    rng = np.random.default_rng(q.seed)
+    by_class = folder.images_by_class()
+    checked, count = [], 0
+    for label in rng.permutation(len(folder.classes)):
+        if count >= q.check_images and len(checked) >= 2:
+            break
+        checked.append(folder.classes[label])
+        count += len(by_class[label])
+    rest = [p for p, label in zip(folder.paths, folder.labels) if folder.classes[label] not in set(checked)]
+    if len(rest) < q.images or len(checked) == len(folder.classes):
+        raise UserError(f"calibration folder '{q.calibration}' has {len(folder)} images in {len(folder.classes)} "
+                        f"classes; calibrating on {q.images} and checking on classes of {q.check_images} other images "
+                        f"needs more: give a larger folder, or fewer --calibration-images or --check-images")
+    calibration = [rest[i] for i in sorted(rng.choice(len(rest), q.images, replace=False))]
+    return calibration, folder.subset(checked)
+
+
+def _partners(paths, rng):
+    """(left, right) index arrays: each image with a same-class partner (where its class has
+    another image) and an other-class one."""
+    classes = np.array([os.path.basename(os.path.dirname(p)) for p in paths])
+    left, right = [], []
+    for i, name in enumerate(classes):
+        for candidates in (np.flatnonzero((classes == name) & (np.arange(len(paths)) != i)),
+                           np.flatnonzero(classes != name)):
+            if len(candidates):
+                left.append(i)
+                right.append(int(rng.choice(candidates)))
+    return np.array(left), np.array(right)
+
+
+def calibration_feeds(model, paths, seed=0):
+    """{part: list of input dicts}: batches of what each part sees, from the calibration images."""
+    images = np.stack([model.preprocessing.load(p) for p in paths])
+    left, right = _partners(paths, np.random.default_rng(seed))
+    features = model.embed(images)
+    batches = range(0, len(left), CALIBRATION_BATCH)
+    return {
+        "embed": [{"images": images[i:i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)],
+        "head": [{"features1": features[left[i:i + CALIBRATION_BATCH]], "features2": features[right[i:i + CALIBRATION_BATCH]]}
+                 for i in batches],
+        "pair": [{"img1": images[left[i:i + CALIBRATION_BATCH]], "img2": images[right[i:i + CALIBRATION_BATCH]]}
+                 for i in batches],
+    }
+
+
+def _activation_options(target):
+    from onnxruntime.quantization import QuantType
+
+    if target == "tensorrt":  # signed, symmetric: a zero point of 0; biases stay float, as TensorRT fuses them
+        return dict(activation_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    return dict(activation_type=QuantType.QUInt8, extra_options={"WeightSymmetric": True})
+
+
+def quantize_part(source, written, feeds, metadata, quantization):
+    """Quantize the float ONNX file `source` into `written` (a temporary path), calibrated on
+    `feeds`, with `metadata` in place of the source's."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(feeds)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[quantization.method]
+    root_log = logging.getLogger()  # the tool warns there, per tensor, of what it handles itself
+    level = root_log.level
+    root_log.setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="siamese-int8-") as scratch:
+        prepared, quantized = os.path.join(scratch, "prepared.onnx"), os.path.join(scratch, "quantized.onnx")
+        try:
+            # shape inference and ONNX Runtime's basic fusions (BatchNorm into Conv) first, as its
+            # quantization tool recommends: fewer float operators between the quantized ones
+            quant_pre_process(source, prepared, skip_symbolic_shape=True)
+            quantize_static(prepared, quantized, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8, calibrate_method=method,
+                            **_activation_options(quantization.target))
+            proto = onnx.load(quantized)
+        except Exception as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise UserError(f"ONNX Runtime could not quantize '{source}' ({first}); the float export is unchanged") from None
+        finally:
+            root_log.setLevel(level)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    with open(written, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def quantize_export(model, out_path, written, quantization, *, log=print):
+    """Write the INT8 copies of `model` (an OnnxRuntimeModel with its parts) to the temporary
+    paths `written` ({part: path}); returns the calibration's paths and the check folder."""
+    q = quantization
+    calibration, check = split_images(q)
+    log(f"calibrating on {len(calibration)} images of '{q.calibration}' ({q.method}, for {q.target}); checking on "
+        f"{len(check)} images of {len(check.classes)} other classes")
+    feeds = calibration_feeds(model, calibration, seed=q.seed)
+    parts = {"pair": model.pair, "embed": model.parts[0], "head": model.parts[1]}
+    for part in ("embed", "head", "pair"):
+        metadata = int8_metadata(parts[part].metadata, target=q.target, calibration=os.path.abspath(q.calibration),
+                                 images=len(calibration), method=q.method)
+        log(f"quantizing {part_path(model.path, part)}")
+        quantize_part(part_path(model.path, part), written[part], feeds[part], metadata, q)
+    return calibration, check
+
+
+def compare(float_model, int8_model, check):
+    """Every pair of the check folder scored by both: {'pairs', 'max_difference', 'float': metrics,
+    'int8': metrics}, metrics being ROC-AUC and EER."""
+    pairs = all_pairs(check)
+    paths, same = [(p.left, p.right) for p in pairs], [p.same for p in pairs]
+    scores = {name: np.asarray(score_pairs(model, paths), np.float64) for name, model in
+              (("float", float_model), ("int8", int8_model))}
+    report = {"pairs": len(pairs), "max_difference": float(np.abs(scores["float"] - scores["int8"]).max())}
+    for name, values in scores.items():
+        metrics = verification_metrics(values, same)
+        report[name] = {"auc": metrics["auc"], "eer": metrics["eer"]}
+    return report
