@@ -85,18 +85,22 @@ def _partners(paths, rng):
     return np.array(left), np.array(right)
 
 
+def _batches(count):
+    """Slices of equal size (at most CALIBRATION_BATCH) covering range(count): ONNX Runtime's
+    entropy and percentile calibration cannot stack batches of different sizes."""
+    size = max(d for d in range(1, CALIBRATION_BATCH + 1) if count % d == 0)
+    return [slice(i, i + size) for i in range(0, count, size)]
+
+
 def calibration_feeds(model, paths, seed=0):
     """{part: list of input dicts}: batches of what each part sees, from the calibration images."""
     images = np.stack([model.preprocessing.load(p) for p in paths])
     left, right = _partners(paths, np.random.default_rng(seed))
     features = model.embed(images)
-    batches = range(0, len(left), CALIBRATION_BATCH)
     return {
-        "embed": [{"images": images[i:i + CALIBRATION_BATCH]} for i in range(0, len(images), CALIBRATION_BATCH)],
-        "head": [{"features1": features[left[i:i + CALIBRATION_BATCH]], "features2": features[right[i:i + CALIBRATION_BATCH]]}
-                 for i in batches],
-        "pair": [{"img1": images[left[i:i + CALIBRATION_BATCH]], "img2": images[right[i:i + CALIBRATION_BATCH]]}
-                 for i in batches],
+        "embed": [{"images": images[s]} for s in _batches(len(images))],
+        "head": [{"features1": features[left[s]], "features2": features[right[s]]} for s in _batches(len(left))],
+        "pair": [{"img1": images[left[s]], "img2": images[right[s]]} for s in _batches(len(left))],
     }
 
 

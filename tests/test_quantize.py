@@ -151,3 +151,23 @@ def test_tensorrt_refuses_an_asymmetric_quantization(int8_models, tmp_path):
     _, builder, network = trt_module._parse(trt, int8_models["tensorrt"])  # symmetric: parses
     with pytest.raises(UserError, match="zero point must be INT8 and 0"):
         trt_module._parse(trt, int8_models["onnxruntime"])
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_methods_calibrate_on_any_image_count(method, onnx_model, tmp_path):
+    """17 images (a prime number, one more than a batch): the batches must be of one size for these
+    methods, which stack them."""
+    from conftest import make_folder
+
+    folder, out = make_folder(str(tmp_path / "calibration"), classes=4, per_class=12), str(tmp_path / "model.int8.onnx")
+    assert onnx_to_int8.main(["--onnx", onnx_model, "--calibration", folder, "-o", out, *SMALL,
+                              "--calibration-images", "17", "--method", method]) == 0
+    assert _metadata(out)["siamese.calibration_method"] == method
+
+
+def test_calibration_batches_are_of_one_size():
+    from siamese.quantize import _batches
+
+    for count in (1, 7, 16, 20, 200, 201):
+        sizes = {s.stop - s.start for s in _batches(count)}
+        assert len(sizes) == 1 and sum(s.stop - s.start for s in _batches(count)) == count
