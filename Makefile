@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/inference.py
 	$(PY) bench/identify_search.py
+	$(PY) bench/int8.py
 	$(PY) bench/memory.py
 
 bench-gpu: venv

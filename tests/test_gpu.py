@@ -92,6 +92,28 @@ def test_tensorrt_engine_matches_onnx_runtime(onnx_model, trained_checkpoint, ti
     assert json.load(open(tmp_path / "e" / "metrics.json"))["pairs"] == len(paths)
 
 
+@needs_tensorrt
+def test_int8_engine_matches_its_qdq_model_on_onnx_runtime(onnx_model, tiny_dataset, tmp_path):
+    """The TensorRT copy of onnx_to_int8.py, built by onnx_to_trt.py into INT8 engines, scores as
+    ONNX Runtime scores the same QDQ model (rounding may differ in a few places)."""
+    import onnx_to_int8
+    import onnx_to_trt
+    from siamese.images import scan_folder
+    from siamese.runtime import OnnxRuntimeModel
+    from siamese.trt import TensorRTModel
+
+    int8 = str(tmp_path / "model.int8.onnx")
+    assert onnx_to_int8.main(["--onnx", onnx_model, "--calibration", tiny_dataset[0], "-o", int8, "--target", "tensorrt",
+                              "--calibration-images", "8", "--check-images", "10", "--max-auc-drop", "1"]) == 0
+    engine = str(tmp_path / "model.int8.engine")
+    assert onnx_to_trt.main(["--onnx", int8, "-o", engine, "--max-batch", "8"]) == 0
+    assert json.load(open(engine + ".json"))["precision"] == "int8"
+    paths = scan_folder(tiny_dataset[1]).paths
+    pairs = [(paths[i], paths[-1 - i]) for i in range(len(paths))]
+    np.testing.assert_allclose(score_pairs(TensorRTModel(engine), pairs), score_pairs(OnnxRuntimeModel(int8), pairs),
+                               atol=2e-2)
+
+
 @needs_cuda
 def test_onnx_runtime_on_cuda_embeds_and_scores_like_the_cpu(onnx_model, tiny_dataset):
     import onnxruntime
