@@ -80,7 +80,7 @@ def main(argv=None):
         written = {part: temporaries.enter_context(temporary_beside(path)) for part, path in outs.items()}
         for path in outs.values():
             remove_killed_temporaries(path)
-        _, check = quantize_export(model, out, written, quantization)
+        _, check = quantize_export(model, written, quantization)
         report = compare(model, _copy_in(written), check)
         print(f"float32 against int8 on all {report['pairs']} pairs of the check classes: ROC-AUC "
               f"{report['float']['auc']:.4f} against {report['int8']['auc']:.4f}, EER {report['float']['eer']:.2%} "

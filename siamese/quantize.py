@@ -18,6 +18,7 @@ import numpy as np
 
 from .contract import INT8_TARGETS, int8_metadata, part_path
 from .errors import UserError
+from .files import atomic_open
 from .images import scan_folder
 from .metrics import verification_metrics
 from .pairs import all_pairs
@@ -150,11 +151,11 @@ def quantize_part(source, written, feeds, metadata, quantization):
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    with open(written, "wb") as f:
+    with atomic_open(written, "wb") as f:  # synced before it can take its out path
         f.write(proto.SerializeToString())
 
 
-def quantize_export(model, out_path, written, quantization, *, log=print):
+def quantize_export(model, written, quantization, *, log=print):
     """Write the INT8 copies of `model` (an OnnxRuntimeModel with its parts) to the temporary
     paths `written` ({part: path}); returns the calibration's paths and the check folder."""
     q = quantization
