@@ -30,8 +30,8 @@ def get_args_parser():
                         "(the training folder will do)")
     p.add_argument("--calibration-images", default=200, type=int, help="images that calibrate (default: 200)")
     p.add_argument("--method", default="minmax",
-                   help="how activation ranges are chosen from the calibration: minmax, entropy or percentile "
-                        "(default: minmax)")
+                   help="how activation ranges are chosen from the calibration: minmax (the whole range seen) or "
+                        "percentile (the 0.001-99.999 percentiles) (default: minmax)")
     p.add_argument("--target", default="onnxruntime",
                    help="the runtime the copy is for: onnxruntime (unsigned activations, fast on CPUs) or tensorrt "
                         "(signed symmetric ones, which TensorRT requires) (default: onnxruntime)")
@@ -88,7 +88,7 @@ def main(argv=None):
         drop = report["float"]["auc"] - report["int8"]["auc"]
         if drop > args.max_auc_drop:
             raise UserError(f"the INT8 copy loses {drop:.4f} ROC-AUC (more than --max-auc-drop {args.max_auc_drop:g}); "
-                            f"nothing was written: try --method entropy or percentile, or more --calibration-images")
+                            f"nothing was written: try --method percentile, or more --calibration-images")
         check_out_paths()  # again: another command may have written them
         for part in ("embed", "head", "pair"):  # the parts first, as torch_to_onnx.py does
             os.replace(written[part], outs[part])

@@ -115,7 +115,7 @@ def accuracy(args):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export(network, tmp)
-        for method in ("minmax", "entropy", "percentile"):
+        for method in ("minmax", "percentile"):
             calibration = list(np.random.default_rng(0).choice(inner, min(200, len(inner)), replace=False))
             int8 = OnnxRuntimeModel(quantize(float_path, calibration, tmp, method=method))
             result = compare(OnnxRuntimeModel(float_path), int8, check)
