@@ -124,6 +124,13 @@ assert eval_tensorrt.main(['-v', {tiny_dataset[1]!r}, '-o', {str(tmp_path / 'e')
 import identify
 assert identify.main(['--gallery', {tiny_dataset[1]!r}, '--query', {a!r}, '--engine', {onnx_model!r},
                       '-o', {str(tmp_path / 'i')!r}, '--shortlist', '5']) == 0
+import onnx_to_int8  # quantized, then evaluated and asked, all without torch
+int8 = {str(tmp_path / 'model.int8.onnx')!r}
+assert onnx_to_int8.main(['--onnx', {onnx_model!r}, '--calibration', {tiny_dataset[0]!r}, '-o', int8,
+                          '--calibration-images', '8', '--check-images', '10', '--max-auc-drop', '1']) == 0
+assert eval_tensorrt.main(['-v', {tiny_dataset[1]!r}, '-o', {str(tmp_path / 'e8')!r}, '--engine', int8,
+                           '--max-pictures', '2', '--workers', '0']) == 0
+assert identify.main(['--gallery', {tiny_dataset[1]!r}, '--query', {a!r}, '--engine', int8, '--json']) == 0
 assert 'torch' not in sys.modules
 print('ran without torch')
 """
