@@ -9,6 +9,9 @@
     python bench/int8.py                                     # speed, on the ORL faces if present
     python bench/int8.py --checkpoint runs/cv_orl/outer/last.pth \\
         --data ../shared/data/orl_faces/train ../shared/data/orl_faces/val --holdout-classes 10
+    python bench/int8.py --checkpoint runs/cv_omniglot/fold_1/last.pth \\
+        --data ../shared/data/omniglot/train ../shared/data/omniglot/val --group-regex '(.+)_character[0-9]+$' \\
+        --held-out Japanese_(katakana) Tagalog --n-way 20
 """
 
 import argparse
@@ -25,10 +28,12 @@ from siamese.contract import PARTS, int8_metadata, part_path
 from siamese.evaluate import evaluate
 from siamese.export import export_onnx, fingerprint
 from siamese.images import scan_folder
+from siamese.metrics import one_shot_accuracy
 from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs
 from siamese.quantize import Quantization, calibration_feeds, compare, quantize_part
 from siamese.runtime import OnnxRuntimeModel
+from siamese.scoring import score_pairs
 
 BATCH = 32
 
@@ -101,29 +106,49 @@ def speed(args):
            args.out)
 
 
+def one_shot(model, trials):
+    """The share of one-shot trials whose right candidate the model scores highest."""
+    pairs = [(t.query, candidate) for t in trials for candidate in t.candidates]
+    similarities = np.asarray(score_pairs(model, pairs)).reshape(len(trials), -1)
+    return one_shot_accuracy(similarities, [t.answer for t in trials])
+
+
 def accuracy(args):
     from siamese.checkpoint import load_model
     from siamese.folds import class_groups, holdout_classes
     from siamese.images import merge_folders
+    from siamese.pairs import one_shot_trials
 
     folder = merge_folders([scan_folder(path) for path in args.data])
-    held = set(holdout_classes(folder.classes, class_groups(folder.classes), count=args.holdout_classes,
-                               seed=args.holdout_seed))
+    groups = class_groups(folder.classes, regex=args.group_regex)
+    if args.held_out:  # named classes or groups (a crossval.py fold's held_out)
+        held = {name for name, group in zip(folder.classes, groups) if name in args.held_out or group in args.held_out}
+    else:
+        held = set(holdout_classes(folder.classes, groups, count=args.holdout_classes, seed=args.holdout_seed))
     inner = [p for p, label in zip(folder.paths, folder.labels) if folder.classes[label] not in held]
     check = folder.subset(sorted(held))
+    check_groups = [groups[folder.classes.index(name)] for name in check.classes]
+    trials = (one_shot_trials(check, n_way=args.n_way, trials=400, seed=1, groups=check_groups if args.group_regex else None)
+              if args.n_way else None)
     network, _ = load_model(args.checkpoint)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         float_path = export(network, tmp)
+        float_model = OnnxRuntimeModel(float_path)
         for method in ("minmax", "percentile"):
             calibration = list(np.random.default_rng(0).choice(inner, min(200, len(inner)), replace=False))
             int8 = OnnxRuntimeModel(quantize(float_path, calibration, tmp, method=method))
-            result = compare(OnnxRuntimeModel(float_path), int8, check)
-            rows.append({"method": method, "pairs": result["pairs"], "auc_fp32": result["float"]["auc"],
-                         "auc_int8": result["int8"]["auc"], "eer_fp32": result["float"]["eer"],
-                         "eer_int8": result["int8"]["eer"], "max_difference": result["max_difference"]})
+            result = compare(float_model, int8, check)
+            row = {"method": method, "pairs": result["pairs"], "auc_fp32": result["float"]["auc"],
+                   "auc_int8": result["int8"]["auc"], "eer_fp32": result["float"]["eer"],
+                   "eer_int8": result["int8"]["eer"], "max_difference": result["max_difference"]}
+            if trials:
+                row[f"{args.n_way}way_fp32"] = one_shot(float_model, trials)
+                row[f"{args.n_way}way_int8"] = one_shot(int8, trials)
+            rows.append(row)
     report(f"INT8 against float32 on {len(held)} held-out classes ({args.checkpoint})", rows,
-           ["method", "pairs", "auc_fp32", "auc_int8", "eer_fp32", "eer_int8", "max_difference"], args.out)
+           ["method", "pairs", "auc_fp32", "auc_int8", "eer_fp32", "eer_int8", "max_difference",
+            *([f"{args.n_way}way_fp32", f"{args.n_way}way_int8"] if trials else [])], args.out)
 
 
 def main():
@@ -135,6 +160,10 @@ def main():
     p.add_argument("--data", nargs="+", default=None, help="with --checkpoint: the folders, as given to crossval.py")
     p.add_argument("--holdout-classes", default=10, type=int)
     p.add_argument("--holdout-seed", default=0, type=int)
+    p.add_argument("--held-out", nargs="+", default=None,
+                   help="with --checkpoint: score these classes or groups instead (a crossval.py fold's held_out)")
+    p.add_argument("--group-regex", default=None, help="groups of classes, as crossval.py's (e.g. alphabets)")
+    p.add_argument("--n-way", default=0, type=int, help="also the n-way one-shot accuracy, within groups if any")
     p.add_argument("--out", default=None, help="JSON output (default: bench/results/int8.json or int8_accuracy.json)")
     args = p.parse_args()
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
