@@ -11,7 +11,7 @@
         --data ../shared/data/orl_faces/train ../shared/data/orl_faces/val --holdout-classes 10
     python bench/int8.py --checkpoint runs/cv_omniglot/fold_1/last.pth \\
         --data ../shared/data/omniglot/train ../shared/data/omniglot/val --group-regex '(.+)_character[0-9]+$' \\
-        --held-out Japanese_(katakana) Tagalog --n-way 20
+        --held-out Japanese_katakana Tagalog --n-way 20
 """
 
 import argparse
