@@ -69,7 +69,7 @@ def random_erase(array, rng, *, area=(0.02, 0.33), aspect=(0.3, 3.3)):
 @dataclass(frozen=True)
 class Augmentation:
     """How training images are altered (TrainingSettings checks the values): `kind` 'full'
-    (affine and flips), 'affine' or 'none'; light `jitter` strength; `erase` probability; each
+    (affine and flips), 'affine', 'flip' (flips alone) or 'none'; light `jitter` strength; `erase` probability; each
     class also turned by 360/`rotations` degrees and, with mirror_classes, mirrored, as classes
     of their own."""
 
@@ -125,8 +125,10 @@ class _TrainingImages(Dataset):
 
     def _tensor(self, v, rng):
         img, a = self._image(v), self.augmentation
-        if a.kind != "none":
+        if a.kind in ("full", "affine"):
             img = augment(img, rng, flip=a.kind == "full")
+        elif a.kind == "flip" and rng.random() < 0.5:
+            img = TF.hflip(img)
         if a.jitter:
             img = jitter_light(img, rng, a.jitter)
         array = self.preprocessing.normalize(img)

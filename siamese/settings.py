@@ -18,7 +18,7 @@ from .errors import UserError, check_at_least, check_batch_size, check_between, 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
 # those first seconds is then the one-line message, not a traceback.
-AUGMENTATIONS = ("full", "affine", "none")
+AUGMENTATIONS = ("full", "affine", "flip", "none")
 FEATURE_MODES = ("pooled", "logits")
 DEFAULT_FEATURES = "pooled"
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -80,7 +80,8 @@ class TrainingSettings:
     class_margin: float = option(0.0, "with --class-scale: take this from the cosine of each image's own class while "
                                       "training (an additive margin, as CosFace: tighter classes; e.g. 0.1); 0: off")
     augment: str = option("full", "training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, "
-                                  "shear) and horizontal flip; 'affine' without the flip (for characters, digits); 'none'",
+                                  "shear) and horizontal flip; 'affine' without the flip (for characters, digits); 'flip' the "
+                                  "flip alone (aligned faces); 'none'",
                           choices=AUGMENTATIONS)
     jitter: float = option(0.0, "random brightness and contrast: each scaled by a factor from [1 - J, 1 + J] per "
                                 "training image (robustness to lighting and exposure; 0: off)")
@@ -166,9 +167,9 @@ class TrainingSettings:
         if self.threshold is not None and self.threshold_at_far:
             raise UserError("give --threshold (a threshold to store) or --threshold-at-far (one to calibrate on "
                             "--val-path), not both")
-        if self.mirror_classes and self.augment == "full":
-            raise UserError("--mirror-classes needs --augment affine (or none): the flip of --augment full would mix "
-                            "each class with its mirror class")
+        if self.mirror_classes and self.augment in ("full", "flip"):
+            raise UserError(f"--mirror-classes needs --augment affine (or none): the flip of --augment {self.augment} "
+                            f"would mix each class with its mirror class")
 
     def to_dict(self):
         return dataclasses.asdict(self)

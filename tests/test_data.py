@@ -106,6 +106,18 @@ def test_erase_applies_with_its_probability(tiny_folder):
         assert changed.any() and (b[changed] == 0.0).all()
 
 
+def test_flip_augmentation_mirrors_about_half_the_images_and_moves_nothing_else(tiny_folder):
+    folder = scan_folder(tiny_folder)
+    plain = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augmentation=Augmentation("none"))
+    flips = TrainingImages(folder, Preprocessing(image_size=16), seed=3, augmentation=Augmentation("flip"))
+    kinds = []
+    for key in [(epoch, v, 0) for epoch in range(4) for v in range(6)]:
+        a, b = plain[key][0], flips[key][0]
+        assert torch.equal(b, a) or torch.equal(b, a.flip(-1))  # the image or its mirror, nothing else
+        kinds.append(torch.equal(b, a.flip(-1)) and not torch.equal(a, a.flip(-1)))
+    assert 4 <= sum(kinds) <= 20
+
+
 def test_jitter_light_scales_brightness_and_contrast_within_its_strength():
     ramp = Image.fromarray(np.tile(np.linspace(60, 190, 32).astype(np.uint8), (8, 1)))
     rng = np.random.default_rng(0)

@@ -214,6 +214,7 @@ def _error_line(capsys):
     ("in_batch_size", "--batch-size (images) of at least two classes' worth"),
     ("unwritable", "cannot write to output folder"),
     ("mirror_with_flips", "--mirror-classes needs --augment affine"),
+    ("mirror_with_flip_alone", "the flip of --augment flip would mix"),
     ("erase", "--erase is a probability between 0 and 1"),
     ("jitter", "--jitter is a strength from 0 (off) up to, not including, 1"),
     ("eval_batch_size", "--eval-batch-size must be at least 1"),
@@ -307,8 +308,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         extra = ["--image-size", "0"]
     elif case == "size_for_backbone":
         extra = ["-b", "vit_b_16"]  # TINY_TRAIN_ARGS train at 32 px
-    elif case == "mirror_with_flips":
-        extra = ["--augment", "full", "--mirror-classes"]
+    elif case in ("mirror_with_flips", "mirror_with_flip_alone"):
+        extra = ["--augment", "full" if case == "mirror_with_flips" else "flip", "--mirror-classes"]
     elif case == "unwritable":
         out = str(tmp_path / "file")
         open(out, "w").close()
