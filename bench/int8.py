@@ -24,14 +24,14 @@ import numpy as np
 import torch
 
 from common import data_folder, report
-from siamese.contract import PARTS, int8_metadata, part_path
+from siamese.contract import PARTS, part_path
 from siamese.evaluate import evaluate
 from siamese.export import export_onnx, fingerprint
 from siamese.images import scan_folder
 from siamese.metrics import one_shot_accuracy
 from siamese.model import SiameseNetwork
 from siamese.pairs import evaluation_pairs
-from siamese.quantize import Quantization, calibration_feeds, compare, quantize_part
+from siamese.quantize import Quantization, compare, quantize_parts
 from siamese.runtime import OnnxRuntimeModel
 from siamese.scoring import score_pairs
 
@@ -50,12 +50,8 @@ def quantize(float_path, calibration_paths, folder, method="minmax"):
     model = OnnxRuntimeModel(float_path, providers=["CPUExecutionProvider"])
     model.require_parts()
     q = Quantization(os.path.dirname(calibration_paths[0]), images=len(calibration_paths), method=method)
-    feeds = calibration_feeds(model, calibration_paths)
     out = os.path.join(folder, "model.int8.onnx")
-    for part, source in zip(("pair", "embed", "head"), (model.pair, *model.parts)):
-        metadata = int8_metadata(source.metadata, target=q.target, calibration=q.calibration, images=q.images,
-                                 method=method)
-        quantize_part(part_path(float_path, part), part_path(out, part), feeds[part], metadata, q)
+    quantize_parts(model, {part: part_path(out, part) for part in PARTS}, calibration_paths, q, log=lambda line: None)
     return out
 
 

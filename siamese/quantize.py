@@ -126,12 +126,23 @@ def quantize_part(source, written, feeds, metadata, quantization):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(feeds)
+            self.set_range(0, len(feeds))
+
+        def __len__(self):
+            return len(feeds)
+
+        def set_range(self, start_index, end_index):
+            self.batches = iter(feeds[start_index:end_index])
 
         def get_next(self):
             return next(self.batches, None)
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[quantization.method]
+    options = _activation_options(quantization.target)
+    # calibrate one batch at a time, merging its ranges or histograms into the others': the
+    # percentile method otherwise keeps every activation of every batch until the end, which for a
+    # model with test-time averaging is gigabytes per hundred images
+    options["extra_options"]["CalibStridedMinMax"] = 1
     root_log = logging.getLogger()  # the tool warns there, per tensor, of what it handles itself
     level = root_log.level
     root_log.setLevel(logging.ERROR)
@@ -142,8 +153,7 @@ def quantize_part(source, written, feeds, metadata, quantization):
             # quantization tool recommends: fewer float operators between the quantized ones
             quant_pre_process(source, prepared, skip_symbolic_shape=True)
             quantize_static(prepared, quantized, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            weight_type=QuantType.QInt8, calibrate_method=method,
-                            **_activation_options(quantization.target))
+                            weight_type=QuantType.QInt8, calibrate_method=method, **options)
             proto = onnx.load(quantized)
         except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
@@ -164,6 +174,14 @@ def quantize_export(model, written, quantization, *, log=print):
     calibration, check = split_images(q)
     log(f"calibrating on {len(calibration)} images of '{q.calibration}' ({q.method}, for {q.target}); checking on "
         f"{len(check)} images of {len(check.classes)} other classes")
+    quantize_parts(model, written, calibration, q, log=log)
+    return calibration, check
+
+
+def quantize_parts(model, written, calibration, quantization, *, log=print):
+    """Write the INT8 copies of `model`'s three parts to `written` ({part: path}), calibrated on
+    the image paths `calibration`."""
+    q = quantization
     feeds = calibration_feeds(model, calibration, seed=q.seed)
     parts = {"pair": model.pair, "embed": model.parts[0], "head": model.parts[1]}
     for part in ("embed", "head", "pair"):
@@ -171,7 +189,6 @@ def quantize_export(model, written, quantization, *, log=print):
                                  images=len(calibration), method=q.method)
         log(f"quantizing {part_path(model.path, part)}")
         quantize_part(part_path(model.path, part), written[part], feeds[part], metadata, q)
-    return calibration, check
 
 
 def compare(float_model, int8_model, check):

@@ -165,6 +165,34 @@ def test_histogram_methods_calibrate_on_any_image_count(method, onnx_model, tmp_
     assert _metadata(out)["siamese.calibration_method"] == method
 
 
+def test_percentile_calibration_holds_one_batch_at_a_time(onnx_model, tmp_path, monkeypatch):
+    """The percentile method's histograms are fed a batch at a time: ONNX Runtime otherwise keeps
+    every activation of every calibration batch until the end (18.6 GB for the ORL recipe's model
+    at 200 images, against 3.2 GB batch by batch)."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    from conftest import make_folder
+
+    collect, batches_per_call = HistogramCalibrater.collect_data, []
+
+    def counting(self, reader):
+        class Counted:
+            def get_next(self):
+                inputs = reader.get_next()
+                if inputs:
+                    batches_per_call[-1] += 1
+                return inputs
+
+        batches_per_call.append(0)
+        return collect(self, Counted())
+
+    monkeypatch.setattr(HistogramCalibrater, "collect_data", counting)
+    folder, out = make_folder(str(tmp_path / "calibration"), classes=6, per_class=10), str(tmp_path / "model.int8.onnx")
+    assert onnx_to_int8.main(["--onnx", onnx_model, "--calibration", folder, "-o", out, *SMALL,
+                              "--calibration-images", "40", "--method", "percentile"]) == 0
+    assert len(batches_per_call) >= 3 * 4 and set(batches_per_call) == {1}  # 4+ batches for each of 3 parts
+
+
 def test_calibration_batches_are_of_one_size():
     from siamese.quantize import _batches
 
