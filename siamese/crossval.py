@@ -28,9 +28,9 @@ import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS
 from .errors import UserError
-from .evaluate import baseline_metrics, evaluate
+from .evaluate import baseline_evaluations, baseline_metrics, evaluate
 from .files import atomic_open, claim_folder, same_path, write_json
-from .metrics import threshold_at_far
+from .metrics import auc_intervals_over_classes, threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 from .settings import TrainingSettings, flag
 
@@ -174,7 +174,7 @@ def _train_fold(cv, train_folder, *, name, label, record, log):
 
 
 def _score_fold(cv, test_folder, checkpoint_path):
-    """(pairs, one-shot trials, the model's Evaluation, the baselines' metrics) on the held-out classes."""
+    """(pairs, one-shot trials, the model's Evaluation, the baselines' Evaluations) on the held-out classes."""
     from .checkpoint import load_model
     from .distributed import resolve_device
     from .predict import TorchPredictor
@@ -191,7 +191,17 @@ def _score_fold(cv, test_folder, checkpoint_path):
     model.config.update({key: getattr(cv.training, key) for key in SCORING_SETTINGS})
     result = evaluate(TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size), pairs,
                       trials=shots, progress=True)
-    return pairs, shots, result, baseline_metrics(pairs, trials=shots, progress=True)
+    return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True)
+
+
+def _auc_intervals(test_folder, pairs, result, evaluations):
+    """95% intervals of the ROC-AUCs, and of the model's lead over each baseline, over a bootstrap
+    of the held-out classes (None with fewer than 3)."""
+    label = dict(zip(test_folder.paths, test_folder.labels))
+    left, right = [label[p.left] for p in pairs], [label[p.right] for p in pairs]
+    scores = {"model": result.scores, **{name: e.scores for name, e in evaluations.items()}}
+    intervals = auc_intervals_over_classes(scores, left, right)
+    return {name: list(bounds) for name, bounds in intervals.items()} if intervals else None
 
 
 def run_fold(cv, folder, held_out, *, name, record, log=print):
@@ -210,7 +220,8 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
     last, seconds = _train_fold(cv, train_folder, name=name, label=label,
                                 record={**record, "held_out": held_out}, log=log)
     log(f"{label}: scoring {len(test_folder)} held-out images")
-    pairs, shots, result, baselines = _score_fold(cv, test_folder, last)
+    pairs, shots, result, evaluations = _score_fold(cv, test_folder, last)
+    baselines = baseline_metrics(pairs, evaluations=evaluations)
     thresholds = {"eer": result.metrics["eer_threshold"]}
     report_far = cv.scoring.report_far
     for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
@@ -226,6 +237,8 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baselines.items()},
     }
+    if record.get("outer"):  # one set of classes, no spread between folds: how precise is its figure?
+        fold_result["auc_intervals"] = _auc_intervals(test_folder, pairs, result, evaluations)
     os.makedirs(fold_dir, exist_ok=True)
     write_json(result_path, fold_result)
     return fold_result
@@ -336,6 +349,13 @@ def outer_lines(outer, metrics=SUMMARY_METRICS):
     for system, values in {"model": outer["model"], **outer["baselines"]}.items():
         lines.append(f"{SYSTEM_LABELS.get(system, system):<22}"
                      + "".join(_value(m, values[m]) if m in values else f"{'-':>18}" for m in metrics))
+    intervals = outer.get("auc_intervals")
+    if intervals:
+        leads = [f"over {SYSTEM_LABELS.get(name, name)} {lo:+.3f} to {hi:+.3f}" for name, (lo, hi) in
+                 ((key.split(" - ")[1], bounds) for key, bounds in intervals.items() if key.startswith("model - "))]
+        lo, hi = intervals["model"]
+        lines.append(f"95% intervals over the outer classes (bootstrap): ROC-AUC {lo:.3f} to {hi:.3f}; the model's "
+                     f"lead " + ", ".join(leads) + " (an interval that holds 0 is no shown lead)")
     if outer.get("thresholds"):
         lines.append(threshold_line({k: {"mean": v} for k, v in outer["thresholds"].items()},
                                     "on the outer pairs (for information: choose on the inner folds)"))

@@ -61,11 +61,17 @@ def evaluate(predictor, pairs, *, threshold=DEFAULT_THRESHOLD, far=None, trials=
     return Evaluation(pairs=list(pairs), scores=scores, metrics=metrics, one_shot=one_shot)
 
 
-def baseline_metrics(pairs, *, trials=None, names=BASELINES, progress=False):
-    """{name: ranking metrics (and one-shot accuracy)} for each baseline on these pairs and trials."""
+def baseline_evaluations(pairs, *, trials=None, names=BASELINES, progress=False):
+    """{name: Evaluation} of each baseline on these pairs and trials."""
+    return {name: evaluate(make_baseline(name), pairs, trials=trials, progress=progress) for name in names}
+
+
+def baseline_metrics(pairs, *, trials=None, names=BASELINES, progress=False, evaluations=None):
+    """{name: ranking metrics (and one-shot accuracy)} for each baseline on these pairs and trials
+    (from `evaluations`, baseline_evaluations' answer, when given)."""
+    evaluations = evaluations or baseline_evaluations(pairs, trials=trials, names=names, progress=progress)
     results = {}
-    for name in names:
-        result = evaluate(make_baseline(name), pairs, trials=trials, progress=progress)
+    for name, result in evaluations.items():
         results[name] = {key: result.metrics[key] for key in RANKING_METRICS if key in result.metrics}
         if result.one_shot:
             results[name]["one_shot"] = result.one_shot

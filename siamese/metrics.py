@@ -133,3 +133,37 @@ def one_shot_accuracy(similarities, answers):
     at_top = sims >= top
     hit = at_top[np.arange(len(sims)), answers] / at_top.sum(axis=1)
     return float(np.mean(hit))
+
+
+def auc_intervals_over_classes(scores, left, right, *, reference="model", draws=1000, seed=0, level=0.95):
+    """How precisely these classes measure ROC-AUC: {system: (low, high)} and {"model - other":
+    (low, high)} for each other system, the central `level` of a bootstrap over the classes.
+
+    scores: {system: similarities of the same pairs}; left, right: each pair's two class indices
+    (a pair is 'same' when they are equal). Each draw takes as many classes as there are, with
+    replacement; a pair counts once per drawn copy of its class (same pairs) or per drawn copy of
+    each of its two classes (different pairs), pairs of a class with its own copy are left out.
+    None when fewer than 3 classes: too few to resample."""
+    from sklearn.metrics import roc_auc_score
+
+    _, classes = np.unique(np.concatenate([left, right]), return_inverse=True)  # numbered 0..n-1
+    left, right = classes[:len(left)], classes[len(left):]
+    same, n = left == right, int(classes.max()) + 1
+    if n < 3 or same.all() or not same.any():
+        return None
+    rng = np.random.default_rng(seed)
+    samples = {name: [] for name in [*scores, *(f"{reference} - {o}" for o in scores if o != reference)]}
+    for _ in range(draws):
+        counts = np.bincount(rng.integers(0, n, n), minlength=n)
+        weight = np.where(same, counts[left], counts[left] * counts[right]).astype(np.float64)
+        kept = weight > 0
+        if same[kept].all() or not same[kept].any():
+            continue  # a draw of one class: no ROC-AUC
+        auc = {name: roc_auc_score(same[kept], s[kept], sample_weight=weight[kept])
+               for name, s in ((name, np.asarray(v)) for name, v in scores.items())}
+        for name, value in auc.items():
+            samples[name].append(value)
+            if name != reference:
+                samples[f"{reference} - {name}"].append(auc[reference] - value)
+    tail = (1.0 - level) / 2 * 100
+    return {name: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for name, v in samples.items()}

@@ -294,6 +294,7 @@ def test_nested_cross_validation_repeats_and_the_outer_figure(tmp_path, capsys):
     assert set(outer["thresholds"]) == {"eer", "far_0.01", "far_0.001"}
     assert outer["held_out"] == plan["holdout"] and outer["train_classes"] == 4 and outer["outer"] is True
     assert set(outer["baselines"]) == {"pixels", "lbp"}
+    assert outer["auc_intervals"] is None and "95% intervals" not in printed  # 2 classes: too few to resample
     assert torch.load(os.path.join(out, "outer", "last.pth"), weights_only=True)["epoch"] == 1
     # --outer needs a holdout; --fold with --outer is refused
     assert crossval.main(["--data", data, "-o", str(tmp_path / "x"), "--folds", "2", "--outer", *TINY_TRAIN_ARGS]) == 2
@@ -320,3 +321,14 @@ def test_against_compares_settings_fold_by_fold_and_names_the_spread(tmp_path, c
     assert crossval.main([*base, "--repeats", "2", "-o", a2]) == 0
     assert crossval.main([*base, "--repeats", "2", "-o", b2, "--dropout", "0.2", "--against", a2]) == 0
     assert "the spread between fold choices (" in capsys.readouterr().out
+
+
+def test_the_outer_report_gives_the_bootstrap_intervals():
+    from siamese.crossval import outer_lines
+
+    metrics = {"auc": 0.979, "eer": 0.082}
+    outer = {"held_out": ["a", "b", "c"], "pairs": 435, "model": metrics, "baselines": {"pixels": metrics},
+             "auc_intervals": {"model": [0.962, 0.991], "pixels": [0.93, 0.98], "model - pixels": [0.002, 0.036]}}
+    line = outer_lines(outer)[-1]
+    assert line.startswith("95% intervals over the outer classes (bootstrap): ROC-AUC 0.962 to 0.991")
+    assert "over raw pixels (cosine) +0.002 to +0.036" in line

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from siamese.metrics import (best_accuracy_threshold, one_shot_accuracy, verification_metrics)
+from siamese.metrics import (auc_intervals_over_classes, best_accuracy_threshold, one_shot_accuracy,
+                             verification_metrics)
 
 
 def test_perfect_scores():
@@ -72,3 +73,33 @@ def test_printed_digits_agree_with_the_verdict():
     assert f"{0.55774:.{d}f}" > f"{0.55768:.{d}f}" and d == 5
     assert f"{0.5576:.{digits_to_tell(0.5576, 0.5577, fewest=2)}f}" == "0.5576"
     assert digits_to_tell(0.5, 0.5) == 7  # equal: as many digits as allowed, and >= holds
+
+
+def _class_pairs(classes, per_class):
+    labels = np.repeat(np.arange(classes), per_class)
+    i, j = np.triu_indices(len(labels), k=1)
+    return labels[i], labels[j]
+
+
+def test_auc_intervals_over_classes_bound_a_perfect_a_noisy_and_an_equal_system():
+    left, right = _class_pairs(8, 4)
+    same = left == right
+    rng = np.random.default_rng(0)
+    perfect = same + rng.uniform(0, 0.5, len(same))
+    noisy = same * 0.3 + rng.uniform(0, 1, len(same))
+    intervals = auc_intervals_over_classes({"model": perfect, "noisy": noisy, "copy": perfect}, left, right, draws=300)
+    assert intervals["model"] == pytest.approx((1.0, 1.0)) and intervals["model - copy"] == (0.0, 0.0)
+    low, high = intervals["noisy"]
+    from sklearn.metrics import roc_auc_score
+
+    assert low < roc_auc_score(same, noisy) < high and high - low > 0.02  # 8 classes: a real spread
+    assert 0 < intervals["model - noisy"][0] < intervals["model - noisy"][1]  # a lead the draws all show
+    again = auc_intervals_over_classes({"model": perfect, "noisy": noisy, "copy": perfect}, left, right, draws=300)
+    assert again == intervals  # seeded
+
+
+def test_auc_intervals_need_three_classes_and_both_kinds_of_pair():
+    left, right = _class_pairs(2, 4)
+    assert auc_intervals_over_classes({"model": np.zeros(len(left))}, left, right) is None
+    left, right = np.arange(5), np.arange(5) + 10  # no same pair
+    assert auc_intervals_over_classes({"model": np.zeros(5)}, left, right) is None
