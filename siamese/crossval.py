@@ -28,9 +28,9 @@ import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS
 from .errors import UserError
-from .evaluate import baseline_evaluations, baseline_metrics, evaluate
+from .evaluate import auc_intervals, baseline_evaluations, baseline_metrics, evaluate, intervals_line
 from .files import atomic_open, claim_folder, same_path, write_json
-from .metrics import auc_intervals_over_classes, threshold_at_far
+from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 from .settings import TrainingSettings, flag
 
@@ -194,16 +194,6 @@ def _score_fold(cv, test_folder, checkpoint_path):
     return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True)
 
 
-def _auc_intervals(test_folder, pairs, result, evaluations):
-    """95% intervals of the ROC-AUCs, and of the model's lead over each baseline, over a bootstrap
-    of the held-out classes (None with fewer than 3)."""
-    label = dict(zip(test_folder.paths, test_folder.labels))
-    left, right = [label[p.left] for p in pairs], [label[p.right] for p in pairs]
-    scores = {"model": result.scores, **{name: e.scores for name, e in evaluations.items()}}
-    intervals = auc_intervals_over_classes(scores, left, right)
-    return {name: list(bounds) for name, bounds in intervals.items()} if intervals else None
-
-
 def run_fold(cv, folder, held_out, *, name, record, log=print):
     """Train (or continue) the run OUT/`name` on `folder`'s classes but `held_out`, and score the
     held-out classes; returns its result dict (`record` and the figures), also written to
@@ -238,7 +228,7 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
                       for name, metrics in baselines.items()},
     }
     if record.get("outer"):  # one set of classes, no spread between folds: how precise is its figure?
-        fold_result["auc_intervals"] = _auc_intervals(test_folder, pairs, result, evaluations)
+        fold_result["auc_intervals"] = auc_intervals(test_folder, pairs, result, evaluations)
     os.makedirs(fold_dir, exist_ok=True)
     write_json(result_path, fold_result)
     return fold_result
@@ -349,13 +339,8 @@ def outer_lines(outer, metrics=SUMMARY_METRICS):
     for system, values in {"model": outer["model"], **outer["baselines"]}.items():
         lines.append(f"{SYSTEM_LABELS.get(system, system):<22}"
                      + "".join(_value(m, values[m]) if m in values else f"{'-':>18}" for m in metrics))
-    intervals = outer.get("auc_intervals")
-    if intervals:
-        leads = [f"over {SYSTEM_LABELS.get(name, name)} {lo:+.3f} to {hi:+.3f}" for name, (lo, hi) in
-                 ((key.split(" - ")[1], bounds) for key, bounds in intervals.items() if key.startswith("model - "))]
-        lo, hi = intervals["model"]
-        lines.append(f"95% intervals over the outer classes (bootstrap): ROC-AUC {lo:.3f} to {hi:.3f}; the model's "
-                     f"lead " + ", ".join(leads) + " (an interval that holds 0 is no shown lead)")
+    if outer.get("auc_intervals"):
+        lines.append(intervals_line(outer["auc_intervals"], "the outer classes", labels=SYSTEM_LABELS))
     if outer.get("thresholds"):
         lines.append(threshold_line({k: {"mean": v} for k, v in outer["thresholds"].items()},
                                     "on the outer pairs (for information: choose on the inner folds)"))

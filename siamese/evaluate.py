@@ -12,7 +12,7 @@ import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS, make_baseline
 from .errors import UserError, check_between
-from .metrics import one_shot_accuracy, threshold_at_far, verification_metrics
+from .metrics import auc_intervals_over_classes, one_shot_accuracy, threshold_at_far, verification_metrics
 from .scoring import score_pairs
 
 DEFAULT_THRESHOLD = 0.5
@@ -122,8 +122,37 @@ def constant_scores_note(scores):
             f"settle; train longer, or check that this is the checkpoint meant")
 
 
+def auc_intervals(folder, pairs, result, evaluations):
+    """95% intervals of the model's and the baselines' ROC-AUCs, and of the model's lead over
+    each, from a bootstrap over `folder`'s classes ({name: [low, high]}; None with fewer than 3)."""
+    label = dict(zip(folder.paths, folder.labels))
+    left, right = [label[p.left] for p in pairs], [label[p.right] for p in pairs]
+    scores = {"model": result.scores, **{name: e.scores for name, e in evaluations.items()}}
+    intervals = auc_intervals_over_classes(scores, left, right)
+    return {name: list(bounds) for name, bounds in intervals.items()} if intervals else None
+
+
+def intervals_line(intervals, where, *, labels=None):
+    """One line for auc_intervals' answer."""
+    leads = [f"over {(labels or {}).get(name, name)} {lo:+.3f} to {hi:+.3f}" for name, (lo, hi) in
+             ((key.split(" - ")[1], bounds) for key, bounds in intervals.items() if key.startswith("model - "))]
+    lo, hi = intervals["model"]
+    return (f"95% intervals over {where} (bootstrap): ROC-AUC {lo:.3f} to {hi:.3f}; the model's lead "
+            + ", ".join(leads) + " (an interval that holds 0 is no shown lead)")
+
+
+def _add_baselines(result, folder, shots):
+    """The baselines' metrics on the result's pairs, and with the pairs' `folder` (None for a pair
+    list, whose images' classes are not known) the bootstrap intervals."""
+    evaluations = baseline_evaluations(result.pairs, trials=shots, progress=True)
+    result.metrics["baselines"] = baseline_metrics(result.pairs, evaluations=evaluations)
+    if folder is not None:
+        result.metrics["auc_intervals"] = auc_intervals(folder, result.pairs, result, evaluations)
+
+
 def baselines_summary(baselines, model_metrics):
-    """Lines comparing the model with each baseline on the same pairs (ranking metrics only)."""
+    """Lines comparing the model with each baseline on the same pairs (ranking metrics only, and
+    the bootstrap intervals when known)."""
     rows = [("model", model_metrics)] + [(f"baseline: {name}", m) for name, m in baselines.items()]
     lines = [f"{'':<20}{'ROC-AUC':>9}{'EER':>8}{'TAR@FAR1e-2':>13}" + ("  one-shot" if "one_shot" in model_metrics else "")]
     for label, m in rows:
@@ -133,6 +162,8 @@ def baselines_summary(baselines, model_metrics):
         if "one_shot" in m:
             line += f"{m['one_shot']['accuracy']:>10.2%}"
         lines.append(line)
+    if model_metrics.get("auc_intervals"):
+        lines.append(intervals_line(model_metrics["auc_intervals"], "these classes"))
     return "\n".join(lines)
 
 
@@ -203,7 +234,7 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
         if shots and s.within_group:
             result.metrics["one_shot"]["within_group"] = True
         if s.baselines:
-            result.metrics["baselines"] = baseline_metrics(pairs, trials=shots, progress=True)
+            _add_baselines(result, folder if not pairs_file else None, shots)
         curve = None
         if s.retrieval:
             from .retrieval import retrieval_evaluation

@@ -162,6 +162,30 @@ def test_bad_input(tiny_dataset, trained_checkpoint, tmp_path, capsys):
     assert not os.path.exists(out)  # nothing was written for the failed runs
 
 
+def test_baselines_are_scored_on_the_same_pairs_with_bootstrap_intervals(tiny_dataset, trained_checkpoint, tmp_path,
+                                                                         capsys):
+    from siamese.baselines import make_baseline
+    from siamese.metrics import verification_metrics
+
+    _, val_dir = tiny_dataset
+    out = str(tmp_path / "eval")
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--baselines", "--pairs-per-image",
+                             "4", "--workers", "0", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    pairs = evaluation_pairs(scan_folder(val_dir), seed=1, pairs_per_image=4)  # eval.py's default seed
+    pixels = verification_metrics(score_pairs(make_baseline("pixels"), [(p.left, p.right) for p in pairs]),
+                                  [p.same for p in pairs])
+    assert metrics["baselines"]["pixels"]["auc"] == pytest.approx(pixels["auc"])  # the model's pairs, scored again
+    assert set(metrics["baselines"]) == {"pixels", "lbp"}
+    intervals = metrics["auc_intervals"]  # 3 classes: the fewest to resample
+    assert set(intervals) == {"model", "pixels", "lbp", "model - pixels", "model - lbp"}
+    for name in ("model", "pixels", "lbp"):
+        low, high = intervals[name]
+        assert 0.0 <= low <= (metrics["auc"] if name == "model" else metrics["baselines"][name]["auc"]) <= high <= 1.0
+    assert "95% intervals over these classes (bootstrap): ROC-AUC" in printed and "the model's lead over pixels" in printed
+
+
 def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
     _, val_dir = tiny_dataset
     pairs = tmp_path / "pairs.csv"
@@ -172,6 +196,11 @@ def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
                              "--workers", "0", "--device", "cpu"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     assert metrics["pairs"] == 3 and metrics["positive_pairs"] == 2
+    # a pair list's images have no known classes: baselines, but no bootstrap over classes
+    assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, "--pairs", str(pairs), "--baselines",
+                             "--workers", "0", "--device", "cpu"]) == 0
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(metrics["baselines"]) == {"pixels", "lbp"} and "auc_intervals" not in metrics
 
 
 def test_default_batch_size_follows_the_image_size_on_a_cpu():
