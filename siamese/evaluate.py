@@ -138,7 +138,7 @@ def intervals_line(intervals, where, *, labels=None):
              ((key.split(" - ")[1], bounds) for key, bounds in intervals.items() if key.startswith("model - "))]
     lo, hi = intervals["model"]
     return (f"95% intervals over {where} (bootstrap): ROC-AUC {lo:.3f} to {hi:.3f}; the model's lead "
-            + ", ".join(leads) + " (an interval that holds 0 is no shown lead)")
+            + ", ".join(leads) + " (a lead whose interval holds 0 is not shown by these figures)")
 
 
 def _add_baselines(result, folder, shots):
