@@ -68,12 +68,19 @@ def _plan_differences(earlier, plan, *, ignore=()):
     return changed
 
 
-def check_plan(out_path, plan):
-    """Write OUT/plan.json, or check that the one there is this plan."""
+def check_plan(out_path, plan, log=print):
+    """Write OUT/plan.json, or check that the one there is this plan. More --repeats than before
+    continue it: the earlier repeats' folds stay as they were (the plan holds the first's)."""
     path = os.path.join(out_path, "plan.json")
     if os.path.exists(path):
-        changed = _plan_differences(_read_json(path), plan)
-        if changed:
+        earlier = _read_json(path)
+        changed = _plan_differences(earlier, plan)
+        before = {**PLAN_DEFAULTS, **earlier}["repeats"]
+        if changed == ["repeats"] and plan["repeats"] > before:
+            added = f"repeat {before + 1}" if plan["repeats"] == before + 1 else f"repeats {before + 1} to {plan['repeats']}"
+            log(f"'{out_path}' holds {before} repeat(s) of these folds: adding {added}")
+            write_json(path, plan)
+        elif changed:
             raise UserError(f"'{out_path}' holds a cross-validation with other {', '.join(changed)}; continue it with "
                             f"the same options, or give another -o/--out")
     else:
@@ -439,7 +446,7 @@ def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against
             for index in range(1, len(cv.repeat_folds[0]) + 1)
             if only_repeat in (None, repeat) and only_fold in (None, index)]
     with claim_folder(cv.out_path, what="cross-validation out path"):  # one cross-validation at a time per path
-        check_plan(cv.out_path, cv.plan)
+        check_plan(cv.out_path, cv.plan, log=log)
         if outer:
             run_fold(cv, cv.folder, list(cv.holdout), name=OUTER, record={"outer": True}, log=log)
         else:

@@ -332,3 +332,21 @@ def test_the_outer_report_gives_the_bootstrap_intervals():
     line = outer_lines(outer)[-1]
     assert line.startswith("95% intervals over the outer classes (bootstrap): ROC-AUC 0.962 to 0.991")
     assert "over raw pixels (cosine) +0.002 to +0.036" in line
+
+
+def test_more_repeats_continue_a_cross_validation_and_fewer_are_refused(tmp_path, capsys):
+    data = make_folder(str(tmp_path / "data"), classes=4, per_class=4)
+    out = str(tmp_path / "cv")
+    args = ["--data", data, "-o", out, "--folds", "2", "-e", "1", *TINY_TRAIN_ARGS]
+    assert crossval.main([*args, "--repeats", "1"]) == 0
+    first = open(os.path.join(out, "fold_1", "result.json")).read()
+    capsys.readouterr()
+    assert crossval.main([*args, "--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"'{out}' holds 1 repeat(s) of these folds: adding repeat 2" in printed
+    assert "fold 1: already scored" in printed and "repeat 2 fold 2: training on" in printed
+    assert open(os.path.join(out, "fold_1", "result.json")).read() == first  # the first repeat kept as it was
+    assert json.load(open(os.path.join(out, "plan.json")))["repeats"] == 2
+    assert "4 of 4 folds (2 repeats of 2 folds)" in printed
+    assert crossval.main([*args, "--repeats", "1"]) == 2
+    assert "holds a cross-validation with other repeats" in capsys.readouterr().err
