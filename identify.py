@@ -67,7 +67,7 @@ def main(argv=None):
     from siamese.errors import check_at_least
     from siamese.evaluate import resolve_threshold
     from siamese.files import check_not_inside, claim_beside, prepare_output_dir
-    from siamese.gallery import choose_shortlist, identify, load_gallery
+    from siamese.gallery import check_index_path, choose_shortlist, identify, load_gallery
     from siamese.identification import (PRINTED_QUERIES, check_identification_out_path, match_rows, print_matches,
                                         query_files, write_results)
     from siamese.images import scan_folder
@@ -81,6 +81,7 @@ def main(argv=None):
     if args.out_path:
         check_not_inside(args.out_path, [args.gallery, args.query])
         check_identification_out_path(args.out_path)
+    check_index_path(args.index, [args.gallery, args.query])
     model, calibrated = load_scorer(args)
     threshold, source = resolve_threshold(args.threshold, calibrated)
     index = args.index or (os.path.join(args.out_path, "gallery_index.npz") if args.out_path else None)

@@ -4,14 +4,18 @@ FAISS shortlist. Works with any scorer (scoring.py): a PyTorch predictor or a de
 torch here.
 """
 
+import contextlib
 import io
 import os
+import re
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import UserError
-from .files import atomic_open
+from .evaluate import check_finite_scores
+from .files import atomic_open, check_not_inside
 from .scoring import score_feature_pairs
 
 INDEX_FORMAT = 1
@@ -32,6 +36,7 @@ class Gallery:
     features: np.ndarray  # (len(paths), D) scoring features
     reused: int = 0  # images whose features came from the index file
     embedded: int = 0
+    index_path: str = None  # the index file the features were kept in, if any
     _shortlist: object = None
 
     def shortlist(self):
@@ -50,23 +55,130 @@ def _read_index(path, key):
     """{relative path: (size, mtime_ns, features)} from an index file of this model, {} when absent."""
     if not path or not os.path.exists(path):
         return {}
+    _check_written_here(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             fmt, their_key = int(data["format"]), str(data["key"])
             names, sizes, stamps, features = data["paths"], data["sizes"], data["mtimes"], data["features"]
     except Exception as error:
-        raise UserError(f"cannot read the gallery index '{path}' ({type(error).__name__}); delete it (the gallery is "
-                        f"indexed again) or give another --index") from None
+        raise UserError(f"cannot read the gallery index '{path}' ({type(error).__name__}; damaged?); delete it (the "
+                        f"gallery is indexed again) or give another --index") from None
     if fmt != INDEX_FORMAT:
         raise UserError(f"the gallery index '{path}' has format {fmt}, this toolkit writes {INDEX_FORMAT}; delete it "
                         f"or give another --index")
-    if their_key != key:
-        raise UserError(f"the gallery index '{path}' was made by another model ({their_key.split(':')[0]}, not "
-                        f"{key.split(':')[0]}); its features cannot be mixed with this model's: give another --index, "
-                        f"or delete it to index the gallery again")
-    if not (len(names) == len(sizes) == len(stamps) == len(features)) or features.ndim != 2:
-        raise UserError(f"the gallery index '{path}' is inconsistent (damaged?); delete it or give another --index")
+    _check_same_model(path, their_key, key)
+    problem = _index_problem(names, sizes, stamps, features)
+    if problem:
+        raise _damaged(path, problem)
     return {str(n): (int(s), int(t), f) for n, s, t, f in zip(names, sizes, stamps, features)}
+
+
+def _damaged(path, why):
+    return UserError(f"the gallery index '{path}' is damaged ({why}); delete it (the gallery is indexed again) or "
+                     f"give another --index")
+
+
+def _index_problem(names, sizes, stamps, features):
+    """What is wrong with an index's arrays, or None: features must be a table of finite numbers,
+    one row per file, and the sizes and times whole numbers."""
+    if not (names.dtype.kind == "U" and sizes.dtype.kind in "iu" and stamps.dtype.kind in "iu"):
+        return "file names, sizes or times of the wrong type"
+    if features.dtype.kind not in "fiu":
+        return f"features that are not numbers ({features.dtype})"
+    if features.ndim != 2 or not (names.ndim == sizes.ndim == stamps.ndim == 1):
+        return f"features of shape {features.shape}, not one row per image"
+    if not (len(names) == len(sizes) == len(stamps) == len(features)):
+        return "lists of different lengths"
+    bad = len(features) - int(np.isfinite(features).all(axis=1).sum())
+    if bad:
+        return f"{bad} image(s) with features that are not finite numbers (NaN or infinity)"
+    return None
+
+
+def _check_same_model(path, their_key, key):
+    """The index's features came from this model at this precision (index_key: 'fingerprint:precision')."""
+    if their_key == key:
+        return
+    (theirs, _, their_precision), (ours, _, our_precision) = their_key.partition(":"), key.partition(":")
+    if theirs == ours:
+        raise UserError(f"the gallery index '{path}' holds this model's {their_precision} features, and this copy of "
+                        f"it gives {our_precision} ones, which cannot be mixed with them: give another --index (one "
+                        f"per precision), or delete it to index the gallery again")
+    raise UserError(f"the gallery index '{path}' was made by another model ({theirs}, not {ours}); its features "
+                    f"cannot be mixed with this model's: give another --index, or delete it to index the gallery again")
+
+
+def _other_width(index_path, theirs, ours):
+    if not index_path:
+        return UserError(f"the gallery's features have {theirs} numbers and the queries' {ours}: embed both with one "
+                         f"model")
+    return UserError(f"the gallery index '{index_path}' holds features of {theirs} numbers, and the model gives "
+                     f"{ours}; it is damaged: delete it (the gallery is indexed again) or give another --index")
+
+
+# --- what an --index path may be ---------------------------------------------------------------
+
+def _written_here(path):
+    """Whether the file is an index this toolkit wrote (whole or damaged): np.savez's zip with
+    the 'format' entry first, as _write_index writes it."""
+    with open(path, "rb") as f:
+        head = f.read(40)
+    return head[:4] == b"PK\x03\x04" and head[30:40] == b"format.npy"
+
+
+def _what_file(path):
+    """A few words on what a file that is not an index is, to name it rather than advise deleting it."""
+    from .contract import engine_metadata_path
+
+    if zipfile.is_zipfile(path):
+        with contextlib.suppress(zipfile.BadZipFile), zipfile.ZipFile(path) as archive:
+            if any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "a PyTorch checkpoint"
+        return "a zip archive"
+    if os.path.getsize(path) == 0:
+        return "an empty file"
+    if path.lower().endswith(".onnx"):
+        return "an ONNX model"
+    if os.path.isfile(engine_metadata_path(path)):
+        return "a TensorRT engine"
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return f"an image ({image.format})"
+    except Exception:
+        return None
+
+
+def _check_written_here(path):
+    """Refuse an existing --index file that this toolkit did not write as an index: it is named,
+    never advised for deletion, never overwritten."""
+    if os.path.isdir(path):
+        raise UserError(f"--index '{path}' is a folder; give a file name for the gallery index")
+    try:
+        ours = _written_here(path)
+    except OSError as error:
+        raise UserError(f"cannot read --index '{path}' ({error.strerror}); give a readable file or another "
+                        f"--index") from None
+    if not ours:
+        kind = _what_file(path)
+        what = f"{kind}, not a gallery index" if kind else "not a gallery index"
+        raise UserError(f"--index '{path}' is {what}; it is left as it is: give another --index (a new file name, "
+                        f"or an index identify.py wrote)")
+
+
+def check_index_path(path, image_folders):
+    """An --index given by the user, before any work: a file (a new one, or an index this toolkit
+    wrote) in a folder that exists, outside the image folders that are read."""
+    if not path:
+        return
+    if os.path.exists(path):
+        _check_written_here(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UserError(f"--index '{path}': the folder '{os.path.dirname(path)}' does not exist; create it or give "
+                        f"another path")
+    check_not_inside(path, image_folders, option="--index")
 
 
 def _write_index(path, key, relative, stamps, features):
@@ -97,12 +209,12 @@ def load_gallery(folder, scorer, *, index_path=None, progress=False, log=print):
             missing.append(i)
     if missing:
         new = scorer.embed_paths([folder.paths[i] for i in missing], progress=progress)
+        _check_finite_features(new, [folder.paths[i] for i in missing])
         for i, row in zip(missing, new):
             features[i] = row
-    dims = {len(f) for f in features}
-    if len(dims) != 1:
-        raise UserError(f"the gallery index '{index_path}' holds features of another size than the model's; delete it "
-                        f"or give another --index")
+    dims = sorted({len(f) for f in features})
+    if len(dims) != 1:  # rows from the index beside rows embedded now
+        raise _other_width(index_path, len(next(iter(known.values()))[2]), len(new[0]))
     matrix = np.stack(features).astype(np.float32)
     removed = len(set(known) - set(relative))
     if index_path and (missing or removed or len(known) != len(relative)):
@@ -111,7 +223,17 @@ def load_gallery(folder, scorer, *, index_path=None, progress=False, log=print):
             log(f"gallery index '{index_path}': {len(missing)} image(s) embedded, {removed} removed, "
                 f"{len(relative) - len(missing)} reused")
     return Gallery(folder.root, list(folder.classes), list(folder.paths), np.asarray(folder.labels),
-                   matrix, reused=len(relative) - len(missing), embedded=len(missing))
+                   matrix, reused=len(relative) - len(missing), embedded=len(missing), index_path=index_path)
+
+
+def _check_finite_features(features, paths=None, what="gallery image(s)"):
+    """Features fresh from the model are finite numbers, or they reach neither the index nor a match."""
+    bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(bad):
+        example = f", such as '{paths[bad[0]]}'" if paths else ""
+        raise UserError(f"the model gave {len(bad)} {what} features that are not finite numbers (NaN or infinity)"
+                        f"{example}; its weights are broken (a diverged training run?): use an earlier checkpoint or "
+                        f"train again")
 
 
 # --- search ------------------------------------------------------------------------------------
@@ -163,6 +285,9 @@ def identify(scorer, gallery, query_features, *, top_k=5, shortlist=None):
     """For each query (rows of query_features): the top_k classes, each by its best gallery image,
     as Matches best first. shortlist: None exhaustive, else how many gallery images FAISS
     proposes for the head to re-rank."""
+    if query_features.shape[1:] != gallery.features.shape[1:]:  # an index's rows, all reused
+        raise _other_width(gallery.index_path, gallery.features.shape[1], query_features.shape[1])
+    _check_finite_features(query_features, what="query image(s)")
     candidates = gallery.shortlist().search(query_features, shortlist) if shortlist else None
     results = []
     for q, query in enumerate(query_features):
@@ -172,6 +297,7 @@ def identify(scorer, gallery, query_features, *, top_k=5, shortlist=None):
             rows = candidates[q][candidates[q] >= 0]
             found = gallery.features[rows]
         scores = np.asarray(score_feature_pairs(scorer, np.broadcast_to(query, found.shape), found), np.float64)
+        check_finite_scores(scores)  # a NaN is never a silent 'unknown'
         best = {}
         for i in np.argsort(-scores, kind="stable"):
             label = int(gallery.labels[rows[i]])
@@ -187,6 +313,6 @@ def choose_shortlist(requested, gallery_size):
     """--shortlist: 'auto' (exhaustive up to EXHAUSTIVE_UP_TO images), 0 (exhaustive) or N."""
     if requested == "auto":
         return None if gallery_size <= EXHAUSTIVE_UP_TO else DEFAULT_SHORTLIST
-    if not str(requested).isdigit():
+    if not re.fullmatch("[0-9]+", str(requested)):  # not str.isdigit, which takes '²' that int() refuses
         raise UserError(f"--shortlist must be 'auto', 0 (score the whole gallery) or a number of images, not '{requested}'")
     return int(requested) or None

@@ -7,7 +7,7 @@ import json
 import os
 
 from .errors import UserError
-from .files import atomic_folder, atomic_open
+from .files import atomic_folder, atomic_open, write_json
 from .images import check_image, class_images
 from .metrics import digits_to_tell
 from .report import identification_picture
@@ -56,8 +56,7 @@ def write_results(out_path, rows, queries, results, gallery, threshold, *, max_p
         writer = csv.DictWriter(f, fieldnames=["query", "rank", "class", "gallery_image", "similarity", "verdict"])
         writer.writeheader()
         writer.writerows(rows)
-    with atomic_open(os.path.join(out_path, "matches.json"), "w") as f:
-        json.dump({"threshold": threshold, "matches": rows}, f, indent=2)
+    write_json(os.path.join(out_path, "matches.json"), {"threshold": threshold, "matches": rows})
     with atomic_folder(os.path.join(out_path, "pictures")) as staging:
         for i, (query, matches) in enumerate(zip(queries[:max_pictures], results)):
             name = f"{i:05d}_{os.path.splitext(os.path.basename(query))[0][:60]}.jpg"
@@ -66,7 +65,8 @@ def write_results(out_path, rows, queries, results, gallery, threshold, *, max_p
 
 def print_matches(rows, queries, results, gallery, threshold, source, *, as_json):
     if as_json:
-        print(json.dumps({"threshold": threshold, "threshold_source": source, "matches": rows}, indent=2))
+        print(json.dumps({"threshold": threshold, "threshold_source": source, "matches": rows}, indent=2,
+                         allow_nan=False))
         return
     for query, matches in list(zip(queries, results))[:PRINTED_QUERIES]:
         best = matches[0]
