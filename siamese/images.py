@@ -198,7 +198,7 @@ def class_images(class_dir, *, seen=None, skipped=None, above=None):
             elif is_image_file(entry.name):
                 reason = not_a_file(entry.path)
                 if reason:
-                    skipped.append((entry.path, reason))
+                    skipped.append((entry.path, "it " + reason))
                 else:
                     found.append(entry.path)
     if own:

@@ -124,19 +124,20 @@ def _save_png(img, path):
 
 
 def picture_indices(evaluation, threshold, max_pictures=None):
-    """The pairs to draw, in pair order: every one, or the `max_pictures` most informative: of each
-    kind (same, different) the wrong ones first, the most confidently wrong first, then the right
-    ones nearest the threshold, the two kinds taking turns."""
+    """The pairs to draw, in pair order: every one, or the `max_pictures` most informative: the
+    wrong ones first, the most confidently wrong first, then the right ones nearest the
+    threshold; the two kinds (same, different) taking turns in each."""
     count = len(evaluation.pairs)
     if max_pictures is None or max_pictures >= count:
         return list(range(count))
     labels = evaluation.labels
-    margin = np.where(labels, evaluation.scores - threshold, threshold - evaluation.scores)  # below 0: wrong
-    rank = np.empty(count, dtype=np.int64)
-    for kind in (labels, ~labels):
-        members = np.flatnonzero(kind)
+    margin = np.where(labels, evaluation.scores - threshold, threshold - evaluation.scores)
+    right = margin >= 0
+    rank = np.empty(count, dtype=np.int64)  # within its kind and verdict, the smallest margin first
+    for members in (np.flatnonzero((labels == kind) & (right == verdict)) for kind in (True, False)
+                    for verdict in (False, True)):
         rank[members[np.argsort(margin[members], kind="stable")]] = np.arange(len(members))
-    order = np.lexsort((np.arange(count), ~labels, rank))  # by rank within the kind, then same first
+    order = np.lexsort((np.arange(count), ~labels, rank, right))  # wrong before right, then by rank, same first
     return sorted(int(i) for i in order[:max_pictures])
 
 
