@@ -52,14 +52,11 @@ def _groups_from_csv(classes, csv_path):
         raise UserError(f"--group-csv '{csv_path}' is not UTF-8 text; save it as UTF-8 CSV") from None
     if not rows or [h.strip().lower() for h in rows[0][:2]] != ["class", "group"]:
         raise UserError(f"--group-csv '{csv_path}' must start with the header 'class,group'")
-    known, table, lines = set(classes), {}, {}
+    table, lines = {}, {}
     for line, row in enumerate(rows[1:], start=2):
         if len(row) < 2 or not row[0].strip():
             continue
         name = row[0].strip()
-        if name not in known:
-            raise UserError(f"--group-csv '{csv_path}' line {line} names class '{name}', which is not a class folder "
-                            f"here; correct the name or remove the line")
         if name in table:
             raise UserError(f"--group-csv '{csv_path}' line {line} names class '{name}' again (line {lines[name]}); "
                             f"give each class one row")
@@ -68,6 +65,10 @@ def _groups_from_csv(classes, csv_path):
     if missing:
         raise UserError(f"--group-csv '{csv_path}' has no group for {len(missing)} class(es), such as "
                         f"'{missing[0]}'; give every class a row")
+    unknown = sorted(set(table) - set(classes), key=lines.get)
+    if unknown:
+        raise UserError(f"--group-csv '{csv_path}' line {lines[unknown[0]]} names class '{unknown[0]}', which is not a "
+                        f"class folder here; correct the name or remove the line")
     return [table[name] for name in classes]
 
 

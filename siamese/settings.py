@@ -193,7 +193,7 @@ class EvaluationSettings:
     pairs_file: str | None = option(None, "score this pair list instead (CSV 'left,right,same', paths relative to the "
                                           "folder or its parent)", "--pairs")
     pairs_per_image: int | None = option(None, "pairs drawn per image, seeded (without --pairs; default: every pair "
-                                               "when the folder makes at most 20,000, else as many per image as stay "
+                                               "when the folder makes at most 10,000, else as many per image as stay "
                                                "within that)")
     batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
                                           "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)")
