@@ -106,7 +106,11 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
         raise UserError(f"{what} '{root}' is not a folder; give a folder laid out as ROOT/ClassName/image.png")
     classes, paths, labels = [], [], []
     seen, skipped = {os.path.realpath(root)}, []  # each real folder is read once, the root's own first
-    for entry in _entries(root):
+    try:
+        entries = _entries(root)
+    except OSError as error:
+        raise UserError(f"{what} '{root}' cannot be read ({error.strerror}); check its permissions") from None
+    for entry in entries:
         if not entry.is_dir():
             continue
         files = class_images(entry.path, seen=seen, skipped=skipped, above=root)
@@ -192,15 +196,19 @@ def class_images(class_dir, *, seen=None, skipped=None, above=None):
                                                                    else "a folder already scanned")))
             continue
         seen.add(real)
-        for entry in reversed(_entries(directory)):  # the stack then reads them in name order
+        try:
+            entries = _entries(directory)
+        except OSError as error:  # a folder without read permission, say
+            skipped.append((directory, f"it cannot be read ({error.strerror})"))
+            continue
+        for entry in reversed(entries):  # the stack then reads them in name order
             if entry.is_dir():
                 todo.append((entry.path, holders + (real,)))
-            elif is_image_file(entry.name):
-                reason = not_a_file(entry.path)
-                if reason:
-                    skipped.append((entry.path, "it " + reason))
-                else:
+            elif entry.is_file():  # a regular file, or a link to one
+                if is_image_file(entry.name):
                     found.append(entry.path)
+            elif is_image_file(entry.name):
+                skipped.append((entry.path, "it " + (not_a_file(entry.path) or "is not a regular file")))
     if own:
         for line in skipped_lines(skipped):
             print(line, file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from conftest import make_folder
 from siamese.errors import UserError
 from siamese.evaluate import Evaluation, run_evaluation
 from siamese.folds import class_groups
+from siamese.identification import query_files
 from siamese.images import check_image, load_image, scan_folder
 from siamese.pairs import evaluation_pairs, read_pairs_csv
 from siamese.settings import EvaluationSettings
@@ -100,6 +101,8 @@ def test_a_fifo_is_not_a_regular_file_not_missing(tmp_path, capsys):
         with pytest.raises(UserError, match="is not a regular file \\(a FIFO\\)") as error:
             _no_hang(lambda: read(fifo))
         assert "does not exist" not in str(error.value)
+    with pytest.raises(UserError, match="pipe.png' is not a regular file \\(a FIFO\\)"):  # identify.py --query
+        _no_hang(lambda: query_files(fifo))
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("left,right,same\nclass_0/pipe.png,class_0/img_00.png,1\nclass_0/img_00.png,class_1/img_00.png,0\n")
     with pytest.raises(UserError, match="pipe.png' is not a regular file"):
