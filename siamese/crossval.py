@@ -28,7 +28,8 @@ import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS
 from .errors import UserError
-from .evaluate import auc_intervals, baseline_evaluations, baseline_metrics, evaluate, intervals_line
+from .evaluate import (auc_intervals, baseline_evaluations, baseline_metrics, evaluate, intervals_line,
+                       unresolved_far_note)
 from .files import atomic_open, claim_folder, same_path, write_json
 from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
@@ -326,6 +327,18 @@ def format_table(summary, folds_done, folds_total, *, holdout=0, repeats=1, oute
     return lines
 
 
+def pairs_line(fold_results):
+    """On how many pairs each fold's figures rest, and how many different-class ones."""
+    pairs = [r["pairs"] for r in fold_results]
+    negatives = [r["pairs"] - r["positive_pairs"] for r in fold_results]
+
+    def span(values):
+        return f"{min(values):,}" if min(values) == max(values) else f"{min(values):,} to {max(values):,}"
+
+    return (f"each fold's figures rest on {span(pairs)} held-out pairs, {span(negatives)} of them different-class"
+            + unresolved_far_note(min(negatives)))
+
+
 def _threshold_name(key):
     return "at the EER" if key == "eer" else f"at FAR {key[4:]}"
 
@@ -464,6 +477,7 @@ def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against
     for line in format_table(report["summary"], len(done), total, holdout=len(cv.holdout),
                              repeats=len(cv.repeat_folds), outer=outer_result):
         log(line)
+    log(pairs_line(done))
     if earlier is not None:
         for line in compare_lines(earlier, report, earlier_path=against):
             log(line)

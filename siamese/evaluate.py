@@ -209,9 +209,6 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
     `baselines`, the no-learning baselines on the same pairs and trials. `settings` is an
     EvaluationSettings (its values already checked)."""
     from .files import atomic_folder, check_not_inside, claim_beside, prepare_output_dir
-    from .folds import class_groups
-    from .images import scan_folder
-    from .pairs import evaluation_pairs, one_shot_trials, read_pairs_csv
     from .report import write_report
 
     s = settings
@@ -222,10 +219,7 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
     check_not_inside(out_path, [val_path])
     check_evaluation_out_path(out_path)
 
-    folder = scan_folder(val_path, what="validation folder", check_images=pairs_file is None)
-    pairs = read_pairs_csv(pairs_file, val_path) if pairs_file else evaluation_pairs(folder, seed=seed, pairs_per_image=s.pairs_per_image)
-    groups = class_groups(folder.classes, regex=s.group_regex, csv_path=s.group_csv) if s.within_group else None
-    shots = one_shot_trials(folder, n_way=s.n_way, trials=s.trials, seed=seed, groups=groups) if s.n_way else None
+    folder, pairs, chosen, shots = evaluation_inputs(s, log=log)
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
     with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
         result = evaluate(predictor, pairs, threshold=threshold, far=s.threshold_at_far, trials=shots, progress=True)
@@ -241,7 +235,7 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
 
             result.metrics["retrieval"], curve = retrieval_evaluation(predictor, folder, seed=seed, progress=True)
         details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
-                   "pairs_file": pairs_file, **(extra or {})}
+                   "pairs_file": pairs_file, "eval_pairs": chosen, **(extra or {})}
         # The result set appears as a whole, replacing an earlier evaluation's, or not at all.
         with atomic_folder(out_path) as staging:
             paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=s.max_pictures,
@@ -260,5 +254,32 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
     if note:
         log(note)
     log(f"wrote {paths['metrics']}, {paths['scores']}, " + (f"{paths['roc']}, " if "roc" in paths else "")
-        + f"{paths['errors']} and pair pictures in {paths['pictures']}/")
+        + f"{paths['errors']} and {pictures_note(min(len(pairs), s.max_pictures if s.max_pictures is not None else len(pairs)), len(pairs))} in {paths['pictures']}/")
     return result
+
+
+def evaluation_inputs(settings, *, log=print):
+    """(folder, pairs, how they were chosen: 'all', pairs per image or 'file', one-shot trials or
+    None) of an evaluation, each checked before anything is written."""
+    from .folds import class_groups
+    from .images import scan_folder
+    from .pairs import default_pairs, one_shot_trials, read_pairs_csv
+
+    s = settings
+    folder = scan_folder(s.val_path, what="validation folder", check_images=s.pairs_file is None)
+    if s.pairs_file:
+        pairs, chosen = read_pairs_csv(s.pairs_file, s.val_path, folder), "file"
+    else:
+        pairs, chosen, line = default_pairs(folder, seed=s.seed, pairs_per_image=s.pairs_per_image)
+        log(line)
+    groups = class_groups(folder.classes, regex=s.group_regex, csv_path=s.group_csv) if s.within_group else None
+    shots = one_shot_trials(folder, n_way=s.n_way, trials=s.trials, seed=s.seed, groups=groups) if s.n_way else None
+    return folder, pairs, chosen, shots
+
+
+def pictures_note(written, pairs):
+    """'a picture of each of the 80 pairs', or 'pictures of 200 of the 3,160 pairs (...)'."""
+    if written >= pairs:
+        return f"a picture of each of the {pairs:,} pairs"
+    return (f"pictures of {written:,} of the {pairs:,} pairs (of each kind, the wrong ones first, then those "
+            f"nearest the threshold; --max-pictures sets the number)")

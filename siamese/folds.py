@@ -35,19 +35,41 @@ def class_groups(classes, *, regex=None, csv_path=None):
             groups.append(found.group(1) if pattern.groups else found.group(0))
         return groups
     if csv_path is not None:
-        if not os.path.isfile(csv_path):
-            raise UserError(f"--group-csv '{csv_path}' does not exist; give a CSV with the header 'class,group'")
+        return _groups_from_csv(classes, csv_path)
+    return list(classes)
+
+
+def _groups_from_csv(classes, csv_path):
+    """The `group` column of a CSV `class,group` for each class; refused, with the line, a row
+    naming a class that is not among `classes` (a misspelling, or the table of other data) or a
+    class named twice."""
+    if not os.path.isfile(csv_path):
+        raise UserError(f"--group-csv '{csv_path}' does not exist; give a CSV with the header 'class,group'")
+    try:
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
-        if not rows or [h.strip().lower() for h in rows[0][:2]] != ["class", "group"]:
-            raise UserError(f"--group-csv '{csv_path}' must start with the header 'class,group'")
-        table = {row[0].strip(): row[1].strip() for row in rows[1:] if len(row) >= 2 and row[0].strip()}
-        missing = [name for name in classes if name not in table]
-        if missing:
-            raise UserError(f"--group-csv '{csv_path}' has no group for {len(missing)} class(es), such as "
-                            f"'{missing[0]}'; give every class a row")
-        return [table[name] for name in classes]
-    return list(classes)
+    except UnicodeDecodeError:
+        raise UserError(f"--group-csv '{csv_path}' is not UTF-8 text; save it as UTF-8 CSV") from None
+    if not rows or [h.strip().lower() for h in rows[0][:2]] != ["class", "group"]:
+        raise UserError(f"--group-csv '{csv_path}' must start with the header 'class,group'")
+    table, lines = {}, {}
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) < 2 or not row[0].strip():
+            continue
+        name = row[0].strip()
+        if name in table:
+            raise UserError(f"--group-csv '{csv_path}' line {line} names class '{name}' again (line {lines[name]}); "
+                            f"give each class one row")
+        table[name], lines[name] = row[1].strip(), line
+    missing = [name for name in classes if name not in table]
+    if missing:
+        raise UserError(f"--group-csv '{csv_path}' has no group for {len(missing)} class(es), such as "
+                        f"'{missing[0]}'; give every class a row")
+    unknown = sorted(set(table) - set(classes), key=lines.get)
+    if unknown:
+        raise UserError(f"--group-csv '{csv_path}' line {lines[unknown[0]]} names class '{unknown[0]}', which is not a "
+                        f"class folder here; correct the name or remove the line")
+    return [table[name] for name in classes]
 
 
 def _members(classes, groups):

@@ -19,7 +19,7 @@ def query_files(path):
     """The query images: the file, or every image under the folder (sorted)."""
     if not os.path.exists(path):
         raise UserError(f"query '{path}' does not exist; give an image file or a folder of images")
-    if os.path.isfile(path):
+    if not os.path.isdir(path):  # a file, or one line saying why it is not one (a FIFO, say)
         check_image(path)
         return [path]
     found = class_images(path)  # every image under the folder, as a class folder's are found

@@ -7,6 +7,7 @@ the arrays the trained model saw.
 import functools
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -104,16 +105,22 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
     if not os.path.isdir(root):
         raise UserError(f"{what} '{root}' is not a folder; give a folder laid out as ROOT/ClassName/image.png")
     classes, paths, labels = [], [], []
-    for name in sorted(os.listdir(root)):
-        class_dir = os.path.join(root, name)
-        if name.startswith(".") or not os.path.isdir(class_dir):
+    seen, skipped = {os.path.realpath(root)}, []  # each real folder is read once, the root's own first
+    try:
+        entries = _entries(root)
+    except OSError as error:
+        raise UserError(f"{what} '{root}' cannot be read ({error.strerror}); check its permissions") from None
+    for entry in entries:
+        if not entry.is_dir():
             continue
-        files = class_images(class_dir)
+        files = class_images(entry.path, seen=seen, skipped=skipped, above=root)
         if not files:
             continue
         paths += files
         labels += [len(classes)] * len(files)
-        classes.append(name)
+        classes.append(entry.name)
+    for line in skipped_lines(skipped, what=what):
+        print(line, file=sys.stderr, flush=True)
     if not paths:
         raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
     folder = ImageFolder(root, classes, paths, labels)
@@ -155,19 +162,90 @@ def layout_warnings(folder, *, what="image folder"):
     return lines
 
 
-def class_images(class_dir):
+def _entries(directory):
+    """The entries of a folder sorted by name, hidden ones left out."""
+    with os.scandir(directory) as found:
+        return sorted((e for e in found if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def _holds(folder, path):
+    """Whether `path` is `folder` or lies inside it (both real paths)."""
+    return os.path.commonpath([folder, path]) == folder
+
+
+def class_images(class_dir, *, seen=None, skipped=None, above=None):
     """The image files of one class, sorted, sub-folders included (a class may keep its images
-    by session or source); hidden files and folders are left out."""
-    found = []
-    for parent, folders, files in os.walk(class_dir):
-        folders[:] = sorted(d for d in folders if not d.startswith("."))
-        found += [os.path.join(parent, f) for f in sorted(files) if is_image_file(f)
-                  and os.path.isfile(os.path.join(parent, f))]
+    by session or source); hidden files and folders are left out.
+
+    Links are followed, but each real folder is read once: one already read (`seen`, shared by
+    the classes of a scan) or one holding the folder being read or `above` (the scan's root),
+    such as `ln -s . loop`, is skipped, as is an image name that is not a regular file (a FIFO,
+    a broken link). Each skip is a (path, reason) in `skipped`, printed on stderr when no list
+    is given."""
+    seen = set() if seen is None else seen
+    own = skipped is None
+    skipped = [] if own else skipped
+    tops = (os.path.realpath(above),) if above else ()
+    found, todo = [], [(class_dir, tops)]
+    while todo:
+        directory, holders = todo.pop()
+        real = os.path.realpath(directory)
+        loop = any(_holds(real, h) for h in holders)
+        if loop or real in seen:
+            skipped.append((directory, f"it leads to '{real}', " + ("which holds this folder (a loop)" if loop
+                                                                   else "a folder already scanned")))
+            continue
+        seen.add(real)
+        try:
+            entries = _entries(directory)
+        except OSError as error:  # a folder without read permission, say
+            skipped.append((directory, f"it cannot be read ({error.strerror})"))
+            continue
+        for entry in reversed(entries):  # the stack then reads them in name order
+            if entry.is_dir():
+                todo.append((entry.path, holders + (real,)))
+            elif entry.is_file():  # a regular file, or a link to one
+                if is_image_file(entry.name):
+                    found.append(entry.path)
+            elif is_image_file(entry.name):
+                skipped.append((entry.path, "it " + (not_a_file(entry.path) or "is not a regular file")))
+    if own:
+        for line in skipped_lines(skipped):
+            print(line, file=sys.stderr, flush=True)
     return sorted(found)
+
+
+def skipped_lines(skipped, *, what="image folder", shown=10):
+    """Warning lines for class_images' skips: the first `shown`, then how many more."""
+    lines = [f"warning: {what}: skipped '{path}': {reason}" for path, reason in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"warning: {what}: skipped {len(skipped) - shown} more such paths")
+    return lines
+
+
+def not_a_file(path):
+    """Why `path` cannot be read as an image file ('does not exist', 'is a folder', 'is not a
+    regular file (a FIFO)', ...), or None for a regular file or a link to one."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a broken link" if os.path.islink(path) else "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"is not a regular file ({kind}), so not an image"
 
 
 def check_image(path):
     """Open the header only (cheap): catches files that are not images at all."""
+    reason = not_a_file(path)
+    if reason:  # before opening: opening a FIFO would wait for a writer
+        raise UserError(f"image '{path}' {reason}; give an image file")
     try:
         with Image.open(path) as img:
             img.size
@@ -207,9 +285,9 @@ def load_image(path, *, size_hint=None):
 
     size_hint lets JPEG decoding skip detail that the resize would throw away anyway.
     """
-    if not os.path.isfile(path):
-        raise UserError(f"image '{path}' is a folder; give an image file" if os.path.isdir(path)
-                        else f"image '{path}' does not exist")
+    reason = not_a_file(path)
+    if reason:
+        raise UserError(f"image '{path}' {reason}; give an image file")
     try:
         with Image.open(path) as img:
             if size_hint and img.format == "JPEG":

@@ -65,45 +65,97 @@ def all_pairs(folder):
     return [Pair(paths[i], paths[j], labels[i] == labels[j]) for i in range(len(paths)) for j in range(i + 1, len(paths))]
 
 
-def read_pairs_csv(csv_path, root):
+# By default eval.py scores every pair of a folder of up to this many pairs (141 images): each image
+# is embedded once, so pairs cost only the head (and --baselines' bootstrap, which grows with the
+# pairs: 1,000 draws of 18,760 pairs took minutes on 2 loaded cores). 10,000 pairs hold about 9,000
+# different-class ones, enough to resolve a false accept rate of 1e-3 (about 9 false accepts).
+ALL_PAIRS_BOUND = 10_000
+
+
+def default_pairs(folder, *, seed, pairs_per_image=None, bound=ALL_PAIRS_BOUND):
+    """(eval.py's pairs, how they were chosen: 'all' or pairs per image, a line saying so): with
+    pairs_per_image, that many seeded pairs per image; by default every pair when there are at
+    most `bound`, else as many seeded pairs per image as stay within it. A function of the files
+    and the seed, so eval.py and eval_tensorrt.py score the same pairs."""
+    n = len(folder)
+    if pairs_per_image is not None:
+        return (evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image), pairs_per_image,
+                f"scoring {pairs_per_image} pair(s) drawn per image (--pairs-per-image), seed {seed}")
+    if n * (n - 1) // 2 <= bound:
+        return (all_pairs(folder), "all", f"scoring every pair of the {n} images (up to {bound:,} pairs are "
+                                          f"all scored; --pairs-per-image N draws N per image instead)")
+    per_image = max(1, bound // n)
+    return (evaluation_pairs(folder, seed=seed, pairs_per_image=per_image), per_image,
+            f"scoring {per_image} pairs drawn per image, seed {seed}: the {n} images make {n * (n - 1) // 2:,} pairs, more "
+            f"than the {bound:,} scored whole (--pairs-per-image N sets the number)")
+
+
+def _pair_rows(csv_path):
+    """The rows of a pair list after its header, with their line numbers; trailing empty cells
+    (a spreadsheet's) dropped, blank lines left out."""
+    if not os.path.isfile(csv_path):
+        raise UserError(f"pair list '{csv_path}' does not exist")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: the byte-order mark spreadsheets write
+            rows = [_trimmed(row) for row in csv.reader(handle)]
+    except UnicodeDecodeError:
+        raise UserError(f"pair list '{csv_path}' is not UTF-8 text; save it as UTF-8 CSV") from None
+    if not rows or [h.strip().lower() for h in rows[0]] != ["left", "right", "same"]:
+        raise UserError(f"pair list '{csv_path}' must start with the header 'left,right,same' (three columns)")
+    return [(line, row) for line, row in enumerate(rows[1:], start=2) if row]
+
+
+def _trimmed(row):
+    while row and not row[-1].strip():
+        row = row[:-1]
+    return row
+
+
+def _resolve(csv_path, line, rel, root):
+    """A pair list's path: relative to root or to its parent, and inside it."""
+    rel = rel.strip()
+    if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise UserError(f"pair list '{csv_path}' line {line}: '{rel}' must be a path relative to '{root}' (or to "
+                        f"its parent) that stays inside it: no absolute paths, no '..'")
+    for base in (root, os.path.dirname(os.path.abspath(root))):
+        if os.path.lexists(os.path.join(base, rel)):
+            return os.path.normpath(os.path.join(base, rel))
+    raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
+
+
+def read_pairs_csv(csv_path, root, folder=None):
     """A pair list `left,right,same` with paths relative to root (or to its parent).
 
     The shared datasets' pairs.csv lists paths like `val/Class/img.png` relative to the
-    dataset folder; paths relative to the validation folder itself work too.
+    dataset folder; paths relative to the validation folder itself work too. Refused, with the
+    line: a row of other than three columns, an image paired with itself or a pair listed twice
+    (either would count in every metric), and, where both images lie in class folders of
+    `folder` (root's scan), a `same` that their folders contradict.
     """
-    if not os.path.isfile(csv_path):
-        raise UserError(f"pair list '{csv_path}' does not exist")
     from .images import check_image
 
-    bases = [root, os.path.dirname(os.path.abspath(root))]
+    label = {os.path.abspath(p): c for p, c in zip(folder.paths, folder.labels)} if folder else {}
     pairs, seen = [], {}
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # -sig: the byte-order mark spreadsheets write
-            rows = list(csv.reader(handle))
-    except UnicodeDecodeError:
-        raise UserError(f"pair list '{csv_path}' is not UTF-8 text; save it as UTF-8 CSV") from None
-    if not rows or [h.strip().lower() for h in rows[0][:3]] != ["left", "right", "same"]:
-        raise UserError(f"pair list '{csv_path}' must start with the header 'left,right,same'")
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 3 or row[2].strip() not in ("0", "1"):
-            raise UserError(f"pair list '{csv_path}' line {line}: expected 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
-        resolved = []
-        for rel in row[:2]:
-            rel = rel.strip()
-            if os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
-                raise UserError(f"pair list '{csv_path}' line {line}: '{rel}' must be a path relative to '{root}' (or to "
-                                f"its parent) that stays inside it: no absolute paths, no '..'")
-            found = next((os.path.join(b, rel) for b in bases if os.path.isfile(os.path.join(b, rel))), None)
-            if found is None:
-                raise UserError(f"pair list '{csv_path}' line {line}: image '{rel}' not found under '{root}'")
-            resolved.append(os.path.normpath(found))
-        key = tuple(sorted(resolved))
+    for line, row in _pair_rows(csv_path):
+        where = f"pair list '{csv_path}' line {line}"
+        if len(row) != 3 or row[2].strip() not in ("0", "1"):
+            raise UserError(f"{where}: expected three columns 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
+        left, right = (_resolve(csv_path, line, rel, root) for rel in row[:2])
+        same = row[2].strip() == "1"
+        key = tuple(sorted(os.path.realpath(p) for p in (left, right)))
+        if key[0] == key[1]:
+            raise UserError(f"{where} pairs image '{row[0].strip()}' with itself, which any model calls the same; "
+                            f"remove the line")
         if key in seen:  # it would count twice in every metric
-            raise UserError(f"pair list '{csv_path}' line {line} repeats the pair of line {seen[key]}; list each pair once")
+            raise UserError(f"{where} repeats the pair of line {seen[key]}; list each pair once")
+        classes = [label.get(os.path.abspath(p)) for p in (left, right)]
+        if None not in classes and (classes[0] == classes[1]) != same:
+            names = [folder.classes[c] for c in classes]
+            raise UserError(f"{where} says same={int(same)}, but its images lie in class folders "
+                            + (f"'{names[0]}' and '{names[1]}'" if names[0] != names[1] else f"'{names[0]}' both")
+                            + "; correct the line or move the image")
         seen[key] = line
-        pairs.append(Pair(resolved[0], resolved[1], row[2].strip() == "1"))
+        pairs.append(Pair(left, right, same))
     if not pairs:
         raise UserError(f"pair list '{csv_path}' has no pairs")
     for path in sorted({p for pair in pairs for p in (pair.left, pair.right)}):

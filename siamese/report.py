@@ -123,10 +123,30 @@ def _save_png(img, path):
         img.save(f, **PNG)
 
 
+def picture_indices(evaluation, threshold, max_pictures=None):
+    """The pairs to draw, in pair order: every one, or the `max_pictures` most informative: the
+    wrong ones first, the most confidently wrong first, then the right ones nearest the
+    threshold; the two kinds (same, different) taking turns in each."""
+    count = len(evaluation.pairs)
+    if max_pictures is None or max_pictures >= count:
+        return list(range(count))
+    labels = evaluation.labels
+    margin = np.where(labels, evaluation.scores - threshold, threshold - evaluation.scores)
+    right = margin >= 0
+    rank = np.empty(count, dtype=np.int64)  # within its kind and verdict, the smallest margin first
+    for members in (np.flatnonzero((labels == kind) & (right == verdict)) for kind in (True, False)
+                    for verdict in (False, True)):
+        rank[members[np.argsort(margin[members], kind="stable")]] = np.arange(len(members))
+    order = np.lexsort((np.arange(count), ~labels, rank, right))  # wrong before right, then by rank, same first
+    return sorted(int(i) for i in order[:max_pictures])
+
+
 def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, workers=4):
-    """One JPEG per pair in folder, which is replaced as a whole: no picture of an earlier run
-    (another model's verdicts) stays beside this run's."""
-    count = len(evaluation.pairs) if max_pictures is None else min(max_pictures, len(evaluation.pairs))
+    """One JPEG per pair drawn (picture_indices) in folder, which is replaced as a whole: no
+    picture of an earlier run (another model's verdicts) stays beside this run's. Returns how
+    many it wrote."""
+    chosen = picture_indices(evaluation, threshold, max_pictures)
+    count = len(chosen)
     width = len(str(max(len(evaluation.pairs) - 1, 0)))  # stable names, whatever max_pictures is
 
     def one(i):
@@ -138,8 +158,8 @@ def write_pair_pictures(evaluation, folder, *, threshold, max_pictures=None, wor
         pair_picture(pair.left, pair.right, score, pair.same, threshold).save(os.path.join(staging, name), **JPEG)
 
     def every(start, step):  # one task per thread: a task per picture cost a third more time
-        for i in range(start, count, step):
-            one(i)
+        for k in range(start, count, step):
+            one(chosen[k])
 
     workers = max(1, workers)
     with atomic_folder(folder) as staging:
@@ -209,6 +229,7 @@ def write_report(evaluation, out_dir, *, threshold, extra=None, max_pictures=Non
     paths = {"metrics": os.path.join(out_dir, "metrics.json"), "scores": os.path.join(out_dir, "scores.csv"),
              "roc": os.path.join(out_dir, "roc.png"), "errors": os.path.join(out_dir, "errors.png"),
              "pictures": os.path.join(out_dir, "pairs")}
+    metrics["pictures"] = len(picture_indices(evaluation, threshold, max_pictures))
     write_json(paths["metrics"], metrics)
     with atomic_open(paths["scores"], "w", newline="") as f:
         writer = csv.writer(f)

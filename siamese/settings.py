@@ -192,7 +192,9 @@ class EvaluationSettings:
     seed: int = option(1, "the evaluation pairs are a function of the files and this seed")
     pairs_file: str | None = option(None, "score this pair list instead (CSV 'left,right,same', paths relative to the "
                                           "folder or its parent)", "--pairs")
-    pairs_per_image: int = option(1, "pairs drawn per image (without --pairs)")
+    pairs_per_image: int | None = option(None, "pairs drawn per image, seeded (without --pairs; default: every pair "
+                                               "when the folder makes at most 10,000, else as many per image as stay "
+                                               "within that)")
     batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
                                           "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)")
     workers: int = option(2, "threads writing pair pictures, and image loading processes on a GPU (on a CPU, images "
@@ -203,7 +205,8 @@ class EvaluationSettings:
                                                   "most this fraction of the different-class pairs is called 'same' (a "
                                                   "false accept rate, e.g. 0.01); reported with the true accept rate "
                                                   "it gives")
-    max_pictures: int | None = option(None, "write at most this many pair pictures (default: all)")
+    max_pictures: int | None = option(200, "write at most this many pair pictures: of each kind (same, different) the "
+                                           "wrong ones first, then those nearest the threshold")
     n_way: int = option(0, "also run N-way one-shot trials (0: off)")
     trials: int = option(400, "number of one-shot trials")
     within_group: bool = option(False, "draw the N classes of each one-shot trial from one group (--group-regex or "

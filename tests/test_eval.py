@@ -60,14 +60,15 @@ def test_eval_end_to_end(tiny_dataset, trained_checkpoint, tmp_path, capsys):
     for key in ("pairs", "classes", "loss", "accuracy", "auc", "eer", "best_threshold", "tar_at_far_1e-2",
                 "tar_at_far_1e-3", "one_shot"):
         assert key in metrics
-    assert metrics["pairs"] == 18 and metrics["classes"] == 3 and metrics["one_shot"]["trials"] == 20
+    # every pair of the 18 images by default
+    assert metrics["pairs"] == 153 and metrics["classes"] == 3 and metrics["one_shot"]["trials"] == 20
     with open(os.path.join(out, "scores.csv")) as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 18 and {"left", "right", "left_class", "right_class", "same", "similarity"} <= set(rows[0])
+    assert len(rows) == 153 and {"left", "right", "left_class", "right_class", "same", "similarity"} <= set(rows[0])
     for name in ("roc.png", "errors.png"):
         assert Image.open(os.path.join(out, name)).size[0] > 100
     pictures = sorted(os.listdir(os.path.join(out, "pairs")))
-    assert len(pictures) == 18
+    assert len(pictures) == 153
     picture = Image.open(os.path.join(out, "pairs", pictures[0]))
     assert pictures[0].endswith(".jpg") and picture.format == "JPEG" and picture.mode == "RGB"
     # same seed, same pairs and scores; --max-pictures limits the pictures

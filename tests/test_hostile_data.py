@@ -1,0 +1,255 @@
+"""A hostile user's findings on the data side: link loops and FIFOs in image folders, pair lists
+and group tables that contradict the folders, and evaluation figures resting on too few pairs."""
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import split as split_script
+from conftest import make_folder
+from siamese.errors import UserError
+from siamese.evaluate import Evaluation, run_evaluation
+from siamese.folds import class_groups
+from siamese.identification import query_files
+from siamese.images import check_image, load_image, scan_folder
+from siamese.pairs import evaluation_pairs, read_pairs_csv
+from siamese.settings import EvaluationSettings
+
+# --- the folder scan: each real folder once; FIFOs are not images ---------------------------------
+
+
+def test_a_link_loop_is_skipped_with_a_warning_not_a_class_of_every_image(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "train"))
+    os.symlink(".", os.path.join(root, "loop"))  # ln -s . train/loop
+    os.symlink("..", os.path.join(root, "up"))  # a link to the parent: train/ again, and its siblings
+    folder = scan_folder(root)
+    assert folder.classes == ["class_0", "class_1", "class_2"] and len(folder) == 18
+    err = capsys.readouterr().err
+    assert "skipped '" + os.path.join(root, "loop") + "'" in err and "(a loop)" in err
+    assert "skipped '" + os.path.join(root, "up") + "'" in err
+
+
+def test_a_second_link_to_a_class_folder_is_read_once(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "train"))
+    os.symlink("class_0", os.path.join(root, "copy_of_0"))  # the same images under two class names
+    folder = scan_folder(root)
+    assert folder.classes == ["class_0", "class_1", "class_2"]
+    real = os.path.realpath(os.path.join(root, "class_0"))
+    assert (f"skipped '{os.path.join(root, 'copy_of_0')}': it leads to '{real}', a folder already scanned"
+            in capsys.readouterr().err)
+
+
+def test_links_inside_a_class_are_followed_once(tmp_path, capsys):
+    """A class may keep a session elsewhere behind a link (followed); a link back up or to another
+    class's folder is skipped, naming it."""
+    root = make_folder(str(tmp_path / "train"))
+    elsewhere = make_folder(str(tmp_path / "elsewhere"), classes=1, per_class=2, seed=5)
+    os.symlink(os.path.join(elsewhere, "class_0"), os.path.join(root, "class_1", "session2"))
+    os.symlink("..", os.path.join(root, "class_2", "back"))
+    os.symlink(os.path.join(root, "class_0"), os.path.join(root, "class_2", "other"))
+    folder = scan_folder(root)
+    groups = folder.images_by_class()
+    assert [len(g) for g in groups] == [6, 8, 6]
+    assert sum("session2" in folder.paths[i] for i in groups[1]) == 2
+    err = capsys.readouterr().err
+    assert os.path.join(root, "class_2", "back") in err and os.path.join(root, "class_2", "other") in err
+
+
+def test_split_and_the_gallery_scan_leave_the_loop_out(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "photos"), classes=5, per_class=2)
+    os.symlink(".", os.path.join(root, "loop"))
+    assert split_script.main([root, "-o", str(tmp_path / "data"), "--val-classes", "2"]) == 0
+    found = sorted(os.listdir(tmp_path / "data" / "train")) + sorted(os.listdir(tmp_path / "data" / "val"))
+    assert "loop" not in found and len([n for n in found if n.startswith("class_")]) == 5
+    assert "loop" not in scan_folder(root, what="gallery folder", for_pairs=False).classes
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return str(path)
+
+
+def _no_hang(call):
+    """Run call in a thread; fail rather than wait for a FIFO's writer forever."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = call()
+        except Exception as error:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "hung opening a FIFO"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_fifo_is_not_a_regular_file_not_missing(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "val"))
+    fifo = _fifo(tmp_path / "val" / "class_0" / "pipe.png")
+    folder = _no_hang(lambda: scan_folder(root))
+    assert fifo not in folder.paths
+    assert f"skipped '{fifo}': it is not a regular file (a FIFO)" in capsys.readouterr().err
+    for read in (load_image, check_image):
+        with pytest.raises(UserError, match="is not a regular file \\(a FIFO\\)") as error:
+            _no_hang(lambda: read(fifo))
+        assert "does not exist" not in str(error.value)
+    with pytest.raises(UserError, match="pipe.png' is not a regular file \\(a FIFO\\)"):  # identify.py --query
+        _no_hang(lambda: query_files(fifo))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("left,right,same\nclass_0/pipe.png,class_0/img_00.png,1\nclass_0/img_00.png,class_1/img_00.png,0\n")
+    with pytest.raises(UserError, match="pipe.png' is not a regular file"):
+        _no_hang(lambda: read_pairs_csv(str(pairs), root))
+
+
+# --- pair lists and group tables ------------------------------------------------------------------
+
+
+def _pairs(tmp_path, *lines):
+    path = tmp_path / "pairs.csv"
+    path.write_text("left,right,same\n" + "".join(line + "\n" for line in lines))
+    return str(path)
+
+
+GOOD = ("class_0/img_00.png,class_0/img_01.png,1", "class_0/img_00.png,class_1/img_00.png,0")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("class_1/img_02.png,class_1/img_02.png,1", "line 4 pairs image 'class_1/img_02.png' with itself"),
+    ("class_1/img_02.png,data/class_1/img_02.png,1", "line 4 pairs image .* with itself"),  # one file, two spellings
+    ("class_1/img_02.png,class_2/img_02.png,1", "line 4 says same=1, but its images lie in class folders 'class_1' and "
+                                                "'class_2'"),
+    ("class_1/img_02.png,class_1/img_03.png,0", "line 4 says same=0, but its images lie in class folders 'class_1' both"),
+    ("class_1/img_02.png,class_2/img_02.png,0,oops", "line 4: expected three columns"),
+])
+def test_a_pair_list_that_contradicts_itself_or_the_folders_is_refused(tiny_folder, tmp_path, line, message):
+    settings = EvaluationSettings(val_path=tiny_folder, out_path=str(tmp_path / "out"),
+                                  pairs_file=_pairs(tmp_path, *GOOD, line))
+    with pytest.raises(UserError, match=message):
+        run_evaluation(_Scorer(), settings, log=lambda line: None)
+    assert not os.path.exists(tmp_path / "out")  # refused before anything is written
+
+
+def test_the_class_check_covers_class_folders_of_the_scanned_root_only(tmp_path):
+    """Paths relative to the folder's parent count when they lead into its class folders; images
+    outside them (another split) have no class here, and their label is taken as given."""
+    val = make_folder(str(tmp_path / "val"))
+    make_folder(str(tmp_path / "train"), seed=4)
+
+    def pairs(*lines):
+        settings = EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"), max_pictures=0,
+                                      pairs_file=_pairs(tmp_path, *lines))
+        return run_evaluation(_Scorer(), settings, log=lambda line: None).pairs
+
+    with pytest.raises(UserError, match="line 3 says same=1"):
+        pairs(GOOD[0], "val/class_0/img_02.png,val/class_1/img_02.png,1")
+    given = pairs(*GOOD, "train/class_0/img_02.png,val/class_1/img_02.png,1",
+                  "class_2/img_00.png,class_2/img_01.png,1,,")  # a spreadsheet's trailing empty cells
+    assert [p.same for p in given] == [True, False, True, True]
+
+
+def test_eval_refuses_a_contradicting_pair_list_before_writing(tmp_path):
+    val = make_folder(str(tmp_path / "val"))
+    settings = EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"),
+                                  pairs_file=_pairs(tmp_path, *GOOD, "class_1/img_00.png,class_2/img_00.png,1"))
+    with pytest.raises(UserError, match="line 4 says same=1"):
+        run_evaluation(_Scorer(), settings, log=lambda line: None)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_group_table_naming_classes_that_do_not_exist_is_refused(tmp_path):
+    table = tmp_path / "groups.csv"
+    table.write_text("class,group\na,x\nb,x\nc,y\nd,y\n")
+    with pytest.raises(UserError, match="line 5 names class 'd', which is not a class folder here"):
+        class_groups(["a", "b", "c"], csv_path=str(table))
+    table.write_text("class,group\na,x\nb,x\nc,y\na,y\n")
+    with pytest.raises(UserError, match="line 5 names class 'a' again \\(line 2\\)"):
+        class_groups(["a", "b", "c"], csv_path=str(table))
+    table.write_bytes("class,group\nä,x\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8"):
+        class_groups(["a"], csv_path=str(table))
+
+
+# --- figures resting on enough pairs --------------------------------------------------------------
+
+
+class _Scorer:
+    """A fixed, imperfect scorer: same-class pairs 0.9 and different ones 0.1, but two images of
+    each class are confused: img_00 with img_01 (a false reject) and img_03 of every class with
+    each other (false accepts)."""
+
+    embeds = True
+
+    def embed_paths(self, paths, progress=False):
+        return np.array([[os.path.basename(os.path.dirname(p)), os.path.basename(p)] for p in paths])
+
+    def score_features(self, f1, f2):
+        same = f1[:, 0] == f2[:, 0]
+        names = {("img_00.png", "img_01.png"), ("img_01.png", "img_00.png")}
+        reject = same & np.array([pair in names for pair in zip(f1[:, 1], f2[:, 1])], dtype=bool)
+        accept = ~same & (f1[:, 1] == "img_03.png") & (f2[:, 1] == "img_03.png")
+        return np.where(reject, 0.2, np.where(accept, 0.8, np.where(same, 0.9, 0.1)))
+
+
+def test_eval_scores_every_pair_of_a_small_folder_and_draws_the_informative_pictures(tmp_path):
+    """The README's step 4: a test split of 20 classes of 4 images. One pair per image gave 80
+    pairs and 36 negatives; every pair gives 3,160 and 3,040, with a bounded set of pictures."""
+    val = make_folder(str(tmp_path / "test"), classes=20, per_class=4, size=16)
+    lines = []
+    result = run_evaluation(_Scorer(), EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"), workers=1),
+                            log=lines.append)
+    assert len(result.pairs) == 3160 and int((~result.labels).sum()) == 3040
+    metrics = json.load(open(tmp_path / "out" / "metrics.json"))
+    assert (metrics["pairs"], metrics["negative_pairs"], metrics["eval_pairs"], metrics["pictures"]) == (3160, 3040,
+                                                                                                         "all", 200)
+    pictures = os.listdir(tmp_path / "out" / "pairs")
+    assert len(pictures) == 200
+    wrong = int(np.count_nonzero((result.scores >= 0.5) != result.labels))  # 20 false rejects, 190 false accepts
+    assert wrong == 210 and all("_wrong" in name for name in pictures)  # the wrong ones first, of both kinds
+    assert sum("_same_wrong" in name for name in pictures) == 20
+    text = "\n".join(lines)
+    assert "every pair of the 80 images" in text and "3040 different" in text
+    assert "pictures of 200 of the 3,160 pairs" in text
+    assert "too few to resolve" not in text  # TAR at FAR 1e-3 rests on 3,040 negatives
+
+
+def test_default_pairs_are_bounded_and_a_function_of_files_and_seed(tmp_path):
+    from siamese.pairs import default_pairs
+
+    root = make_folder(str(tmp_path / "d"), classes=3, per_class=6)
+    every, how, _ = default_pairs(scan_folder(root), seed=1)
+    assert len(every) == 153 and how == "all"
+    drawn, how, line = default_pairs(scan_folder(root), seed=1, bound=100)  # 153 pairs are beyond it
+    assert how == 5 and len(drawn) == 90 and "5 pairs drawn per image" in line
+    assert drawn == default_pairs(scan_folder(root), seed=1, bound=100)[0] != default_pairs(scan_folder(root), seed=2,
+                                                                                          bound=100)[0]
+    given, how, _ = default_pairs(scan_folder(root), seed=1, pairs_per_image=1)
+    assert how == 1 and given == evaluation_pairs(scan_folder(root), seed=1)  # --pairs-per-image as before
+
+
+def test_pictures_picked_are_the_wrong_ones_then_the_nearest(tmp_path):
+    from siamese.pairs import Pair
+    from siamese.report import picture_indices
+
+    pairs = [Pair("a", "b", same) for same in (True, True, True, False, False, False)]
+    scores = np.array([0.9, 0.45, 0.2, 0.1, 0.55, 0.95])  # wrong: 1, 2 (same), 4, 5 (different)
+    evaluation = Evaluation(pairs=pairs, scores=scores, metrics={})
+    assert picture_indices(evaluation, 0.5, 2) == [2, 5]  # the most confidently wrong of each kind
+    assert picture_indices(evaluation, 0.5, 4) == [1, 2, 4, 5]
+    assert picture_indices(evaluation, 0.5, 5) == [0, 1, 2, 4, 5]  # then the nearest right one, same first
+    assert picture_indices(evaluation, 0.5, None) == list(range(6))
+
+
+def test_crossval_states_how_many_pairs_its_figures_rest_on():
+    from siamese.crossval import pairs_line
+
+    assert pairs_line([{"pairs": 80, "positive_pairs": 44}, {"pairs": 90, "positive_pairs": 44}]) == (
+        "each fold's figures rest on 80 to 90 held-out pairs, 36 to 46 of them different-class; too few to resolve "
+        "FAR 0.001: it needs 1,000")
