@@ -71,12 +71,14 @@ def _metadata_of(path):
 def stale_files(paths):
     """The derived files beside `paths` (ONNX files and engines in their folders) made from an
     earlier version of one of them: [(derived file, its source)]."""
-    current = {os.path.realpath(p): sha256_of(p) for p in paths if os.path.isfile(p)}
+    paths = [p for p in paths if os.path.isfile(p)]
+    current = {os.path.realpath(p): sha256_of(p) for p in paths}
     stale = []
-    for folder in sorted({os.path.dirname(p) for p in current}):
+    for folder in sorted({os.path.dirname(p) or "." for p in paths}):
         for name in sorted(os.listdir(folder)):
             file = os.path.join(folder, name)
-            if name.startswith(".") or not name.endswith((".onnx", ".json")) or not os.path.isfile(file):
+            if (name.startswith(".") or not name.endswith((".onnx", ".json")) or not os.path.isfile(file)
+                    or os.path.realpath(file) in current):  # the files themselves
                 continue
             meta = _metadata_of(file)
             derived = file[:-len(".json")] if name.endswith(".json") else file
