@@ -51,7 +51,8 @@ def main(argv=None):
     from contextlib import ExitStack
 
     from siamese.contract import PARTS, part_path
-    from siamese.files import check_new_file, claim_beside, prepare_output_dir, remove_killed_temporaries, temporary_beside
+    from siamese.files import check_new_file, check_not_inside, claim_beside, new_folder, remove_killed_temporaries, temporary_beside
+    from siamese.lineage import replace_parts
     from siamese.quantize import Quantization, compare, quantize_export
     from siamese.runtime import OnnxRuntimeModel
 
@@ -67,6 +68,7 @@ def main(argv=None):
             check_new_file(path, inputs=inputs, force=args.force)
 
     check_out_paths()
+    check_not_inside(out, [args.calibration])
     if not args.onnx.lower().endswith(".onnx"):
         raise UserError(f"'{args.onnx}' is not an .onnx file; quantize the float ONNX export (torch_to_onnx.py)")
     model = OnnxRuntimeModel(args.onnx, providers=["CPUExecutionProvider"])
@@ -75,8 +77,7 @@ def main(argv=None):
         raise UserError(f"'{args.onnx}' is already {precision}; quantize the float32 export (torch_to_onnx.py "
                         f"without --fp16)")
     model.require_parts()
-    prepare_output_dir(os.path.dirname(os.path.abspath(out)))
-    with claim_beside(out, what="out path"), ExitStack() as temporaries:
+    with new_folder(os.path.dirname(os.path.abspath(out))), claim_beside(out, what="out path"), ExitStack() as temporaries:
         written = {part: temporaries.enter_context(temporary_beside(path)) for part, path in outs.items()}
         for path in outs.values():
             remove_killed_temporaries(path)
@@ -90,8 +91,7 @@ def main(argv=None):
             raise UserError(f"the INT8 copy loses {drop:.4f} ROC-AUC (more than --max-auc-drop {args.max_auc_drop:g}); "
                             f"nothing was written: try --method percentile, or more --calibration-images")
         check_out_paths()  # again: another command may have written them
-        for part in ("embed", "head", "pair"):  # the parts first, as torch_to_onnx.py does
-            os.replace(written[part], outs[part])
+        replace_parts(written, outs)  # and names the engines built from the earlier copy, now stale
     print(f"wrote {out}, {outs['embed']} and {outs['head']} (int8 for {args.target})")
     return 0
 

@@ -36,7 +36,7 @@ def main(argv=None):
     import os
     from dataclasses import replace
 
-    from siamese.files import check_new_file, claim_beside
+    from siamese.files import check_new_file, claim_beside, new_folder
     from siamese.contract import engine_metadata_path, part_path
     from siamese.deployed import HEAD_BATCH
     from siamese.trt import EngineBuild, build_engine_file, import_tensorrt
@@ -62,7 +62,8 @@ def main(argv=None):
     build = EngineBuild(fp16=args.fp16, workspace_mib=args.workspace, min_batch=args.min_batch, opt_batch=args.opt_batch,
                         max_batch=args.max_batch, timing_cache=args.timing_cache)
     head_build = replace(build, min_batch=1, opt_batch=HEAD_BATCH // 4, max_batch=HEAD_BATCH)
-    with claim_beside(args.engine, what="engine path"):  # one build at a time into a path
+    # one build at a time into a path; a failed one leaves no new folder behind
+    with new_folder(os.path.dirname(os.path.abspath(args.engine))), claim_beside(args.engine, what="engine path"):
         check_out_paths()  # again: another build may have written it meanwhile
         # the parts first, then the pair engine, which names them
         for part in parts:

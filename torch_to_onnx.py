@@ -52,8 +52,9 @@ def main(argv=None):
     from siamese.checkpoint import load_model
     from siamese.errors import check_finite
     from siamese.export import export_onnx, fingerprint
-    from siamese.files import check_new_file, claim_beside, prepare_output_dir, remove_killed_temporaries, temporary_beside
+    from siamese.files import check_new_file, claim_beside, new_folder, remove_killed_temporaries, temporary_beside
     from siamese.contract import PARTS, part_path
+    from siamese.lineage import replace_parts
 
     if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
         raise UserError(f"--tolerance must be above 0, not {args.tolerance}")
@@ -68,9 +69,9 @@ def main(argv=None):
     model, checkpoint = load_model(args.checkpoint)
     folder = args.images or checkpoint.get("args", {}).get("val_path")
     images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
-    prepare_output_dir(os.path.dirname(os.path.abspath(out)))
     model_fingerprint = fingerprint(model)
-    with claim_beside(out, what="out path"), ExitStack() as temporaries:
+    # a failed export leaves nothing new behind, not even the folder it made for its out path
+    with new_folder(os.path.dirname(os.path.abspath(out))), claim_beside(out, what="out path"), ExitStack() as temporaries:
         written = {part: temporaries.enter_context(temporary_beside(path)) for part, path in outs.items()}
         for path in outs.values():
             remove_killed_temporaries(path)
@@ -81,10 +82,7 @@ def main(argv=None):
             check_export(model, written[part], outs[part], images, folder, fp16=args.fp16, tolerance=args.tolerance,
                          part=part)
         check_out_paths()  # again: another command may have written them
-        # The parts first: a crash between the renames leaves a pair model with parts of another
-        # export, which the runtimes tell by the fingerprint and ignore.
-        for part in ("embed", "head", "pair"):
-            os.replace(written[part], outs[part])
+        replace_parts(written, outs)  # and names the INT8 copies and engines of the earlier export, now stale
     size, dim = model.config["image_size"], model.scoring_dim
     print(f"wrote {out} ({os.path.getsize(out) / 2**20:.1f} MiB, opset {args.opset}, {metadata['siamese.precision']}); "
           f"inputs img1, img2 (N, 3, {size}, {size}), output similarity (N, 1)")

@@ -30,10 +30,16 @@ def engine_metadata_path(engine_path):
     return engine_path + ".json"
 
 
+FORMAT_VERSION = "1"
+FIXED = {"siamese.channel_order": "RGB", "siamese.layout": "NCHW"}  # what every runtime feeds
+# The keys that may differ between the files of one export: the rest are one model's, alike in all.
+PER_PART = ("siamese.part", "siamese.derived_from")
+
+
 def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerprint=""):
     """String key/values stored in the ONNX file (and beside a TensorRT engine)."""
     return {
-        "siamese.format_version": "1",
+        "siamese.format_version": FORMAT_VERSION,
         "siamese.part": part,
         "siamese.fingerprint": model_fingerprint,
         "siamese.backbone": config["backbone"],
@@ -44,8 +50,7 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
         "siamese.image_size": str(config["image_size"]),
         "siamese.mean": json.dumps(list(config["mean"])),
         "siamese.std": json.dumps(list(config["std"])),
-        "siamese.channel_order": "RGB",
-        "siamese.layout": "NCHW",
+        **FIXED,
         "siamese.threshold": "" if threshold is None else repr(float(threshold)),
         "siamese.opset": str(opset),
         "siamese.precision": "fp16" if fp16 else "fp32",
@@ -90,6 +95,14 @@ def parse_metadata(meta, source):
     if missing:
         raise UserError(f"'{source}' lacks the toolkit's preprocessing metadata ({', '.join(missing)}); "
                         f"export it with torch_to_onnx.py (and build engines with onnx_to_trt.py)")
+    version = meta.get("siamese.format_version")
+    if version != FORMAT_VERSION:
+        raise UserError(f"'{source}' is in export format version {version!r}, and this toolkit reads version "
+                        f"{FORMAT_VERSION} only; export the model again with this toolkit's torch_to_onnx.py (and "
+                        f"build engines with onnx_to_trt.py)")
+    for key, value in FIXED.items():  # what the runtimes feed, whatever a file says
+        if meta.get(key, value) != value:
+            raise broken(f"{key[len('siamese.'):]} {meta[key]!r} is not {value}, the only one the runtimes feed")
     size = str(meta["siamese.image_size"])
     if not size.isdigit() or not 1 <= int(size) <= 8192:
         raise broken(f"image size {size!r} is not a whole number of pixels from 1 to 8192")
@@ -150,3 +163,15 @@ def check_interface(inputs, outputs, image_size, source, part="pair", feature_di
         if len(shape) != 1 + len(expected[name]) or tuple(shape[1:]) != expected[name]:
             raise UserError(f"'{source}' {name} has shape {list(shape)}, but its metadata says "
                             f"(N, {', '.join(map(str, expected[name]))}); the file was altered: export it again")
+
+
+def check_parts_agree(path, meta, parts):
+    """Refuse parts ({path: metadata}) of an export whose metadata differs from the pair model's
+    (at `path`, with `meta`) in anything but PER_PART: edited files, or files of different exports."""
+    for part_path_, part_meta in parts.items():
+        for key in sorted(k for k in {*meta, *part_meta} if k.startswith("siamese.") and k not in PER_PART):
+            if meta.get(key) != part_meta.get(key):
+                raise UserError(f"'{part_path_}' and '{path}' disagree on {key[len('siamese.'):]} "
+                                f"({part_meta.get(key)!r} against {meta.get(key)!r}): files of one export were edited "
+                                f"or mixed with another's; export the model again with torch_to_onnx.py (and build "
+                                f"engines with onnx_to_trt.py)")

@@ -9,8 +9,9 @@ from functools import lru_cache
 import numpy as np
 from tqdm import tqdm
 
-from .contract import PARTS, part_path
+from .contract import PARTS, check_parts_agree, part_path
 from .errors import UserError
+from .lineage import check_sources
 
 IMAGE_CACHE_BYTES = 512 * 2**20
 HEAD_BATCH = 4096  # pairs of features per head call: a small MLP, fast in big batches
@@ -47,13 +48,20 @@ class DeployedModel:
     def __init__(self, path, *, part_paths=None):
         """part_paths: the (embedder, head) files, when not beside `path` under their usual names."""
         self.path, self.part_paths = path, part_paths
-        self.pair = self.open_part(path, "pair")
+        self.pair = self._open(path, "pair")
         self.preprocessing, self.threshold, self.metadata = self.pair.preprocessing, self.pair.threshold, self.pair.metadata
         self.max_batch = self.pair.max_batch
         self._parts = None  # (embedder, head), or False when the export has none
+        self._no_parts = None  # why not, when it has none
 
     def open_part(self, path, part):
         raise NotImplementedError
+
+    def _open(self, path, part):
+        """open_part, and the one check of what every deployed file was made from."""
+        opened = self.open_part(path, part)
+        check_sources(path, opened.metadata)
+        return opened
 
     def predict(self, img1, img2):
         """(N, 3, H, W) float32 each -> (N,) similarities, through the pair model."""
@@ -70,28 +78,30 @@ class DeployedModel:
         paths = list(self.part_paths or (part_path(self.path, part) for part in ("embed", "head")))
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
-            note(f"note: '{self.path}' has no {' and '.join(os.path.basename(p) for p in missing)} beside it, so every "
-                 f"pair runs through the whole model; export it again with torch_to_onnx.py (and onnx_to_trt.py) to "
-                 f"embed each image once, which is much faster")
+            self._no_parts = f"has no {' and '.join(os.path.basename(p) for p in missing)} beside it"
+            note(f"note: '{self.path}' {self._no_parts}, so every pair runs through the whole model; export it again "
+                 f"with torch_to_onnx.py (and onnx_to_trt.py) to embed each image once, which is much faster")
             return None
-        embedder, head = (self.open_part(p, part) for p, part in zip(paths, ("embed", "head")))
+        embedder, head = (self._open(p, part) for p, part in zip(paths, ("embed", "head")))
         def identity(part):  # the weights and the precision
             return [part.metadata.get(key) for key in ("siamese.fingerprint", "siamese.precision")]
 
-        strangers = [p for p, other in zip(paths, (embedder, head))
-                     if not identity(self)[0] or identity(other) != identity(self)]
-        if strangers:
-            note(f"note: ignoring {' and '.join(strangers)}: exported from another model (or in another precision) "
-                 f"than '{self.path}'; every pair runs through the whole model until the parts are exported again "
-                 f"with it (torch_to_onnx.py)")
+        strangers = [p for p, other in zip(paths, (embedder, head)) if identity(other) != identity(self)]
+        if not identity(self)[0] or strangers:
+            self._no_parts = (f"has no weights fingerprint (an export from an earlier version), so {' and '.join(paths)} "
+                              f"cannot be told to be its own" if not identity(self)[0] else
+                              f"was exported from another model (or in another precision) than {' and '.join(strangers)}")
+            note(f"note: ignoring the embedder and head: '{self.path}' {self._no_parts}; every pair runs through the "
+                 f"whole model until they are exported again with it (torch_to_onnx.py)")
             return None
+        check_parts_agree(self.path, self.metadata, {p: part.metadata for p, part in zip(paths, (embedder, head))})
         return embedder, head
 
     def require_parts(self):
-        """(embedder, head), or a UserError naming the export that lacks them."""
+        """(embedder, head), or a UserError saying why the export has none to use."""
         if self.parts is None:
-            raise UserError(f"'{self.path}' has no embedder and head beside it (export it again with torch_to_onnx.py, "
-                            f"and build engines with onnx_to_trt.py)")
+            raise UserError(f"'{self.path}' cannot embed images: it {self._no_parts}; export it again with "
+                            f"torch_to_onnx.py (and build engines with onnx_to_trt.py)")
         return self.parts
 
     def embed(self, images):

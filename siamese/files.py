@@ -30,6 +30,41 @@ def prepare_output_dir(path, *, what="output folder"):
     return path
 
 
+@contextlib.contextmanager
+def new_folder(path, *, what="output folder"):
+    """prepare_output_dir(path) for a command that writes into it; when the command fails, the
+    folders this created are removed again (with the unheld lock files in them, and only when
+    nothing else was put there), so that a failed command leaves nothing new behind."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.lexists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    prepare_output_dir(path, what=what)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # the deepest first
+            if not _remove_empty(folder):
+                break
+        raise
+
+
+def _remove_empty(folder):
+    """Remove a folder that holds nothing but hidden lock files no command holds; whether it did."""
+    try:
+        names = os.listdir(folder)
+        if not all(name.startswith(".") and name.endswith(".lock") for name in names):
+            return False
+        for name in names:
+            with open(os.path.join(folder, name), "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by a command: BlockingIOError
+                os.remove(lock.name)
+        os.rmdir(folder)
+        return True
+    except OSError:
+        return False
+
+
 def disk_error(error, path):
     """A UserError for an OSError met while writing path, or None when it is not about the disk."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -123,15 +158,15 @@ def claim_folder(path, *, what="output folder"):
 
 
 def remove_killed_temporaries(path):
-    """Remove the temporary files that killed writers of path left beside it (`.tmp-NAME.*`, also
-    nested as `.tmp-.tmp-NAME.*`). Only while path is claimed: no live writer can own them then."""
+    """Remove the temporary files and folders that killed writers of path left beside it
+    (`.tmp-NAME.*`, also nested as `.tmp-.tmp-NAME.*`). Only while path is claimed: no live writer can own them then."""
     parent, name = os.path.split(os.path.abspath(path))
     with os.scandir(parent) as entries:
         for entry in entries:
             stem = entry.name
             while stem.startswith(".tmp-"):
                 stem = stem[len(".tmp-"):]
-            if entry.name.startswith(".tmp-") and stem.startswith(name + ".") and entry.is_file(follow_symlinks=False):
+            if entry.name.startswith(".tmp-") and stem.startswith(name + ".") and not entry.is_symlink():  # files, folders
                 _remove(entry.path)
 
 

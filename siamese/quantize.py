@@ -20,6 +20,7 @@ from .contract import INT8_TARGETS, int8_metadata, part_path
 from .errors import UserError
 from .files import atomic_open
 from .images import scan_folder
+from .lineage import derived_from
 from .metrics import verification_metrics
 from .pairs import all_pairs
 from .scoring import score_pairs
@@ -146,8 +147,12 @@ def quantize_part(source, written, feeds, metadata, quantization):
     root_log = logging.getLogger()  # the tool warns there, per tensor, of what it handles itself
     level = root_log.level
     root_log.setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="siamese-int8-") as scratch:
+    # beside the out path, with ONNX Runtime's own temporaries (ort.quant.*, pre.quant.*: tempfile's
+    # default folder points there meanwhile): a killed run's are removed by the next run into it
+    folder, name = os.path.split(os.path.abspath(written))
+    with tempfile.TemporaryDirectory(prefix=name + ".scratch.", dir=folder) as scratch:
         prepared, quantized = os.path.join(scratch, "prepared.onnx"), os.path.join(scratch, "quantized.onnx")
+        system_temp, tempfile.tempdir = tempfile.tempdir, scratch
         try:
             # shape inference and ONNX Runtime's basic fusions (BatchNorm into Conv) first, as its
             # quantization tool recommends: fewer float operators between the quantized ones
@@ -160,6 +165,7 @@ def quantize_part(source, written, feeds, metadata, quantization):
             raise UserError(f"ONNX Runtime could not quantize '{source}' ({first}); the float export is unchanged") from None
         finally:
             root_log.setLevel(level)
+            tempfile.tempdir = system_temp
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
@@ -185,10 +191,12 @@ def quantize_parts(model, written, calibration, quantization, *, log=print):
     feeds = calibration_feeds(model, calibration, seed=q.seed)
     parts = {"pair": model.pair, "embed": model.parts[0], "head": model.parts[1]}
     for part in ("embed", "head", "pair"):
+        source = part_path(model.path, part)
         metadata = int8_metadata(parts[part].metadata, target=q.target, calibration=os.path.abspath(q.calibration),
                                  images=len(calibration), method=q.method)
-        log(f"quantizing {part_path(model.path, part)}")
-        quantize_part(part_path(model.path, part), written[part], feeds[part], metadata, q)
+        metadata.update(derived_from(source, written[part], parts[part].metadata))  # refused once the source changes
+        log(f"quantizing {source}")
+        quantize_part(source, written[part], feeds[part], metadata, q)
 
 
 def compare(float_model, int8_model, check):

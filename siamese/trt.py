@@ -17,6 +17,7 @@ from .cuda_memory import default_cuda
 from .deployed import DeployedModel, Part, note
 from .errors import UserError, check_at_least
 from .files import atomic_open
+from .lineage import derived_from
 
 
 def import_tensorrt():
@@ -175,9 +176,9 @@ def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, 
         raise UserError(f"ONNX file '{onnx_path}' does not exist; make one with torch_to_onnx.py")
     build.check()
     meta, input_types = _onnx_facts(onnx_path)
-    part = meta.get("siamese.part", "pair")
-    if part not in PARTS:
-        raise UserError(f"'{onnx_path}' has unusable metadata (part {part!r}); export it again with torch_to_onnx.py")
+    parse_metadata(meta, onnx_path)  # what the runtime would refuse in the engine is refused before the build
+    part = part_of(meta, onnx_path)
+    lineage = derived_from(onnx_path, engine_path, meta)  # hashed before TensorRT reads it
     if meta.get("siamese.precision") == "int8" and int8_target(meta) != "tensorrt":
         raise UserError(f"'{onnx_path}' was quantized for ONNX Runtime (unsigned activations with a zero point, which "
                         f"TensorRT does not take); quantize the float export for TensorRT with 'onnx_to_int8.py "
@@ -197,7 +198,7 @@ def build_engine_file(onnx_path, engine_path, build=EngineBuild(), *, trt=None, 
         raise UserError("TensorRT failed to build the engine (see its messages above); try a larger --workspace or "
                         "a smaller --max-batch")
     blob = bytes(serialized)
-    engine_meta = dict(meta, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
+    engine_meta = dict(meta, **lineage, tensorrt_version=trt.__version__, gpu=gpu_name or "unknown", precision=precision,
                        tf32=precision == "fp16", min_batch=build.min_batch, opt_batch=build.opt_batch,
                        max_batch=build.max_batch, onnx=os.path.basename(onnx_path), input_types=input_types,
                        engine_sha256=hashlib.sha256(blob).hexdigest(), **(extra_metadata or {}))

@@ -122,7 +122,7 @@ def test_a_part_given_as_the_model_is_one_line(onnx_model, tiny_dataset, capsys)
 
 def test_embedding_needs_the_parts(onnx_model, tmp_path):
     model = load_deployed_model(_copy_export(onnx_model, tmp_path, parts=()))
-    with pytest.raises(UserError, match="has no embedder and head beside it"):
+    with pytest.raises(UserError, match="cannot embed images: it has no model.embed.onnx and model.head.onnx beside it"):
         model.embed(np.zeros((1, 3, 32, 32), np.float32))
 
 
