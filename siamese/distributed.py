@@ -77,17 +77,29 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def stop_with_parent(parent_pid):
-    """Have the kernel kill this process when its parent, parent_pid, dies (Linux; elsewhere this
-    does nothing and returns False), and exit at once if it has died already. The kernel's signal
-    follows the thread that started this process: start it from a thread that lives as long."""
+    """Have the kernel kill this process when its parent dies (Linux; elsewhere this does nothing
+    and returns False), and exit at once if parent_pid, the process that started it, has died
+    already. (Started through a fork server, the parent is that server, which ends with
+    parent_pid.) The kernel's signal follows the thread that started this process: start it from
+    a thread that lives as long."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return False
     if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return False
-    if os.getppid() != parent_pid:  # it died before the request: no signal will come
+    if os.getppid() != parent_pid and not _running(parent_pid):  # died before the request: no signal will come
         os._exit(1)
+    return True
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True
 
 
@@ -99,10 +111,7 @@ def setup(device_name):
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Context(device=device)
-    launcher = os.getppid()
-    if launcher == 1:  # orphaned already: the launcher is gone
-        raise UserError("the torchrun launcher of this process has stopped; start the run again")
-    stop_with_parent(launcher)
+    stop_with_parent(os.getppid())
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
