@@ -58,6 +58,16 @@ def _gone_within(pids, seconds):
     return [p for p in pids if _alive(p)]
 
 
+def _finish(process, timeout=300):
+    """(stdout, stderr) of a process, killed with its children if it runs past timeout."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_all(_children(process.pid) + [process.pid])
+        process.communicate(timeout=60)
+        raise
+
+
 def _kill_all(pids):
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -140,40 +150,33 @@ def test_torchrun_processes_stop_when_the_launcher_is_killed(tiny_dataset, tmp_p
     try:
         deadline = time.monotonic() + 240
         while not os.path.exists(os.path.join(out, "args.json")) and time.monotonic() < deadline:
-            assert launcher.poll() is None, launcher.communicate()[1][-3000:]
+            assert launcher.poll() is None, launcher.communicate(timeout=60)[1][-3000:]
             time.sleep(0.2)
         time.sleep(3)  # both training, each with its loader worker
         ranks = _children(launcher.pid)
         workers = [w for rank in ranks for w in _children(rank)]
         assert len(ranks) == 2 and len(workers) >= 2, (ranks, workers)
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's whole process group, as Ctrl-\ or a scheduler would
-        launcher.communicate(timeout=30)
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's whole process group, as a scheduler would
         assert _gone_within(ranks + workers, 10) == []
     finally:
         with contextlib.suppress(OSError):
             os.killpg(launcher.pid, signal.SIGKILL)
-        launcher.communicate(timeout=30)
-        _kill_all(ranks + workers)
+        _kill_all(ranks + workers)  # first: they hold the launcher's pipes open
+        launcher.communicate(timeout=60)
 
 
 @pytest.mark.slow
-def test_torchrun_reports_once_and_refuses_on_every_rank_in_one_line(tiny_dataset, tmp_path):
+def test_torchrun_refuses_on_every_rank_in_one_line_and_reports_once(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")
-    run = _torchrun(tiny_dataset, out, "-e", "1")
-    stdout, stderr = run.communicate(timeout=300)
-    assert run.returncode == 0, stderr[-3000:]
-    assert stdout.count("best validation AUC") == 1, stdout
+    assert train.main(["--train-path", tiny_dataset[0], "--val-path", tiny_dataset[1], "-o", out, "-e", "1",
+                       *TINY_TRAIN_ARGS]) == 0
+    resume = ["-e", "2", "--resume", os.path.join(out, "last.pth")]
 
     logs = str(tmp_path / "logs")
     with open(os.path.join(out, ".lock"), "a+") as lock:  # another command training into it meanwhile
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        refused = _torchrun(tiny_dataset, out, "-e", "2", "--resume", os.path.join(out, "last.pth"),
-                            torchrun=("--log-dir", logs, "--redirects", "3"))
-        try:
-            refused.communicate(timeout=300)
-        finally:
-            refused.kill()
-            refused.communicate()
+        refused = _torchrun(tiny_dataset, out, *resume, torchrun=("--log-dir", logs, "--redirects", "3"))
+        _finish(refused)
     assert refused.returncode != 0
     per_rank = sorted(glob.glob(os.path.join(logs, "**", "stderr.log"), recursive=True))
     assert len(per_rank) == 2, per_rank
@@ -182,6 +185,11 @@ def test_torchrun_reports_once_and_refuses_on_every_rank_in_one_line(tiny_datase
         assert "Traceback" not in err, err[-3000:]
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
         assert len(lines) == 1 and "in use by another command" in lines[0], err[-3000:]
+
+    resumed = _torchrun(tiny_dataset, out, *resume)  # once the other command has finished
+    stdout, stderr = _finish(resumed)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert stdout.count("best validation AUC") == 1, stdout  # the main process's, not another's stale one
 
 
 # --- 15: crossval.py -o inside --data ---------------------------------------------------------------
