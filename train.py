@@ -69,6 +69,8 @@ def main(argv=None):
               "resume": args.resume, "config": args.config}
     best = fit(settings, train=train_path, val=args.val_path, out_path=args.out_path, resume=args.resume,
                record=record)
+    if best is None:  # another process of a torchrun run: the main one reports
+        return 0
     if best.get("epoch") is not None:
         print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "
               f"checkpoints in {args.out_path}")

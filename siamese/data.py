@@ -2,7 +2,9 @@
 images for feature extraction. Preprocessing is the one definition in `images.Preprocessing`.
 """
 
+import functools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import InterpolationMode
 
+from .distributed import stop_with_parent
 from .images import load_image
 from .pairs import draw_partner, rng_for
 
@@ -271,8 +274,15 @@ def loader_options(*, workers, device):
     """DataLoader settings shared by training and evaluation."""
     options = {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda"}
     if workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=4)
+        # workers die with the process that starts them (the one that iterates the loader), even
+        # after a SIGKILL of it, when nothing is left to tell them to stop
+        options.update(persistent_workers=True, prefetch_factor=4,
+                       worker_init_fn=functools.partial(_worker_start, os.getpid()))
     return options
+
+
+def _worker_start(parent_pid, worker_id):
+    stop_with_parent(parent_pid)
 
 
 def training_loader(dataset, *, batch_size, workers, device, seed, num_replicas=1, rank=0, images_per_class=None):

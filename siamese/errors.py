@@ -3,6 +3,7 @@
 import errno
 import functools
 import math
+import os
 import re
 import sys
 
@@ -37,6 +38,25 @@ def check_batch_size(batch_size, name="the batch size"):
     return check_at_least(batch_size, 1, name)
 
 
+def usable_cpus():
+    """The CPU cores this process may run on (its affinity, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers, name="--workers"):
+    """Loader processes: from 0 up to the usable CPU cores. More only compete for the same cores,
+    and each holds its own copy of the dataset: thousands of them fill the memory before a batch."""
+    check_at_least(workers, 0, name)
+    cores = usable_cpus()
+    if workers is not None and workers > cores:
+        raise UserError(f"{name} {workers} is more than the {cores} CPU core(s) this machine lets the command use; "
+                        f"give at most {cores} (more processes only compete for the same cores)")
+    return workers
+
+
 # A UserError raised inside a DataLoader worker comes back with the worker's traceback
 # folded into its message; the user only needs the last line.
 _WORKER_LINE = re.compile(r"UserError: (.+)\s*$")
@@ -48,6 +68,22 @@ def user_message(error):
         found = _WORKER_LINE.search(text)
         text = found.group(1) if found else text.splitlines()[-1]
     return text
+
+
+# The hidden temporary names that files.py writes through (.tmp-NAME.PID, .tmp-NAME.PID.THREAD),
+# and the out path each stands for.
+_TEMPORARY = re.compile(r"^\.tmp-(.+?)(\.[0-9]+){1,2}$")
+
+
+def shown_path(path):
+    """path as the user knows it: each hidden temporary name in it replaced by the out path it is
+    written for (a temporary is gone by the time its error is shown)."""
+    parts = str(path).split("/")
+    for i, part in enumerate(parts):
+        while _TEMPORARY.match(part):
+            part = _TEMPORARY.match(part).group(1)
+        parts[i] = part
+    return "/".join(parts)
 
 
 def _close_progress_bars():
@@ -76,7 +112,7 @@ def cli(main):
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             _close_progress_bars()
-            where = f" that holds '{error.filename}'" if error.filename else ""
+            where = f" that holds '{shown_path(error.filename)}'" if error.filename else ""
             print(f"error: no space left on the device{where}; files written before are intact: free some space and "
                   f"run again", file=sys.stderr)
             return 2

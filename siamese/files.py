@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 
-from .errors import UserError
+from .errors import UserError, shown_path
 
 
 def prepare_output_dir(path, *, what="output folder"):
@@ -67,6 +67,7 @@ def _remove_empty(folder):
 
 def disk_error(error, path):
     """A UserError for an OSError met while writing path, or None when it is not about the disk."""
+    path = shown_path(path)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left on the device that holds '{path}'; nothing was replaced, files written "
                          f"before are intact: free some space and run again")
@@ -112,44 +113,109 @@ def check_not_inside(out_path, folders, *, option="-o/--out"):
 class OutputClaim:
     """An exclusive claim on an out path for the life of a command: an advisory lock (flock) on a
     hidden file, which the kernel drops when the process ends however it ends, so a killed run
-    never leaves a path stuck. A second command claiming the same path is refused in one line."""
+    never leaves a path stuck. A second command claiming the same path is refused in one line.
+    A command that ends with nothing written to `path` takes its lock file away again, and the
+    folders it created for it (`created`: the outermost), so a failure leaves nothing behind."""
 
-    def __init__(self, lock_path, what):
+    def __init__(self, lock_path, what, *, path=None, created=None):
         self.lock_path, self.what = lock_path, what
+        self.path, self.created = path, created
         self.handle = None
 
     def __enter__(self):
         if self.handle is not None:  # already claimed (claim_folder claims before it returns)
             return self
-        handle = open(self.lock_path, "a+")
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise UserError(f"{self.what} is in use by another command ({holder}); wait for it to finish, or give "
-                            f"another out path") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
-        self.handle = handle
+            self.handle = self._lock()
+            self.handle.seek(0)
+            self.handle.truncate()
+            self.handle.write(f"pid {os.getpid()}")
+            self.handle.flush()
+        except OSError as error:
+            self._release()
+            raise disk_error(error, self.path or self.lock_path) or error from None
+        except BaseException:
+            self._release()
+            raise
         return self
+
+    def _lock(self):
+        """The lock file, open and locked by this process. Another command's is refused; one that a
+        finishing command removed between its opening and its locking here is opened anew."""
+        while True:
+            handle = open(self.lock_path, "a+")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise UserError(f"{self.what} is in use by another command ({holder}); wait for it to finish, or "
+                                f"give another out path") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(self.lock_path)):
+                    return handle
+            handle.close()
+
+    def _nothing_written(self):
+        if self.path is None:
+            return False
+        lock_inside = os.path.dirname(self.lock_path) == os.path.abspath(self.path)
+        try:
+            return set(os.listdir(self.path)) <= {os.path.basename(self.lock_path)} if lock_inside else \
+                not os.path.lexists(self.path)
+        except OSError:
+            return False
+
+    def _release(self):
+        if self._nothing_written():
+            with contextlib.suppress(OSError):
+                if self.handle is not None:
+                    os.remove(self.lock_path)  # while it is locked: see _lock
+                if self.created:
+                    _remove_empty_folders(self.path, self.created)
+        if self.handle is not None:
+            with contextlib.suppress(OSError):  # a pid that a full disk kept in the buffer: not worth an error
+                self.handle.close()  # closing drops the lock
+            self.handle = None
 
     def __exit__(self, *exc):
         if self.handle is not None:
-            self.handle.close()  # closing drops the lock; the empty file stays for the next claim
-            self.handle = None
+            self._release()
         return False
+
+
+def _first_missing(path):
+    """The outermost folder on the way to path that does not exist yet (None when path exists)."""
+    path, missing = os.path.abspath(path), None
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path, missing = os.path.dirname(path), path
+    return missing
+
+
+def _remove_empty_folders(path, top):
+    """Remove path and its parents up to top, each only if empty."""
+    path, top = os.path.abspath(path), os.path.abspath(top)
+    while True:
+        os.rmdir(path)
+        if path == top or not path.startswith(top):
+            return
+        path = os.path.dirname(path)
 
 
 def claim_folder(path, *, what="output folder"):
     """Create the folder if needed and claim it (OutputClaim on path/.lock); the claim is held
     until its __exit__ (or the end of a `with` block). Temporary files of killed runs inside it
     are removed: no other command can be writing there now."""
-    prepare_output_dir(path, what=what)
-    claim = OutputClaim(os.path.join(path, ".lock"), f"{what} '{path}'").__enter__()
+    created = _first_missing(path)
+    try:
+        prepare_output_dir(path, what=what)
+    except UserError:
+        if created:
+            with contextlib.suppress(OSError):
+                _remove_empty_folders(path, created)
+        raise
+    claim = OutputClaim(os.path.join(path, ".lock"), f"{what} '{path}'", path=path, created=created).__enter__()
     with os.scandir(path) as entries:
         for entry in entries:
             if entry.name.startswith(".tmp-"):
@@ -174,7 +240,7 @@ def claim_beside(path, *, what="output"):
     """Claim an out path that is replaced as a whole (a file, or an evaluation's folder): the lock
     file stands beside it, hidden, so that it survives the replacement."""
     parent, name = os.path.split(os.path.abspath(path))
-    return OutputClaim(os.path.join(parent, f".{name}.lock"), f"{what} '{path}'")
+    return OutputClaim(os.path.join(parent, f".{name}.lock"), f"{what} '{path}'", path=path)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .errors import UserError, check_at_least, check_batch_size, check_between, check_finite
+from .errors import UserError, check_at_least, check_batch_size, check_between, check_finite, check_workers
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -128,7 +128,7 @@ class TrainingSettings:
         if not 0.0 <= self.ema < 1.0:
             raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {self.ema}")
         check_batch_size(self.eval_batch_size, "--eval-batch-size")
-        check_at_least(self.workers, 0, "--workers")
+        check_workers(self.workers)
         check_at_least(check_finite(self.weight_decay, "--weight-decay"), 0, "--weight-decay")
         check_finite(self.learning_rate, "--learning-rate")
         check_finite(self.class_loss, "--class-loss")
@@ -229,7 +229,7 @@ class EvaluationSettings:
         """Every check of the values alone, each one line naming the option."""
         check_at_least(self.pairs_per_image, 1, "--pairs-per-image")
         check_at_least(self.max_pictures, 0, "--max-pictures")
-        check_at_least(self.workers, 0, "--workers")
+        check_workers(self.workers)
         check_at_least(self.seed, 0, "--seed")
         check_batch_size(self.batch_size, "--batch-size")
         check_between(self.threshold, 0.0, 1.0, "--threshold")

@@ -252,8 +252,7 @@ def _build_model(settings, checkpoint, resume, context, log):
 
         # Rank 0 downloads ImageNet weights first; the others then read its cache.
         # (DistributedDataParallel copies rank 0's parameters to every rank.)
-        model = build() if context.is_main else None
-        distributed.barrier(context)
+        model = distributed.on_main(context, build)
         if model is None:
             model = build()
         start_epoch = 1
@@ -462,7 +461,8 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
 
     train and val are folders or scanned `ImageFolder`s. Without val nothing is validated: no
     epoch is picked, best.pth is not written, and last.pth (with the weight average under --ema)
-    is the final model; the returned metrics are then {'epoch': None}."""
+    is the final model; the returned metrics are then {'epoch': None}. Under torchrun the main
+    process returns them and the others None, so that what the run found is reported once."""
     context = distributed.setup(settings.device)
     device = context.device
     if settings.amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
@@ -491,19 +491,20 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
 
     folder = None
     try:
+        # What only the main process does (claim the folder, validate, save) is refused or fails on
+        # every process at once (distributed.on_main): none is left waiting for it.
+        folder = distributed.on_main(context, lambda: _RunFolder(out_path, run.record, start_epoch=start_epoch,
+                                                                 resume=resume, log=log))
         if context.is_main:
-            folder = _RunFolder(out_path, run.record, start_epoch=start_epoch, resume=resume, log=log)
             log(_start_line(settings, model, data, dataset, images_per_epoch, context))
-        distributed.barrier(context)
         for epoch in range(start_epoch, settings.epochs + 1):
             learning_rate = optimizer.param_groups[0]["lr"]
             stats = dict(_train_epoch(run, loader, epoch, images_per_epoch, context), learning_rate=learning_rate)
             scheduler.step()
-            if context.is_main:
-                best = _finish_epoch(run, epoch, stats, best, predictor=predictor, data=data, folder=folder, log=log)
-            distributed.barrier(context)
+            best = distributed.on_main(context, lambda: _finish_epoch(run, epoch, stats, best, predictor=predictor,
+                                                                      data=data, folder=folder, log=log))
     finally:
         if folder is not None:
             folder.close()
         distributed.cleanup(context)
-    return best
+    return best if context.is_main else None

@@ -1,0 +1,237 @@
+"""A hostile user's processes and faults: loader workers by the hundred thousand, a main process
+or a torchrun launcher killed with SIGKILL, a refused --resume under torchrun, crossval.py -o
+inside its --data, and a full disk. Every process started here is killed by the end of its test."""
+
+import contextlib
+import fcntl
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import crossval
+import eval as eval_script
+import torch_to_onnx
+import train
+from conftest import ROOT, TINY_TRAIN_ARGS
+from siamese.errors import UserError, usable_cpus
+from siamese.settings import EvaluationSettings, TrainingSettings
+from test_faults import _small_disk
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _error_lines(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err[-2000:]
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def _alive(pid):
+    """Whether pid runs (a zombie, dead but not yet collected by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+def _gone_within(pids, seconds):
+    """The pids still running after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def _finish(process, timeout=300):
+    """(stdout, stderr) of a process, killed with its children if it runs past timeout."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_all(_children(process.pid) + [process.pid])
+        process.communicate(timeout=60)
+        raise
+
+
+def _kill_all(pids):
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# --- 10: --workers bounded by the machine; workers die with their parent -------------------------
+
+# One more than the cores: the scripts are run here, and where the bound is missing, 100,000
+# workers would fill the memory of the machine that runs the tests.
+@pytest.mark.parametrize("script", ["train", "eval", "crossval"])
+def test_more_workers_than_cores_are_refused_in_one_line(script, tiny_dataset, tmp_path, capsys):
+    out, workers = str(tmp_path / "out"), str(usable_cpus() + 1)
+    argv = {"train": lambda: train.main(["--train-path", tiny_dataset[0], "-o", out, "-e", "1", *TINY_TRAIN_ARGS,
+                                         "--workers", workers]),
+            "eval": lambda: eval_script.main(["-v", tiny_dataset[1], "-o", out, "-c", "x.pth", "--workers", workers]),
+            "crossval": lambda: crossval.main(["--data", tiny_dataset[0], "-o", out, "--folds", "2", "-e", "1",
+                                               *TINY_TRAIN_ARGS, "--workers", workers])}[script]
+    assert argv() == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"--workers {workers} is more than the {usable_cpus()} CPU core(s)" in lines[0], lines
+    assert not os.path.exists(out)
+
+
+def test_workers_up_to_the_cores_are_taken_and_no_more():
+    cores = usable_cpus()
+    assert TrainingSettings(workers=cores).workers == cores
+    assert EvaluationSettings(val_path="v", out_path="o", workers=cores).workers == cores
+    for workers in (cores + 1, 100_000):
+        with pytest.raises(UserError, match=f"--workers {workers} is more than"):
+            TrainingSettings(workers=workers)
+        with pytest.raises(UserError, match=f"--workers {workers} is more than"):
+            EvaluationSettings(val_path="v", out_path="o", workers=workers)
+
+
+LOADER = """
+import sys, time
+sys.path.insert(0, %r)
+from torch.utils.data import DataLoader
+from siamese.data import loader_options
+batches = iter(DataLoader(list(range(1000)), batch_size=1, **loader_options(workers=2, device="cpu")))
+next(batches)
+print(" ".join(str(w.pid) for w in batches._workers), flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_loader_workers_die_with_a_killed_main_process():
+    """PyTorch's workers notice a dead parent only when they next look (up to 5 s idle, never while
+    starting); the kernel kills them at once."""
+    main = subprocess.Popen([sys.executable, "-c", LOADER % ROOT], stdout=subprocess.PIPE, text=True, env=ENV)
+    workers = []
+    try:
+        workers = [int(pid) for pid in main.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+        main.kill()
+        main.wait(timeout=30)
+        assert _gone_within(workers, 1.5) == []
+    finally:
+        main.kill()
+        main.wait(timeout=30)
+        _kill_all(workers)
+
+
+# --- 11 and 20: torchrun ----------------------------------------------------------------------------
+
+def _torchrun(tiny_dataset, out, *extra, **popen):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *popen.pop("torchrun", ()), os.path.join(ROOT, "train.py"), "--train-path",
+                             tiny_dataset[0], "--val-path", tiny_dataset[1], "-o", out, *TINY_TRAIN_ARGS, *extra],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_stop_when_the_launcher_is_killed(tiny_dataset, tmp_path):
+    out = str(tmp_path / "run")
+    launcher = _torchrun(tiny_dataset, out, "-e", "10000", "--workers", "1", start_new_session=True)
+    ranks, workers = [], []
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(os.path.join(out, "args.json")) and time.monotonic() < deadline:
+            assert launcher.poll() is None, launcher.communicate(timeout=60)[1][-3000:]
+            time.sleep(0.2)
+        time.sleep(3)  # both training, each with its loader worker
+        ranks = _children(launcher.pid)
+        workers = [w for rank in ranks for w in _children(rank)]
+        assert len(ranks) == 2 and len(workers) >= 2, (ranks, workers)
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's whole process group, as a scheduler would
+        assert _gone_within(ranks + workers, 10) == []
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(launcher.pid, signal.SIGKILL)
+        _kill_all(ranks + workers)  # first: they hold the launcher's pipes open
+        launcher.communicate(timeout=60)
+
+
+@pytest.mark.slow
+def test_torchrun_refuses_on_every_rank_in_one_line_and_reports_once(tiny_dataset, tmp_path):
+    out = str(tmp_path / "run")
+    assert train.main(["--train-path", tiny_dataset[0], "--val-path", tiny_dataset[1], "-o", out, "-e", "1",
+                       *TINY_TRAIN_ARGS]) == 0
+    resume = ["-e", "2", "--resume", os.path.join(out, "last.pth")]
+
+    logs = str(tmp_path / "logs")
+    with open(os.path.join(out, ".lock"), "a+") as lock:  # another command training into it meanwhile
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        refused = _torchrun(tiny_dataset, out, *resume, torchrun=("--log-dir", logs, "--redirects", "3"))
+        _finish(refused)
+    assert refused.returncode != 0
+    per_rank = sorted(glob.glob(os.path.join(logs, "**", "stderr.log"), recursive=True))
+    assert len(per_rank) == 2, per_rank
+    for path in per_rank:
+        err = open(path).read()
+        assert "Traceback" not in err, err[-3000:]
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(lines) == 1 and "in use by another command" in lines[0], err[-3000:]
+
+    resumed = _torchrun(tiny_dataset, out, *resume)  # once the other command has finished
+    stdout, stderr = _finish(resumed)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert stdout.count("best validation AUC") == 1, stdout  # the main process's, not another's stale one
+
+
+# --- 15: crossval.py -o inside --data ---------------------------------------------------------------
+
+def test_crossval_out_inside_its_data_is_refused_before_writing(tiny_folder, capsys):
+    before = sorted(os.listdir(tiny_folder))
+    out = os.path.join(tiny_folder, "cv")
+    assert crossval.main(["--data", tiny_folder, "-o", out, "--folds", "2", *TINY_TRAIN_ARGS]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"-o/--out '{out}' is inside the image folder" in lines[0], lines
+    assert sorted(os.listdir(tiny_folder)) == before  # no plan.json, no lock, no cv/
+
+
+# --- 16: a full disk ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_full_disk_names_the_out_path_and_leaves_nothing_behind(trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    with _small_disk(str(tmp_path / "disk")) as disk:
+        def commands():
+            return [(os.path.join(disk, "run", "deeper"), lambda out: train.main(
+                        ["--train-path", tiny_dataset[0], "--val-path", tiny_dataset[1], "-o", out, "-e", "1",
+                         *TINY_TRAIN_ARGS])),
+                    (os.path.join(disk, "cv"), lambda out: crossval.main(
+                        ["--data", tiny_dataset[0], "-o", out, "--folds", "2", "-e", "1", *TINY_TRAIN_ARGS])),
+                    (os.path.join(disk, "eval"), lambda out: eval_script.main(
+                        ["-v", tiny_dataset[1], "-o", out, "-c", trained_checkpoint])),
+                    (os.path.join(disk, "m.onnx"), lambda out: torch_to_onnx.main(
+                        ["-c", trained_checkpoint, "-o", out, "--images", tiny_dataset[1]]))]
+
+        with open(os.path.join(disk, "filler"), "wb", buffering=0) as filler:  # full to the last byte
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        for out, command in commands():
+            assert command(out) == 2, out
+            lines = _error_lines(capsys)
+            assert len(lines) == 1 and f"no space left on the device that holds '{out}'" in lines[0], lines
+            assert os.listdir(disk) == ["filler"]  # no lock file, no empty folder
+        os.remove(os.path.join(disk, "filler"))
+        for out, command in commands()[2:]:  # room to start, not to finish
+            assert command(out) == 2, out
+            lines = _error_lines(capsys)
+            assert len(lines) == 1 and f"no space left on the device that holds '{out}" in lines[0], lines
+            assert ".tmp-" not in lines[0]  # the temporary is gone: the path written is named
+            assert os.listdir(disk) == []
