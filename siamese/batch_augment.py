@@ -160,3 +160,12 @@ class DeviceBatches:
         generator = self.generator()
         for *images, labels in self.loader:
             yield (*(self.augment(x.to(self.device, non_blocking=True), generator) for x in images), labels)
+
+
+def on_device(loader, dataset, *, device, seed, rank=0):
+    """The training loader as the epoch iterates it: for a dataset of uint8 images (training on
+    CUDA), its batches augmented and normalised on `device`; else the loader itself."""
+    if not dataset.uint8:
+        return loader
+    augment = DeviceAugmentation(dataset.augmentation, dataset.preprocessing, device)
+    return DeviceBatches(loader, augment, device=device, seed=seed, rank=rank)

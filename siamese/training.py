@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
-from .batch_augment import DeviceAugmentation, DeviceBatches, augments_on_device
+from .batch_augment import augments_on_device, on_device
 from .data import Augmentation, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
@@ -314,9 +314,7 @@ def _loader(settings, dataset, device, context, train_root):
     if len(loader) == 0:
         raise UserError(f"'{train_root}' has too few images for one batch of {settings.batch_size} per process; "
                         f"lower --batch-size")
-    if dataset.uint8:  # augmented and normalised on the device
-        loader = DeviceBatches(loader, DeviceAugmentation(dataset.augmentation, dataset.preprocessing, device),
-                               device=device, seed=settings.seed, rank=context.rank)
+    loader = on_device(loader, dataset, device=device, seed=settings.seed, rank=context.rank)
     per_batch = (settings.batch_size // settings.images_per_class * settings.images_per_class
                  if settings.pairing == "in-batch" else 2 * settings.batch_size)
     return loader, len(loader) * per_batch * context.world_size

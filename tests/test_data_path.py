@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 import train
 from conftest import TINY_TRAIN_ARGS
 from siamese import batch_augment, image_cache
-from siamese.batch_augment import DeviceAugmentation, DeviceBatches, draw_parameters
+from siamese.batch_augment import DeviceAugmentation, DeviceBatches, draw_parameters, on_device
 from siamese.data import Augmentation, TrainingImages, TrainingPairs, affine, set_loader_epoch, training_loader
 from siamese.errors import UserError
 from siamese.image_cache import ImageCache
@@ -133,8 +133,8 @@ def test_device_batches_are_seeded_by_seed_and_epoch(tiny_folder):
 
     def epoch_of(epoch, seed=2):
         loader = training_loader(dataset, batch_size=6, workers=0, device="cpu", seed=2)
-        batches = DeviceBatches(loader, DeviceAugmentation(augmentation, preprocessing, "cpu"), device="cpu",
-                                seed=seed)
+        batches = on_device(loader, dataset, device="cpu", seed=seed)
+        assert isinstance(batches, DeviceBatches)
         set_loader_epoch(batches, epoch)
         return [torch.cat([img1, img2]) for img1, img2, _ in batches]
 
