@@ -34,7 +34,8 @@ class ImageCache:
         size = preprocessing.image_size
         self.paths = list(paths)
         self.preprocessing = preprocessing
-        self.pixels = torch.zeros((len(self.paths), size, size, 3), dtype=torch.uint8)
+        # empty: pages are committed as images are written (share_memory_ commits the shared copy)
+        self.pixels = torch.empty((len(self.paths), size, size, 3), dtype=torch.uint8)
         self.filled = torch.zeros(len(self.paths), dtype=torch.uint8)
         if shared:
             self.pixels.share_memory_()
@@ -60,7 +61,7 @@ def decoded(path, preprocessing):
 
 def image_cache(paths, preprocessing, *, budget_mb, shared):
     """(ImageCache or None, the line that says which): the files are cached when they fit in
-    budget_mb and, for loader workers, in the free shared memory; else they stream from disk."""
+    budget_mb and, for loader workers, in half the free shared memory; else they stream from disk."""
     size = preprocessing.image_size
     needed = len(paths) * size * size * 3
     if budget_mb == 0:
@@ -68,7 +69,8 @@ def image_cache(paths, preprocessing, *, budget_mb, shared):
     if needed > budget_mb * MB:
         return None, f"dataset needs {needed / MB:.1f} MB, above --cache-mb {budget_mb}: images stream from disk"
     free = shared_memory_free() if shared else None
-    if free is not None and needed > free:
-        return None, (f"dataset needs {needed / MB:.1f} MB, above the {free / MB:.1f} MB free in {SHARED_MEMORY} that "
-                      f"loader workers share: images stream from disk (enlarge {SHARED_MEMORY}, or --workers 0)")
+    if free is not None and needed > free // 2:  # the workers' batches pass through there too
+        return None, (f"dataset needs {needed / MB:.1f} MB, above half the {free / MB:.1f} MB free in {SHARED_MEMORY} "
+                      f"(loader workers share the cache and their batches there): images stream from disk; enlarge "
+                      f"{SHARED_MEMORY} (docker run --shm-size) or train with --workers 0 to cache them")
     return ImageCache(paths, preprocessing, shared=shared), f"caching {len(paths)} images, {needed / MB:.1f} MB"
