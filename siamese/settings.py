@@ -231,7 +231,6 @@ class EvaluationSettings:
         check_at_least(self.pairs_per_image, 1, "--pairs-per-image")
         check_at_least(self.max_pictures, 0, "--max-pictures")
         check_at_least(self.workers, 0, "--workers")
-        check_at_least(self.cache_mb, 0, "--cache-mb")
         check_at_least(self.seed, 0, "--seed")
         check_batch_size(self.batch_size, "--batch-size")
         check_between(self.threshold, 0.0, 1.0, "--threshold")
