@@ -40,17 +40,24 @@ class ImageCache:
         if shared:
             self.pixels.share_memory_()
             self.filled.share_memory_()
+        self._arrays = None  # numpy views of both, made in each process (indexing them is 10x faster)
 
     def __len__(self):
         return len(self.paths)
 
+    def __getstate__(self):  # to a spawned worker: the shared tensors, not this process's views
+        return dict(self.__dict__, _arrays=None)
+
     def decode(self, index):
         """File `index` as the model's size, (H, W, 3) uint8, from the cache or decoded into it."""
-        if self.filled[index]:
-            return self.pixels[index].numpy()
+        if self._arrays is None:
+            self._arrays = self.pixels.numpy(), self.filled.numpy()
+        pixels, filled = self._arrays
+        if filled[index]:
+            return pixels[index]
         array = decoded(self.paths[index], self.preprocessing)
-        self.pixels[index].numpy()[...] = array
-        self.filled[index] = 1
+        pixels[index] = array
+        filled[index] = 1
         return array
 
 
