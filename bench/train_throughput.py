@@ -15,8 +15,10 @@ import time
 import torch
 
 from common import data_folder, report
+from siamese.batch_augment import augments_on_device, on_device
 from siamese.data import Augmentation, TrainingPairs, training_loader
 from siamese.distributed import Context, autocast, grad_scaler, resolve_device
+from siamese.image_cache import image_cache
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
 from siamese.settings import TrainingSettings
@@ -87,9 +89,13 @@ def main():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         scaler = grad_scaler(device, args.amp)
         steps = max(2, args.pairs // batch)
-        dataset = TrainingPairs(folder, model.preprocessing, seed=0, augmentation=Augmentation(augment),
+        cache, _ = image_cache(folder.paths, model.preprocessing, budget_mb=TrainingSettings().cache_mb,
+                               shared=args.workers > 0)  # as train.py: decoded once, on CUDA augmented there
+        dataset = TrainingPairs(folder, model.preprocessing, seed=0, augmentation=Augmentation(augment), cache=cache,
+                                uint8=augments_on_device(device),
                                 pairs_per_image=(args.repeats * steps + 2) * batch // len(folder) + 1)
-        loader = training_loader(dataset, batch_size=batch, workers=args.workers, device=device, seed=0)
+        loader = on_device(training_loader(dataset, batch_size=batch, workers=args.workers, device=device, seed=0),
+                           dataset, device=device, seed=0)
         loader.sampler.set_epoch(1)
         iterator = iter(loader)
         step = ceiling_step(model, optimizer, scaler, batch, size, device, args.channels_last, args.amp)

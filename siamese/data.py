@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import InterpolationMode
 
 from .distributed import stop_with_parent
+from .image_cache import decoded
 from .images import load_image
 from .pairs import draw_partner, rng_for
 
@@ -25,11 +27,6 @@ AFFINE_SCALE = (0.8, 1.2)
 AFFINE_SHEAR = 0.2
 
 
-# Decoded, resized training images kept per loader process for later epochs: at most this many
-# bytes (1 GiB: 5,300 images at 224 px, 65,000 at 64 px), so a large folder cannot fill the memory.
-CACHE_BYTES = 1 << 30
-
-
 def augment(img, rng, *, flip=True):
     """Random affine (+ flip) with parameters from rng; the uncovered area takes the border colour."""
     width, height = img.size
@@ -37,13 +34,19 @@ def augment(img, rng, *, flip=True):
     translate = [int(round(rng.uniform(-AFFINE_TRANSLATE, AFFINE_TRANSLATE) * width)),
                  int(round(rng.uniform(-AFFINE_TRANSLATE, AFFINE_TRANSLATE) * height))]
     scale = rng.uniform(*AFFINE_SCALE)
-    shear = [rng.uniform(-AFFINE_SHEAR, AFFINE_SHEAR), 0.0]
+    shear = rng.uniform(-AFFINE_SHEAR, AFFINE_SHEAR)
+    img = affine(img, angle, translate, scale, shear)
+    return TF.hflip(img) if flip and rng.random() < 0.5 else img
+
+
+def affine(img, angle, translate, scale, shear):
+    """The affine of `augment` with given parameters (degrees, whole pixels, factor, degrees of
+    x-shear), bilinear; the uncovered area takes the median colour of the border pixels."""
     array = np.asarray(img)
     border = np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]])
     fill = [int(v) for v in np.median(border, axis=0)]
-    img = TF.affine(img, angle=angle, translate=translate, scale=scale, shear=shear,
-                    interpolation=InterpolationMode.BILINEAR, fill=fill)
-    return TF.hflip(img) if flip and rng.random() < 0.5 else img
+    return TF.affine(img, angle=angle, translate=translate, scale=scale, shear=[shear, 0.0],
+                     interpolation=InterpolationMode.BILINEAR, fill=fill)
 
 
 def jitter_light(img, rng, strength):
@@ -54,11 +57,16 @@ def jitter_light(img, rng, strength):
     return TF.adjust_contrast(img, rng.uniform(1.0 - strength, 1.0 + strength))
 
 
-def random_erase(array, rng, *, area=(0.02, 0.33), aspect=(0.3, 3.3)):
+ERASE_AREA = (0.02, 0.33)  # random erasing: the rectangle's share of the image,
+ERASE_ASPECT = (0.3, 3.3)  # its height / width (drawn log-uniform),
+ERASE_TRIES = 10  # and how many draws may miss the image before none is erased
+
+
+def random_erase(array, rng, *, area=ERASE_AREA, aspect=ERASE_ASPECT):
     """Random erasing (Zhong et al. 2017): one rectangle of a normalised (C, H, W) array, in place,
     set to 0, the mean colour. It teaches the model not to lean on any one part of the image."""
     _, height, width = array.shape
-    for _ in range(10):  # a drawn rectangle may not fit; give up after a few tries, as torchvision does
+    for _ in range(ERASE_TRIES):  # a drawn rectangle may not fit; give up after a few tries, as torchvision does
         target = rng.uniform(*area) * height * width
         ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
         h, w = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
@@ -91,10 +99,11 @@ class _TrainingImages(Dataset):
     """Virtual training images: with rotations=4, every class rotated by 90, 180 and 270 degrees
     counts as a class of its own, and with mirror_classes its mirror image too (the Omniglot
     trick for more classes from the same images: a turned or mirrored character is another one).
-    Decoded, resized files are cached up to CACHE_BYTES: decoding and resizing dominate loading
-    for small images."""
+    Files are decoded and resized once into `cache` (an ImageCache) when one is given: decoding
+    and resizing dominate loading for small images. With `uint8`, items are the (H, W, 3) uint8
+    images before augmentation, which `batch_augment` normalises and augments on the device."""
 
-    def __init__(self, folder, preprocessing, *, seed, augmentation=Augmentation(), cache_images=True):
+    def __init__(self, folder, preprocessing, *, seed, augmentation=Augmentation(), cache=None, uint8=False):
         self.folder = folder
         self.preprocessing = preprocessing
         self.seed = seed
@@ -108,25 +117,35 @@ class _TrainingImages(Dataset):
         self.by_class = [[] for _ in range(len(folder.classes) * variants)]
         for v, label in enumerate(self.labels):
             self.by_class[label].append(v)
-        self._cache = {} if cache_images else None
-        self._cache_limit = CACHE_BYTES // (4 * preprocessing.image_size ** 2)  # Pillow keeps RGB in 4 bytes a pixel
+        self.cache = cache
+        self.uint8 = uint8
 
     def _image(self, v):
         n = len(self.folder)
         file_index = v % n
-        if self._cache is not None and file_index in self._cache:
-            img = self._cache[file_index]
+        if self.cache is not None:
+            size = (self.preprocessing.image_size,) * 2
+            img = Image.frombytes("RGB", size, self.cache.decode(file_index))  # faster than fromarray
         else:
             img = self.preprocessing.resize(load_image(self.folder.paths[file_index], size_hint=self.preprocessing.image_size))
-            if self._cache is not None and len(self._cache) < self._cache_limit:
-                self._cache[file_index] = img
         variant = v // n
         turns = variant % self.rotations
         if turns:
             img = img.rotate(360 // self.rotations * turns)
         return TF.hflip(img) if variant >= self.rotations else img  # the mirrored variants come last
 
+    def _pixels(self, v):
+        """Virtual image v as (H, W, 3) uint8, unaugmented: what _image gives, without Pillow."""
+        n = len(self.folder)
+        array = (self.cache.decode(v % n) if self.cache is not None
+                 else decoded(self.folder.paths[v % n], self.preprocessing))
+        variant = v // n
+        array = np.rot90(array, 4 // self.rotations * (variant % self.rotations))  # counter-clockwise, as Pillow
+        return torch.from_numpy(np.ascontiguousarray(array[:, ::-1] if variant >= self.rotations else array))
+
     def _tensor(self, v, rng):
+        if self.uint8:
+            return self._pixels(v)
         img, a = self._image(v), self.augmentation
         if a.kind in ("full", "affine"):
             img = augment(img, rng, flip=a.kind == "full")

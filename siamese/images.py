@@ -324,7 +324,7 @@ class Preprocessing:
         return img if img.size == size else img.resize(size, Image.BILINEAR)
 
     @functools.cached_property
-    def _levels(self):
+    def levels(self):
         """(3, 256) float32: the normalised value of each 8-bit level in each channel."""
         levels = np.arange(256, dtype=np.float32)[:, None] * np.float32(1.0 / 255.0)
         table = (levels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
@@ -336,7 +336,7 @@ class Preprocessing:
         array = np.asarray(img)
         out = np.empty((3,) + array.shape[:2], dtype=np.float32)
         for channel in range(3):
-            np.take(self._levels[channel], array[..., channel], out=out[channel])
+            np.take(self.levels[channel], array[..., channel], out=out[channel])
         return out
 
     def __call__(self, img):

@@ -105,6 +105,9 @@ class TrainingSettings:
     save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
                              "-s", "--save-after", "--save_after")
     workers: int = option(2, "data loading worker processes (per process)")
+    cache_mb: int = option(4096, "keep the training images decoded at --image-size in memory shared by the loader "
+                                 "workers, when they fit in this many MB (per process under torchrun): each file is "
+                                 "decoded once; larger datasets stream from disk; 0: never cache")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = option(False, "mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with "
                               "AVX512-BF16 or AMX)")
@@ -129,6 +132,7 @@ class TrainingSettings:
             raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {self.ema}")
         check_batch_size(self.eval_batch_size, "--eval-batch-size")
         check_workers(self.workers)
+        check_at_least(self.cache_mb, 0, "--cache-mb")
         check_at_least(check_finite(self.weight_decay, "--weight-decay"), 0, "--weight-decay")
         check_finite(self.learning_rate, "--learning-rate")
         check_finite(self.class_loss, "--class-loss")

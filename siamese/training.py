@@ -22,11 +22,13 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
+from .batch_augment import augments_on_device, on_device
 from .data import Augmentation, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
 from .metrics import threshold_at_far
 from .files import atomic_open, check_not_inside, claim_folder, same_path
+from .image_cache import image_cache
 from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
@@ -268,16 +270,19 @@ def _build_model(settings, checkpoint, resume, context, log):
 def _training_set(settings, model, train_folder, device, checkpoint, resume):
     """The training images or pairs, and the module trained on them (the network itself, or with
     --pairing in-batch the network scoring every pair of a batch, with its classifier)."""
-    augmentation = Augmentation.from_settings(settings)
+    cache, cache_line = image_cache(train_folder.paths, model.preprocessing, budget_mb=settings.cache_mb,
+                                    shared=settings.workers > 0)
+    images = dict(augmentation=Augmentation.from_settings(settings), cache=cache, uint8=augments_on_device(device))
     if settings.pairing == "in-batch":
         dataset = TrainingImages(train_folder, model.preprocessing, seed=settings.seed, visits=settings.pairs_per_image,
-                                 augmentation=augmentation)
+                                 **images)
         train_model = AllPairs(model, classes=len(dataset.by_class) if settings.class_loss > 0 else 0,
                                class_scale=settings.class_scale, class_margin=settings.class_margin).to(device)
     else:
         dataset = TrainingPairs(train_folder, model.preprocessing, seed=settings.seed,
-                                pairs_per_image=settings.pairs_per_image, augmentation=augmentation)
+                                pairs_per_image=settings.pairs_per_image, **images)
         train_model = model
+    dataset.cache_line = cache_line
     if checkpoint is not None:
         _restore_classifier(getattr(train_model, "classifier", None), checkpoint, resume)
     return dataset, train_model
@@ -308,6 +313,7 @@ def _loader(settings, dataset, device, context, train_root):
     if len(loader) == 0:
         raise UserError(f"'{train_root}' has too few images for one batch of {settings.batch_size} per process; "
                         f"lower --batch-size")
+    loader = on_device(loader, dataset, device=device, seed=settings.seed, rank=context.rank)
     per_batch = (settings.batch_size // settings.images_per_class * settings.images_per_class
                  if settings.pairing == "in-batch" else 2 * settings.batch_size)
     return loader, len(loader) * per_batch * context.world_size
@@ -497,6 +503,7 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
                                                                  resume=resume, log=log))
         if context.is_main:
             log(_start_line(settings, model, data, dataset, images_per_epoch, context))
+            log(dataset.cache_line)
         for epoch in range(start_epoch, settings.epochs + 1):
             learning_rate = optimizer.param_groups[0]["lr"]
             stats = dict(_train_epoch(run, loader, epoch, images_per_epoch, context), learning_rate=learning_rate)

@@ -187,14 +187,3 @@ def test_in_batch_loader_yields_images_and_labels(tiny_folder):
     assert labels.tolist() == [dataset.labels[v] for _, v, _ in keys]
     assert torch.equal(images[0], dataset[keys[0]][0])  # workers give what the dataset gives
 
-
-def test_the_image_cache_is_bounded_and_changes_no_item(tiny_folder, monkeypatch):
-    from siamese import data
-
-    monkeypatch.setattr(data, "CACHE_BYTES", 5 * 4 * 16 * 16)  # room for 5 images at 16 px
-    dataset = _dataset(tiny_folder, augmentation=Augmentation("full"))
-    items = [dataset[(1, i)] for i in range(len(dataset))]  # 18 images, each drawn at least once
-    assert len(dataset._cache) == 5
-    uncached = _dataset(tiny_folder, cache_images=False, augmentation=Augmentation("full"))
-    for (a, b, y), (a2, b2, y2) in zip(items, (uncached[(1, i)] for i in range(len(dataset)))):
-        assert torch.equal(a, a2) and torch.equal(b, b2) and y == y2
