@@ -21,7 +21,7 @@ def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py")
     add_out_option(p, "the .onnx file to write (or a folder)", required=True)
-    p.add_argument("--opset", default=20, type=onnx_opset, help="ONNX opset version (7 to the newest onnx knows)")
+    p.add_argument("--opset", default=20, type=onnx_opset, help="ONNX opset version (18 to the newest onnx knows)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic (inputs/output stay float32)")
     p.add_argument("--images", default=None, type=str,
                    help="folder of real images for the check (default: the checkpoint's validation folder, if present)")

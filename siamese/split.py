@@ -28,7 +28,7 @@ def single_image_classes(folder):
 
 def single_image_note(singles, *, grouped=False):
     """The line that names the classes of a single image, which stay in train/."""
-    named = ", ".join(f"'{name}'" for name in singles[:5]) + (f" and {len(singles) - 5} more" if len(singles) > 5 else "")
+    named = ", ".join(f"'{name}'" for name in singles[:5]) + (f" and {len(singles) - 5} more" * (len(singles) > 5))
     return (f"note: {len(singles)} class(es) with a single image ({named}) stay in train/"
             f"{', with the other classes of their group' if grouped else ''}: a class needs two images to be validated "
             f"or tested on")

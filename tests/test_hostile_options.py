@@ -18,12 +18,17 @@ import torch_to_onnx
 import train
 from conftest import TINY_TRAIN_ARGS, make_folder
 from siamese.errors import UserError
-from siamese.options import shown_spellings
+from siamese.options import HIDDEN_ALIASES
 from siamese.settings import EvaluationSettings, TrainingSettings
 
 SCRIPTS = ("train", "eval", "crossval", "split", "torch_to_onnx", "onnx_to_int8", "onnx_to_trt", "infer_tensorrt",
            "eval_tensorrt", "identify", "demo")
 SEED_RULE = "must be between 0 and 4294967295, not -1"
+
+
+def _shown(action):
+    """An option as --help and the messages name it: no underscore spelling, no hidden alias."""
+    return [s for s in action.option_strings if "_" not in s and s not in HIDDEN_ALIASES] or action.option_strings[:1]
 
 
 def _error(capsys):
@@ -40,7 +45,7 @@ def _number_options():
     for script in SCRIPTS:
         for action in importlib.import_module(script).get_args_parser()._actions:
             if action.option_strings and action.type is not None and action.type is not str:
-                found.append((script, shown_spellings(action)[-1], action))
+                found.append((script, _shown(action)[-1], action))
     return found
 
 
@@ -58,7 +63,7 @@ def test_every_number_option_refuses_nan_infinity_and_negatives_in_one_line(valu
         with pytest.raises(UserError) as refused:
             parser.parse_args([option, value])
         message = str(refused.value)
-        assert "\n" not in message and message.startswith(f"{'/'.join(shown_spellings(action))} "), message
+        assert "\n" not in message and message.startswith(f"{'/'.join(_shown(action))} "), message
         assert value in message, message
 
 
@@ -95,8 +100,8 @@ def test_one_option_under_two_spellings_is_refused(capsys):
                                 (["--train-path", "a", "-o", "o", "-lr", "0.5", "--learning-rate", "0.001"], "-lr",
                                  "--learning-rate"),
                                 (["--train-path", "a", "--out_path", "o", "-o", "p"], "--out_path", "-o"),
-                                (["--train-path", "a", "-o", "o", "--learning-r", "0.5", "-lr", "0.1"], "--learning-rate",
-                                 "-lr"),  # an abbreviation is its option
+                                (["--train-path", "a", "-o", "o", "--learning-r", "0.5", "-lr", "0.1"],
+                                 "--learning-rate", "-lr"),  # an abbreviation is its option
                                 (["--train-path", "a", "-o", "o", "--amp", "--no-amp"], "--amp", "--no-amp"),
                                 (["--train-path", "a", "-o", "o", "--augment", "full", "--no-augment"], "--augment",
                                  "--no-augment")):
@@ -188,7 +193,8 @@ def test_threshold_at_far_zero_is_off_in_every_script(capsys):
         assert settings.threshold_at_far is None and settings.threshold == 0.6
         assert TrainingSettings.from_namespace(train.parse_args(["--train-path", "t", "-o", "o", "--threshold-at-far",
                                                                  far])).threshold_at_far == 0.0
-        assert crossval.get_args_parser().parse_args(["--data", "d", "-o", "o", "--threshold-at-far", far]).report_far == 0
+        cv_args = crossval.get_args_parser().parse_args(["--data", "d", "-o", "o", "--threshold-at-far", far])
+        assert cv_args.report_far == 0
     rule = "--threshold-at-far is a false accept rate from 0 (off) up to, not including, 1, not 1"
     assert eval_script.main(["-v", "v", "-o", "o", "-c", "m", "--threshold-at-far", "1"]) == 2
     assert _error(capsys) == f"error: {rule}"
@@ -212,7 +218,7 @@ def test_a_recorded_setting_out_of_range_is_refused_naming_its_option(tmp_path, 
 
 
 def test_opset_outside_the_exporters_range_is_refused_before_loading(tmp_path, capsys):
-    for opset in ("99", "0", "-3", "20.5"):
+    for opset in ("99", "17", "0", "-3", "20.5"):
         assert torch_to_onnx.main(["-c", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "m.onnx"), "--opset",
                                    opset]) == 2
         assert _error(capsys).startswith("error: --opset must be ")
