@@ -51,7 +51,8 @@ class ScriptParser(argparse.ArgumentParser):
     before anything runs), naming each option as --help does; and which refuses one option given
     under two spellings (--train_path a --train-path b; -lr 0.5 --learning-rate 0.001), where the
     last would silently win. The same spelling twice keeps argparse's rule: the last value wins,
-    and an option of several values (--train-path, --data) adds them up."""
+    and an option of several values (--train-path, --data) adds them up; so do an option and its
+    opposite (--amp --no-amp, --augment full --no-augment), which are values, not spellings."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -67,8 +68,9 @@ class ScriptParser(argparse.ArgumentParser):
             # them on newer Pythons
             found = self._parse_optional(arg) if arg[:1] in self.prefix_chars else None
             for action, spelling, *_ in (found if isinstance(found, list) else [found] if found else []):
-                if action is not None:  # the option's dest: --augment and --no-augment set one setting
-                    spellings = given.setdefault(action.dest, [])
+                if action is not None:
+                    negated = isinstance(action, argparse.BooleanOptionalAction) and spelling.startswith("--no-")
+                    spellings = given.setdefault((action, negated), [])
                     spellings += [spelling] if spelling not in spellings else []
         for first, second, *_ in (s for s in given.values() if len(s) > 1):
             self.error(f"{first} and {second} set the same option; give only one of them")
