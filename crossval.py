@@ -24,45 +24,47 @@ run's --flip-average and --shift-average.
 """
 
 from siamese.errors import UserError, cli
-from siamese.options import add_out_option, script_parser
+from siamese.options import FAR, SEED, Number, Several, add_out_option, at_least, script_parser
 from siamese.settings import ONE_SHOT_OPTIONS, EvaluationSettings, TrainingSettings, add_options
 
 
 def get_args_parser():
     p = script_parser(__doc__)
-    p.add_argument("--data", required=True, nargs="+", type=str,
+    p.add_argument("--data", required=True, action=Several, type=str,
                    help="one or more folders in the ROOT/ClassName/image layout, their classes taken together")
     add_out_option(p, "folder for the folds and the report", required=True)
-    p.add_argument("--folds", default=5, type=int, help="number of folds of held-out classes")
-    p.add_argument("--fold-seed", default=0, type=int, help="seed of the assignment of classes (or groups) to folds")
-    p.add_argument("--fold", default=None, type=int, help="run only this fold (1 to --folds), then report the folds done")
-    p.add_argument("--repeats", default=1, type=int,
+    p.add_argument("--folds", default=5, type=at_least(2), help="number of folds of held-out classes")
+    p.add_argument("--fold-seed", default=0, type=SEED, help="seed of the assignment of classes (or groups) to folds")
+    p.add_argument("--fold", default=None, type=at_least(1),
+                   help="run only this fold (1 to --folds), then report the folds done")
+    p.add_argument("--repeats", default=1, type=at_least(1),
                    help="draw the folds this many times (repeat R uses fold seed --fold-seed + R - 1), to measure "
                         "how much the figures move with the choice of folds alone")
-    p.add_argument("--repeat", default=None, type=int, help="run only this repeat (1 to --repeats)")
-    p.add_argument("--holdout-classes", default=0, type=int,
+    p.add_argument("--repeat", default=None, type=at_least(1), help="run only this repeat (1 to --repeats)")
+    p.add_argument("--holdout-classes", default=0, type=at_least(0, off=0),
                    help="keep about this many classes (whole groups) out of every fold, drawn by --holdout-seed: "
                         "the outer test set that no choice of settings sees; 0: none")
-    p.add_argument("--holdout-seed", default=0, type=int, help="seed of the draw of the outer held-out classes")
+    p.add_argument("--holdout-seed", default=0, type=SEED, help="seed of the draw of the outer held-out classes")
     p.add_argument("--outer", action="store_true",
                    help="train on every class but the outer held-out ones and score those: run it once, for the "
                         "settings the inner folds chose; its figure is the unbiased one")
     p.add_argument("--against", default=None, type=str,
                    help="compare the inner folds with this earlier crossval.py output of the same folds and other "
                         "training options, and say whether each difference exceeds the spread between repeats")
-    p.add_argument("--eval-pairs", default="all", type=str,
+    p.add_argument("--eval-pairs", default="all", type=Number(int, 1, word="all"),
                    help="held-out pairs: 'all' (every pair of held-out images, for small folds) or N pairs per image "
                         "(same class with probability 0.5, fixed by --eval-seed)")
-    p.add_argument("--eval-seed", default=1, type=int, help="seed of the held-out pairs and one-shot trials")
+    p.add_argument("--eval-seed", default=1, type=SEED, help="seed of the held-out pairs and one-shot trials")
     p.add_argument("--trained-folds", default=None, type=str,
                    help="score the fold models of this earlier crossval.py output instead of training (its options "
                         "all the same but --flip-average and --shift-average, which change only the scoring): tries "
                         "a scoring setting in minutes; the figures go to -o/--out")
     # the groups also keep each group's classes in one fold
     add_options(p, settings=EvaluationSettings, only=ONE_SHOT_OPTIONS)
-    p.add_argument("--threshold-at-far", dest="report_far", default=None, type=float,
+    p.add_argument("--threshold-at-far", dest="report_far", default=None, type=FAR,
                    help="also report the threshold that gives this false accept rate on each fold's held-out pairs "
-                        "(those at the EER, 0.01 and 0.001 are always reported), for the final model's --threshold")
+                        "(those at the EER, 0.01 and 0.001 are always reported), for the final model's --threshold; "
+                        "0: off, as in train.py and eval.py")
     # the folds train without validation and store no threshold
     add_options(p, skip=("val_pairs_per_image", "threshold", "threshold_at_far"))
     return p
@@ -75,17 +77,11 @@ def main(argv=None):
     from siamese.folds import class_groups, holdout_classes, repeated_folds
     from siamese.images import merge_folders, scan_folder
 
-    pairs = args.eval_pairs
-    if pairs != "all":
-        if not pairs.isdigit() or int(pairs) < 1:
-            raise UserError(f"--eval-pairs must be 'all' or a whole number of pairs per image of at least 1, not '{pairs}'")
-        pairs = int(pairs)
+    pairs = args.eval_pairs  # 'all' or a number, checked by its type
     if args.fold is not None and not 1 <= args.fold <= args.folds:
         raise UserError(f"--fold must be between 1 and --folds ({args.folds}), not {args.fold}")
     if args.repeat is not None and not 1 <= args.repeat <= args.repeats:
         raise UserError(f"--repeat must be between 1 and --repeats ({args.repeats}), not {args.repeat}")
-    if args.report_far is not None and not 0.0 < args.report_far < 1.0:
-        raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not {args.report_far}")
     if args.outer and (args.fold is not None or args.repeat is not None):
         raise UserError("--outer trains on every inner class and scores the held-out ones; leave out --fold and --repeat")
     if args.within_group and not (args.n_way and (args.group_regex or args.group_csv)):
@@ -99,7 +95,7 @@ def main(argv=None):
                                   seed=args.fold_seed, repeats=args.repeats)
     training = TrainingSettings.from_namespace(args)
     scoring = FoldScoring(pairs_per_image=pairs, n_way=args.n_way, trials=args.trials, within_group=args.within_group,
-                          eval_seed=args.eval_seed, report_far=args.report_far)
+                          eval_seed=args.eval_seed, report_far=args.report_far or None)
     print(f"{len(folder.classes)} classes in {len(set(groups))} groups, {len(folder)} images; "
           + (f"{len(holdout)} kept out of every fold (outer); " if holdout else "")
           + f"{args.folds} folds holding out {', '.join(str(len(f)) for f in repeat_folds[0])} classes"

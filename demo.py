@@ -14,15 +14,15 @@ import infer_tensorrt
 import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
-from siamese.options import add_out_option, script_parser
+from siamese.options import add_out_option, at_least, script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
     p = script_parser(__doc__)
     add_out_option(p, "folder for the data, the model and the results", default="runs/demo")
-    p.add_argument("--epochs", default=6, type=int, help="training epochs")
-    p.add_argument("--workers", default=2, type=int, help="data loading worker processes")
+    p.add_argument("--epochs", default=6, type=at_least(1), help="training epochs")
+    p.add_argument("--workers", default=2, type=at_least(0), help="data loading worker processes")
     return p
 
 

@@ -8,7 +8,7 @@ Example:
 
 import json
 
-from siamese.options import add_model_option, script_parser
+from siamese.options import PROBABILITY, add_model_option, script_parser
 from siamese.errors import cli
 
 
@@ -17,7 +17,7 @@ def get_args_parser():
     p.add_argument("--image1", required=True, type=str, help="first image")
     p.add_argument("--image2", required=True, type=str, help="second image")
     add_model_option(p, required=True)
-    p.add_argument("--threshold", default=None, type=float, help="'same' at or above this (default: the model's, else 0.5)")
+    p.add_argument("--threshold", default=None, type=PROBABILITY, help="'same' at or above this (default: the model's, else 0.5)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
 

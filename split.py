@@ -10,18 +10,19 @@ Writes OUT/train/ClassName and OUT/val/ClassName (links to photos/ClassName), OU
 """
 
 from siamese.errors import UserError, cli
-from siamese.options import add_out_option, script_parser
+from siamese.options import SEED, add_out_option, classes_or_fraction, script_parser
 
 
 def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("folder", type=str, help="the folder of classes: FOLDER/ClassName/image")
     add_out_option(p, "new folder for train/, val/ (and test/)", required=True)
-    p.add_argument("--val-classes", default=0.2, type=float,
-                   help="classes for validation: a number (e.g. 8) or a fraction below 1 (default: 0.2)")
-    p.add_argument("--test-classes", default=0.0, type=float,
+    p.add_argument("--val-classes", default=0.2, type=classes_or_fraction,
+                   help="classes for validation: a number (e.g. 8) or a fraction below 1 of the classes with two "
+                        "images or more (default: 0.2)")
+    p.add_argument("--test-classes", default=0.0, type=classes_or_fraction,
                    help="classes for a final test, kept out of every choice: a number or a fraction (default: 0)")
-    p.add_argument("--seed", default=0, type=int, help="seed of the draw of classes (default: 0)")
+    p.add_argument("--seed", default=0, type=SEED, help="seed of the draw of classes (default: 0)")
     p.add_argument("--group-regex", default=None, type=str,
                    help="keep the classes of one group in one split: the group is the regex's first capture group "
                         "in the class name (e.g. '(.+)_character[0-9]+$' for alphabets) (default: each class alone)")
@@ -33,17 +34,16 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     from siamese.folds import class_groups
     from siamese.images import scan_folder
-    from siamese.split import class_count, split_classes, write_split
+    from siamese.split import single_image_classes, single_image_note, split_classes, write_split
 
     folder = scan_folder(args.folder, what="folder to split")
-    total = len(folder.classes)
-    val = class_count(args.val_classes, total, "--val-classes")
-    test = class_count(args.test_classes, total, "--test-classes")
-    if val < 2:
-        raise UserError(f"--val-classes {args.val_classes} gives {val} of {total} classes; validation needs at least 2")
     groups = class_groups(folder.classes, regex=args.group_regex)
-    split = split_classes(folder.classes, groups, val=val, test=test, seed=args.seed)
+    singles = single_image_classes(folder)
+    split = split_classes(folder.classes, groups, val=args.val_classes, test=args.test_classes, seed=args.seed,
+                          train_only=singles)
     images = write_split(folder, split, args.out_path, seed=args.seed)
+    if singles:
+        print(single_image_note(singles, grouped=args.group_regex is not None))
     for name, classes in split.items():
         if classes:
             print(f"{name}: {len(classes)} classes, {images[name]} images -> {args.out_path}/{name}/")

@@ -18,7 +18,9 @@ epoch_N.pth, args.json (the run's folders and settings), metrics.csv and tensorb
 tensorboard --logdir runs/exp1) into the out path.
 """
 
-from siamese.options import add_out_option, script_parser
+import os
+
+from siamese.options import Several, add_out_option, script_parser
 from siamese.errors import UserError, cli
 from siamese.settings import TrainingSettings, add_options, read_run_record
 
@@ -27,9 +29,9 @@ def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("--config", default=None, type=str,
                    help="args.json of an earlier run: train with its folders and settings (flags given here override them)")
-    p.add_argument("--train-path", "--train_path", dest="train_path", default=None, nargs="+", type=str,
-                   help="training folder: ROOT/ClassName/image; several folders train on their classes together "
-                        "(required unless --config gives it)")
+    p.add_argument("--train-path", "--train_path", dest="train_path", default=None, action=Several, type=str,
+                   help="training folder: ROOT/ClassName/image; several folders (given together or one --train-path "
+                        "each) train on their classes together (required unless --config gives it)")
     p.add_argument("--val-path", "--val_path", dest="val_path", default=None, type=str,
                    help="validation folder in the same layout (classes not seen in training): picks best.pth and "
                         "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
@@ -48,6 +50,12 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     if not args.train_path:
         raise UserError("give --train-path (the training folder), or --config with an earlier run's args.json")
+    # args.json records absolute paths: --config works from any folder
+    args.train_path = [os.path.abspath(path) for path in args.train_path]
+    for name in ("val_path", "out_path", "resume", "config"):
+        setattr(args, name, getattr(args, name) and os.path.abspath(getattr(args, name)))
+    if args.weights not in ("imagenet", "none"):
+        args.weights = os.path.abspath(args.weights)
     return args
 
 

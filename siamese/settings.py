@@ -13,7 +13,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .errors import UserError, check_at_least, check_batch_size, check_between, check_finite, check_workers
+from .errors import UserError, check_workers
+from .options import FAR, NON_NEGATIVE, OFF_OR_FRACTION, POSITIVE, PROBABILITY, SEED, Number, at_least
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -25,10 +26,12 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 PAIRINGS = ("sampled", "in-batch")
 
 
-def option(default, help, *flags, choices=None, required=False):
+def option(default, help, *flags, choices=None, required=False, number=None):
     """A settings field and the command-line option it is: flags (the first long one names the
-    field's option in messages), help, choices, and whether the command line must give it."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "required": required})
+    field's option in messages), help, choices, whether the command line must give it, and for a
+    number its options.Number (its type on the command line, and its one check)."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "required": required,
+                                            "number": number})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +43,9 @@ class TrainingSettings:
     features: str = option(DEFAULT_FEATURES, "'pooled': the backbone's features with its classifier removed; 'logits': "
                                              "the ImageNet classifier's outputs (the original toolkit's behaviour)",
                            choices=FEATURE_MODES)
-    image_size: int = option(224, "images are resized to this square size")
-    dropout: float = option(0.5, "dropout of the head's three Dropout layers")
+    image_size: int = option(224, "images are resized to this square size", number=at_least(1, unit="pixel"))
+    dropout: float = option(0.5, "dropout of the head's three Dropout layers",
+                            number=Number(float, 0, 1, below=True, noun="a probability"))
     normalize_features: bool = option(False, "scale each image's feature vector to unit length before the product (the "
                                              "head then sees the cosine similarity's terms); stored in the model")
     flip_average: bool = option(False, "score each pair also with both images mirrored left-right and average the two "
@@ -52,62 +56,70 @@ class TrainingSettings:
                                         "the five feature vectors (test-time augmentation for small images: 5x the "
                                         "backbone's work when scoring); training is unchanged; stored in the model")
     # optimisation
-    epochs: int = option(20, "number of epochs", "-e", "--epochs")
+    epochs: int = option(20, "number of epochs", "-e", "--epochs", number=at_least(1))
     batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "
-                                 "torchrun)")
-    learning_rate: float = option(1e-4, "Adam learning rate", "--learning-rate", "-lr", "--learning_rate")
-    weight_decay: float = option(0.0, "Adam weight decay")
+                                 "torchrun)", number=at_least(2))
+    learning_rate: float = option(1e-4, "Adam learning rate", "--learning-rate", "-lr", "--learning_rate",
+                                  number=POSITIVE)
+    weight_decay: float = option(0.0, "Adam weight decay", number=NON_NEGATIVE)
     lr_schedule: str = option("constant", "learning rate schedule over the epochs", choices=LR_SCHEDULES)
     ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) "
-                             "and validate, save and deploy it instead of the last step's weights; 0: off")
-    seed: int = option(0, "seed for initialisation, pairs, augmentation and shuffling")
+                             "and validate, save and deploy it instead of the last step's weights; 0: off",
+                        number=OFF_OR_FRACTION)
+    seed: int = option(0, "seed for initialisation, pairs, augmentation and shuffling", number=SEED)
     # pairs and augmentation
     pairing: str = option("sampled", "'sampled': pairs drawn by the 0.5 same/different rule, two images per pair; "
                                      "'in-batch': batches of --images-per-class images from each of several classes, "
                                      "every pair within a batch scored, same and different pairs weighted equally "
                                      "(many more pairs per image computed)", choices=PAIRINGS)
-    images_per_class: int = option(4, "images of each class in a batch with --pairing in-batch")
+    images_per_class: int = option(4, "images of each class in a batch with --pairing in-batch", number=at_least(2))
     pairs_per_image: int = option(1, "training pairs per image per epoch (with --pairing in-batch: times each image is "
-                                     "used per epoch)")
+                                     "used per epoch)", number=at_least(1))
     class_loss: float = option(0.0, "with --pairing in-batch: also train a linear classifier over the training classes "
                                     "on the backbone features and add its cross-entropy, times this weight, to the loss "
                                     "(e.g. 1.0; features that generalise better to unseen classes; the classifier is "
-                                    "not deployed); 0: off")
+                                    "not deployed); 0: off", number=Number(float, 0, off=0))
     class_scale: float = option(0.0, "with --class-loss: 0 trains a linear classifier; S > 0 a cosine classifier, "
                                      "whose logits are S times the cosine between an image's features and each class's "
                                      "weights (it trains the features' directions, what --normalize-features compares; "
-                                     "e.g. 16)")
+                                     "e.g. 16)", number=NON_NEGATIVE)
     class_margin: float = option(0.0, "with --class-scale: take this from the cosine of each image's own class while "
-                                      "training (an additive margin, as CosFace: tighter classes; e.g. 0.1); 0: off")
+                                      "training (an additive margin, as CosFace: tighter classes; e.g. 0.1); 0: off",
+                                 number=OFF_OR_FRACTION)
     augment: str = option("full", "training augmentation: 'full' random affine (20 deg, translate 0.2, scale 0.8-1.2, "
                                   "shear) and horizontal flip; 'affine' without the flip (for characters, digits); 'flip' the "
                                   "flip alone (aligned faces); 'none'",
                           choices=AUGMENTATIONS)
     jitter: float = option(0.0, "random brightness and contrast: each scaled by a factor from [1 - J, 1 + J] per "
-                                "training image (robustness to lighting and exposure; 0: off)")
+                                "training image (robustness to lighting and exposure; 0: off)",
+                          number=Number(float, 0, 1, below=True, off=0, noun="a strength"))
     erase: float = option(0.0, "probability of random erasing: one random rectangle of a training image set to the "
-                               "mean colour (robustness to occlusion; 0: off)")
+                               "mean colour (robustness to occlusion; 0: off)",
+                         number=Number(float, 0, 1, noun="a probability"))
     rotations: int = option(1, "4: each class turned by 90, 180, 270 degrees is a class of its own (for "
-                               "rotation-variant images such as characters); 1: off", choices=(1, 2, 4))
+                               "rotation-variant images such as characters); 1: off", choices=(1, 2, 4),
+                           number=at_least(1))
     mirror_classes: bool = option(False, "each class mirrored left-right is a class of its own (for characters; needs "
                                          "--augment affine or none, since a flip would mix a class with its mirror)")
     # validation
-    val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)")
+    val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)", number=at_least(1))
     eval_batch_size: int | None = option(None, "images per batch when validating (default: 64 on a GPU, 8 at 224 px "
-                                               "on a CPU; see eval.py)")
+                                               "on a CPU; see eval.py)", number=at_least(1))
     threshold_at_far: float = option(0.0, "with --val-path: store with the model the threshold at which this fraction "
                                           "of the validation's different-class pairs is called 'same' (a false accept "
-                                          "rate, e.g. 0.01), instead of the best-accuracy threshold; 0: best accuracy")
+                                          "rate, e.g. 0.01), instead of the best-accuracy threshold; 0: off (the "
+                                          "best-accuracy threshold), as in eval.py and crossval.py", number=FAR)
     threshold: float | None = option(None, "store this threshold with the model: a pair is 'same' at or above it (e.g. "
                                            "one crossval.py --threshold-at-far found, for a final model trained without "
-                                           "--val-path); default: calibrated on --val-path, else none (0.5 is used)")
+                                           "--val-path); default: calibrated on --val-path, else none (0.5 is used)",
+                                     number=PROBABILITY)
     # where and how it runs (no effect on the result)
     save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
-                             "-s", "--save-after", "--save_after")
-    workers: int = option(2, "data loading worker processes (per process)")
+                             "-s", "--save-after", "--save_after", number=at_least(0, off=0))
+    workers: int = option(2, "data loading worker processes (per process)", number=at_least(0))
     cache_mb: int = option(4096, "keep the training images decoded at --image-size in memory shared by the loader "
                                  "workers, when they fit in this many MB (per process under torchrun): each file is "
-                                 "decoded once; larger datasets stream from disk; 0: never cache")
+                                 "decoded once; larger datasets stream from disk; 0: never cache", number=at_least(0))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = option(False, "mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with "
                               "AVX512-BF16 or AMX)")
@@ -120,54 +132,26 @@ class TrainingSettings:
     def validate(self):
         """Every check of the values alone, each one line naming the option (what needs the data or a
         resumed checkpoint is checked where those are read)."""
+        _check_numbers(self)
+        check_workers(self.workers)
         for name in ("features", "lr_schedule", "pairing", "augment", "rotations"):
             choices = _FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
                 raise UserError(f"{flag(name)} must be one of {', '.join(map(str, choices))}, "
                                 f"not '{getattr(self, name)}'")
-        if self.epochs < 1 or self.batch_size < 2 or self.pairs_per_image < 1 or self.val_pairs_per_image < 1:
-            raise UserError("--epochs, --pairs-per-image and --val-pairs-per-image must be at least 1, and --batch-size "
-                            "at least 2 (BatchNorm needs two pairs)")
-        if not 0.0 <= self.ema < 1.0:
-            raise UserError(f"--ema must be 0 (off) or a decay below 1 such as 0.999, got {self.ema}")
-        check_batch_size(self.eval_batch_size, "--eval-batch-size")
-        check_workers(self.workers)
-        check_at_least(self.cache_mb, 0, "--cache-mb")
-        check_at_least(check_finite(self.weight_decay, "--weight-decay"), 0, "--weight-decay")
-        check_finite(self.learning_rate, "--learning-rate")
-        check_finite(self.class_loss, "--class-loss")
-        check_at_least(self.seed, 0, "--seed")
-        check_at_least(self.save_after, 0, "--save-after")
-        if self.image_size < 1:
-            raise UserError(f"--image-size must be at least 1 pixel, not {self.image_size}")
-        if not self.learning_rate > 0:
-            raise UserError(f"--learning-rate must be above 0, not {self.learning_rate}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout is a probability from 0 up to, not including, 1, not {self.dropout}")
-        if self.pairing == "in-batch" and (self.images_per_class < 2 or self.batch_size < 2 * self.images_per_class):
+        if self.pairing == "in-batch" and self.batch_size < 2 * self.images_per_class:
             raise UserError(f"--pairing in-batch needs --images-per-class of at least 2 and --batch-size (images) of at "
                             f"least two classes' worth (2 x {self.images_per_class}); got {self.images_per_class} and "
                             f"{self.batch_size}")
-        if not 0.0 <= self.jitter < 1.0:
-            raise UserError(f"--jitter is a strength from 0 (off) up to, not including, 1 (0.4 draws factors from 0.6 "
-                            f"to 1.4), got {self.jitter}")
-        if not 0.0 <= self.erase <= 1.0:
-            raise UserError(f"--erase is a probability between 0 and 1, got {self.erase}")
-        if self.class_loss < 0 or (self.class_loss > 0 and self.pairing != "in-batch"):
+        if self.class_loss > 0 and self.pairing != "in-batch":
             raise UserError(f"--class-loss must be 0 (off) or a positive weight, with --pairing in-batch (it needs each "
                             f"image's class); got {self.class_loss} with --pairing {self.pairing}")
-        check_finite(self.class_scale, "--class-scale")
-        check_finite(self.class_margin, "--class-margin")
-        if self.class_scale < 0 or (self.class_scale > 0 and self.class_loss == 0):
+        if self.class_scale > 0 and self.class_loss == 0:
             raise UserError(f"--class-scale must be 0 (a linear classifier) or a positive scale with --class-loss; got "
                             f"{self.class_scale} with --class-loss {self.class_loss}")
-        if not 0.0 <= self.class_margin < 1.0 or (self.class_margin > 0 and self.class_scale == 0):
+        if self.class_margin > 0 and self.class_scale == 0:
             raise UserError(f"--class-margin must be 0 (off) or a cosine margin below 1, with --class-scale; got "
                             f"{self.class_margin} with --class-scale {self.class_scale}")
-        check_between(self.threshold, 0.0, 1.0, "--threshold")
-        if not 0.0 <= check_finite(self.threshold_at_far, "--threshold-at-far") < 1.0:
-            raise UserError(f"--threshold-at-far is a false accept rate from 0 (off) up to, not including, 1 (e.g. "
-                            f"0.01), not {self.threshold_at_far}")
         if self.threshold is not None and self.threshold_at_far:
             raise UserError("give --threshold (a threshold to store) or --threshold-at-far (one to calibrate on "
                             "--val-path), not both")
@@ -193,26 +177,28 @@ class EvaluationSettings:
                                   required=True)
     out_path: str | None = option(None, "folder for the results", "-o", "--out", "--out-path", "--out_path",
                                   required=True)
-    seed: int = option(1, "the evaluation pairs are a function of the files and this seed")
+    seed: int = option(1, "the evaluation pairs are a function of the files and this seed", number=SEED)
     pairs_file: str | None = option(None, "score this pair list instead (CSV 'left,right,same', paths relative to the "
                                           "folder or its parent)", "--pairs")
     pairs_per_image: int | None = option(None, "pairs drawn per image, seeded (without --pairs; default: every pair "
                                                "when the folder makes at most 10,000, else as many per image as stay "
-                                               "within that)")
+                                               "within that)", number=at_least(1))
     batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
-                                          "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)")
+                                          "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)",
+                                    number=at_least(1))
     workers: int = option(2, "threads writing pair pictures, and image loading processes on a GPU (on a CPU, images "
-                             "load in the main process: loader processes would only compete with the backbone)")
+                             "load in the main process: loader processes would only compete with the backbone)",
+                       number=at_least(0))
     threshold: float | None = option(None, "similarity at or above which a pair is called 'same' (default: the "
-                                           "threshold stored with the model, else 0.5)")
+                                           "threshold stored with the model, else 0.5)", number=PROBABILITY)
     threshold_at_far: float | None = option(None, "set the threshold on these pairs instead: the lowest at which at "
                                                   "most this fraction of the different-class pairs is called 'same' (a "
                                                   "false accept rate, e.g. 0.01); reported with the true accept rate "
-                                                  "it gives")
+                                                  "it gives; 0: off, as if not given (as in train.py)", number=FAR)
     max_pictures: int | None = option(200, "write at most this many pair pictures: of each kind (same, different) the "
-                                           "wrong ones first, then those nearest the threshold")
-    n_way: int = option(0, "also run N-way one-shot trials (0: off)")
-    trials: int = option(400, "number of one-shot trials")
+                                           "wrong ones first, then those nearest the threshold", number=at_least(0))
+    n_way: int = option(0, "also run N-way one-shot trials (0: off)", number=at_least(0, off=0))
+    trials: int = option(400, "number of one-shot trials", number=at_least(1))
     within_group: bool = option(False, "draw the N classes of each one-shot trial from one group (--group-regex or "
                                        "--group-csv), e.g. one alphabet (Lake et al. 2015)")
     group_regex: str | None = option(None, "the group of a class: the first capture group (or match) in its name, "
@@ -231,18 +217,12 @@ class EvaluationSettings:
 
     def validate(self):
         """Every check of the values alone, each one line naming the option."""
-        check_at_least(self.pairs_per_image, 1, "--pairs-per-image")
-        check_at_least(self.max_pictures, 0, "--max-pictures")
+        _check_numbers(self)
         check_workers(self.workers)
-        check_at_least(self.seed, 0, "--seed")
-        check_batch_size(self.batch_size, "--batch-size")
-        check_between(self.threshold, 0.0, 1.0, "--threshold")
-        if self.threshold_at_far is not None:
-            if self.threshold is not None:
-                raise UserError("give --threshold or --threshold-at-far, not both")
-            if not 0.0 < check_finite(self.threshold_at_far, "--threshold-at-far") < 1.0:
-                raise UserError(f"--threshold-at-far is a false accept rate between 0 and 1 (e.g. 0.01), not "
-                                f"{self.threshold_at_far}")
+        if self.threshold_at_far == 0:  # off, as in train.py and crossval.py
+            object.__setattr__(self, "threshold_at_far", None)
+        if self.threshold_at_far is not None and self.threshold is not None:
+            raise UserError("give --threshold or --threshold-at-far, not both")
         if self.within_group and not (self.n_way and (self.group_regex or self.group_csv)):
             raise UserError("--within-group needs --n-way and the groups (--group-regex or --group-csv)")
 
@@ -304,6 +284,14 @@ def _check_types(settings):
             object.__setattr__(settings, name, float(value))
 
 
+def _check_numbers(settings):
+    """Each number against its options.Number: the command line's type checked it already; a
+    value from a file (args.json) or from code is held to the same rule here."""
+    for name, f in _fields(type(settings)).items():
+        if f.metadata["number"] is not None:
+            f.metadata["number"].check(getattr(settings, name), flag(name, type(settings)))
+
+
 def add_options(parser, skip=(), *, settings=TrainingSettings, only=None):
     """The settings' command-line options, from the fields (one place for each option's default and
     help): all of them but `skip`, or `only` those named."""
@@ -318,7 +306,8 @@ def add_options(parser, skip=(), *, settings=TrainingSettings, only=None):
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: a recorded run's flag can be undone
         else:
-            kwargs["type"] = typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint  # X | None: X
+            kwargs["type"] = f.metadata["number"] or (  # a number's own type; else X | None: X
+                typing.get_args(hint)[0] if isinstance(hint, types.UnionType) else hint)
             if f.metadata["choices"]:
                 kwargs["choices"] = f.metadata["choices"]
         parser.add_argument(*flags, **kwargs)

@@ -170,8 +170,14 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     assert torch_to_onnx.main([*export, "--images", str(tmp_path / "nowhere")]) == 2  # not random inputs instead
     assert "nowhere' does not exist" in _error(capsys)
     # torch.onnx keeps its own opset when it cannot convert; the file must not claim the one asked for
-    assert torch_to_onnx.main([*export, "--opset", "99"]) == 2
-    assert "could not convert resnet18 to opset 99" in _error(capsys)
+    assert torch_to_onnx.main([*export, "--opset", "99"]) == 2  # outside torch.onnx's range: refused as it is read
+    assert "--opset must be between 18 and" in _error(capsys)
+    from siamese.errors import UserError
+    from siamese.export import export_onnx
+
+    with pytest.raises(UserError, match="could not convert resnet18 to opset 13"):
+        export_onnx(load_model(trained_checkpoint)[0], str(tmp_path / "m.onnx"), opset=13)
+    capsys.readouterr()  # torch.onnx's own warning about opsets below 18
     assert not os.path.exists(tmp_path / "m.onnx")
     out = tmp_path / "eval"
     assert eval_tensorrt.main(["-v", tiny_dataset[1], "-o", str(out), "--engine", onnx_model, "--batch-size", "0"]) == 2

@@ -155,7 +155,7 @@ def test_bad_input(tiny_dataset, trained_checkpoint, tmp_path, capsys):
     assert "is a file" in _error(capsys)
     for option, message in ((["--pairs-per-image", "0"], "--pairs-per-image must be at least 1, not 0"),
                             (["--max-pictures", "-1"], "--max-pictures must be at least 0, not -1"),
-                            (["--n-way", "3", "--trials", "0"], "--trials must be at least 1 with --n-way, not 0"),
+                            (["--n-way", "3", "--trials", "0"], "--trials must be at least 1"),
                             (["--n-way", "1"], "--n-way must be at least 2"),
                             (["--workers", "-1"], "--workers must be at least 0, not -1")):
         assert eval_script.main(["-v", val_dir, "-o", out, "-c", trained_checkpoint, *base, *option]) == 2

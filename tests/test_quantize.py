@@ -65,12 +65,22 @@ def test_the_copies_score_like_the_float_model_and_are_used_whole(int8_models, o
         np.testing.assert_allclose(model.score_whole_pairs(pairs[:20]), scores[:20], atol=0.1)
 
 
-def test_the_check_refuses_a_copy_that_loses_too_much(onnx_model, tiny_dataset, tmp_path, capsys):
+def test_the_check_refuses_a_copy_that_loses_too_much(onnx_model, tiny_dataset, tmp_path, capsys, monkeypatch):
+    import siamese.quantize
+
+    compare = siamese.quantize.compare
+
+    def lost(*args, **kwargs):  # a copy 0.5 ROC-AUC below the float model (a negative --max-auc-drop is refused)
+        report = compare(*args, **kwargs)
+        report["int8"]["auc"] = report["float"]["auc"] - 0.5
+        return report
+
+    monkeypatch.setattr(siamese.quantize, "compare", lost)
     out = str(tmp_path / "model.int8.onnx")
     assert onnx_to_int8.main(["--onnx", onnx_model, "--calibration", tiny_dataset[0], "-o", out, *SMALL,
-                              "--max-auc-drop", "-1"]) == 2
+                              "--max-auc-drop", "0.1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ROC-AUC (more than --max-auc-drop -1)" in err[0] and "nothing was written" in err[0]
+    assert len(err) == 1 and "ROC-AUC (more than --max-auc-drop 0.1)" in err[0] and "nothing was written" in err[0]
     assert sorted(os.listdir(tmp_path)) == []  # no copy, no temporary, no lock left
 
 
