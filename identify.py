@@ -16,7 +16,7 @@ import os
 import sys
 
 from siamese.errors import cli
-from siamese.options import add_model_option, add_out_option, script_parser
+from siamese.options import add_model_option, add_out_option, add_pytorch_options, script_parser
 
 def get_args_parser():
     p = script_parser(__doc__)
@@ -39,7 +39,7 @@ def get_args_parser():
                         "scores the whole gallery; auto: the whole gallery up to 20,000 images, else 200")
     p.add_argument("--json", action="store_true", help="print the matches as JSON instead of text")
     p.add_argument("--max-pictures", default=50, type=int, help="write at most this many query pictures (with -o)")
-    p.add_argument("--device", default="auto", type=str, help="with -c: auto, cpu, cuda or cuda:N")
+    add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", default=None, type=int, help="images per batch when embedding")
     return p
 
@@ -58,7 +58,9 @@ def load_scorer(args):
 
     device = resolve_device(args.device)
     network, checkpoint = load_model(args.checkpoint, device=device)
-    return TorchPredictor(network, device=device, batch_size=args.batch_size), checkpoint.get("threshold")
+    return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
+                          compile=args.compile, tf32=args.tf32, log=lambda line: print(line, file=sys.stderr)), \
+        checkpoint.get("threshold")
 
 
 @cli

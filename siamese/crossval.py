@@ -196,7 +196,10 @@ def _score_fold(cv, test_folder, checkpoint_path):
     model, _ = load_model(checkpoint_path, device=device)
     # the same as stored with a fold trained here; other values with --trained-folds
     model.config.update({key: getattr(cv.training, key) for key in SCORING_SETTINGS})
-    result = evaluate(TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size), pairs,
+    predictor = TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size, workers=cv.training.workers,
+                               channels_last=cv.training.channels_last, compile=cv.training.compile,
+                               tf32=cv.training.tf32)
+    result = evaluate(predictor, pairs,
                       trials=shots, progress=True)
     return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True)
 

@@ -45,7 +45,9 @@ def test_cuda_training_with_amp_and_channels_last(tiny_dataset, tmp_path):
     assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "2", "--amp",
                        "--channels-last", *args]) == 0
     checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
-    assert checkpoint["scaler"] is not None and checkpoint["epoch"] == 2
+    # bfloat16 from Ampere on needs no gradient scaler; float16 before it does
+    assert (checkpoint["scaler"] is None) == (torch.cuda.get_device_capability() >= (8, 0))
+    assert checkpoint["epoch"] == 2
     assert np.isfinite(checkpoint["metrics"]["train"]["loss"])
 
 
