@@ -478,7 +478,7 @@ def _log_compile_time(module, optimizer, device, log):
     if log is None:
         return
     start = {}
-    pre = module.register_forward_pre_hook(lambda *_: start.setdefault("t", time.perf_counter()))
+    pre = module.register_forward_pre_hook(lambda *_: start.setdefault("t", time.perf_counter()) and None)  # args kept
 
     def after_step(*_):
         if device.type == "cuda":
