@@ -8,8 +8,6 @@ Example:
 Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.jpg into the out path.
 """
 
-import sys
-
 from siamese.errors import cli
 from siamese.options import add_pytorch_options, script_parser
 from siamese.settings import EvaluationSettings, add_options
@@ -28,15 +26,15 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     settings = EvaluationSettings.from_namespace(args)
     from siamese.checkpoint import load_model
-    from siamese.distributed import resolve_device
+    from siamese.distributed import configure_cuda, resolve_device
     from siamese.evaluate import run_evaluation
     from siamese.predict import TorchPredictor
 
     device = resolve_device(args.device)
+    configure_cuda(device, args.tf32)
     model, checkpoint = load_model(args.checkpoint, device=device)
     predictor = TorchPredictor(model, device=device, batch_size=settings.batch_size, workers=settings.workers,
-                               amp=args.amp, compile=args.compile, tf32=args.tf32,
-                               log=lambda line: print(line, file=sys.stderr))
+                               amp=args.amp, compile=args.compile)
     run_evaluation(predictor, settings, calibrated_threshold=checkpoint.get("threshold"),
                    extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
     return 0

@@ -53,14 +53,14 @@ def load_scorer(args):
         model.require_parts()  # an older export without embedder and head: one line, before any work
         return model, model.threshold
     from siamese.checkpoint import load_model
-    from siamese.distributed import resolve_device
+    from siamese.distributed import configure_cuda, resolve_device
     from siamese.predict import TorchPredictor
 
     device = resolve_device(args.device)
     network, checkpoint = load_model(args.checkpoint, device=device)
+    configure_cuda(device, args.tf32)
     return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
-                          compile=args.compile, tf32=args.tf32, log=lambda line: print(line, file=sys.stderr)), \
-        checkpoint.get("threshold")
+                          compile=args.compile), checkpoint.get("threshold")
 
 
 @cli

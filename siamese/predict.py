@@ -1,6 +1,7 @@
 """The PyTorch scorer (see scoring.py): a trained network's features of image files and its
 head's similarities of features."""
 
+import sys
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import ImageFiles, loader_options
-from .distributed import amp_dtype, autocast, channels_last_for, compile_module, configure_cuda
+from .distributed import amp_dtype, autocast, channels_last_for, compile_module
 from .errors import check_batch_size
 from .export import fingerprint
 from .images import cpu_images_per_batch
@@ -30,15 +31,15 @@ def default_batch_size(device, image_size):
 class TorchPredictor:
     """amp: autocast in distributed.amp_dtype (bfloat16 on CPUs and Ampere or newer GPUs);
     channels_last: None for the device's best (on GPUs only); compile: torch.compile the
-    embedder (each batch padded to the batch size, so one shape compiles once); tf32: see
-    distributed.configure_cuda; cache_images:
+    embedder (each batch padded to the batch size, so one shape compiles once; the compile time
+    is printed on stderr); cache_images:
     keep the decoded batches of the last call for a next call with the same paths (training's
-    validation, every epoch), up to CACHE_BYTES; log: told the compile time."""
+    validation, every epoch), up to CACHE_BYTES. TF32 and cuDNN's set-up: distributed.configure_cuda."""
 
     embeds = True
 
     def __init__(self, model, *, device="cpu", batch_size=None, workers=0, amp=False, channels_last=None,
-                 compile=False, tf32=True, cache_images=False, log=None):
+                 compile=False, cache_images=False):
         self.model = model
         self.device = torch.device(device)
         self.batch_size = check_batch_size(batch_size) or default_batch_size(self.device, model.preprocessing.image_size)
@@ -48,9 +49,8 @@ class TorchPredictor:
             amp_dtype(self.device)  # a GPU without half precision: one line now, before any work
         self.memory_format = torch.channels_last if channels_last_for(self.device, channels_last) else torch.contiguous_format
         self.preprocessing = model.preprocessing
-        configure_cuda(self.device, tf32)
         self.features = compile_module(model.scoring_features, self.device, what="embedder") if compile else None
-        self.log, self.cache_images, self._cached = log, cache_images, (None, None)
+        self.compiling, self.cache_images, self._cached = compile, cache_images, (None, None)
 
     def _autocast(self):
         return autocast(self.device, self.amp)
@@ -82,11 +82,12 @@ class TorchPredictor:
         if n < self.batch_size:  # one shape: no second compile for the last batch
             images = torch.cat([images, images[-1:].expand(self.batch_size - n, *images.shape[1:])])
         features = self.features(images)[:n]
-        if self.log is not None:
+        if self.compiling:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.log(f"torch.compile: the embedder compiled and ran its first batch in {time.perf_counter() - start:.1f} s")
-            self.log = None
+            print(f"torch.compile: the embedder compiled and ran its first batch in {time.perf_counter() - start:.1f} s",
+                  file=sys.stderr)
+            self.compiling = False
         return features
 
     @torch.inference_mode()

@@ -525,7 +525,7 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
         _log_compile_time(run.train_model, optimizer, device, log if context.is_main else None)
     predictor = TorchPredictor(run.validated, device=device, batch_size=settings.eval_batch_size,
                                workers=settings.workers, amp=settings.amp, channels_last=settings.channels_last,
-                               compile=settings.compile, cache_images=True, log=log if context.is_main else None)
+                               compile=settings.compile, cache_images=True)
 
     folder = None
     try:

@@ -155,6 +155,7 @@ def test_cuda_set_up_bfloat16_tf32_and_channels_last_from_ampere_on():
 @needs_cuda
 def test_cuda_compiled_training_keeps_plain_checkpoints_and_compiled_embedding_matches(tiny_dataset, trained_checkpoint,
                                                                                       tmp_path, capsys):
+    from siamese import distributed
     from siamese.checkpoint import load_model
     from siamese.images import scan_folder
     from siamese.predict import TorchPredictor
@@ -168,8 +169,9 @@ def test_cuda_compiled_training_keeps_plain_checkpoints_and_compiled_embedding_m
     assert np.isfinite(state["metrics"]["train"]["loss"])
     model = load_model(trained_checkpoint, device="cuda")[0]
     paths = scan_folder(tiny_dataset[1]).paths
-    eager = TorchPredictor(model, device="cuda", tf32=False).embed_paths(paths)
-    compiled = TorchPredictor(model, device="cuda", tf32=False, compile=True, batch_size=8).embed_paths(paths)
+    distributed.configure_cuda("cuda", tf32=False)
+    eager = TorchPredictor(model, device="cuda").embed_paths(paths)
+    compiled = TorchPredictor(model, device="cuda", compile=True, batch_size=8).embed_paths(paths)
     np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
     half = TorchPredictor(model, device="cuda", amp=True).embed_paths(paths)
     np.testing.assert_allclose(half, eager, rtol=5e-2, atol=5e-2)
