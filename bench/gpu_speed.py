@@ -105,7 +105,7 @@ def loader_rates(args, device, train_folder, paths):
                               **dict(loader_options(workers=args.workers, device=device), persistent_workers=False)))):
         start, images = time.perf_counter(), 0
         for batch in batches:
-            images += sum(len(t) for t in (batch[:2] if isinstance(batch, list) else [batch]))
+            images += sum(len(t) for t in (batch[:2] if isinstance(batch, (list, tuple)) else [batch]))
         out[name] = images / (time.perf_counter() - start)
     return out
 

@@ -32,9 +32,9 @@ class TorchPredictor:
     """amp: autocast in distributed.amp_dtype (bfloat16 on CPUs and Ampere or newer GPUs);
     channels_last: None for the device's best (on GPUs only); compile: torch.compile the
     embedder (each batch padded to the batch size, so one shape compiles once; the compile time
-    is printed on stderr); cache_images:
-    keep the decoded batches of the last call for a next call with the same paths (training's
-    validation, every epoch), up to CACHE_BYTES. TF32 and cuDNN's set-up: distributed.configure_cuda."""
+    is printed on stderr); cache_images: keep the decoded batches of the last call for a next
+    call with the same paths (training's validation, every epoch), up to CACHE_BYTES. TF32 and
+    cuDNN's set-up: distributed.configure_cuda."""
 
     embeds = True
 
@@ -68,12 +68,20 @@ class TorchPredictor:
         # persistent workers would outlive this one pass for nothing
         options = dict(loader_options(workers=workers, device=self.device), persistent_workers=False)
         loader = DataLoader(ImageFiles(paths, self.preprocessing), batch_size=self.batch_size, **options)
-        if not self.cache_images:
-            return loader
-        batches = list(loader)
-        if sum(b.numel() * b.element_size() for b in batches) <= CACHE_BYTES:
-            self._cached = (key, batches)
-        return batches
+        return self._keeping(key, loader) if self.cache_images else loader
+
+    def _keeping(self, key, batches):
+        """The batches, kept for the next call while they fit in CACHE_BYTES (never all decoded at once)."""
+        kept, size = [], 0
+        for batch in batches:
+            size += batch.numel() * batch.element_size()
+            if size > CACHE_BYTES:
+                kept = None
+            elif kept is not None:
+                kept.append(batch)
+            yield batch
+        if kept is not None:
+            self._cached = (key, kept)
 
     def _features(self, images):
         if self.features is None:
