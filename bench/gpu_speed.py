@@ -120,7 +120,7 @@ def training_rates(args, device, train_path, val_path, name, **flags):
         elif "torch.compile" in line:
             print(f"({name}: {line})")
 
-    settings = TrainingSettings(weights="none", image_size=args.size, epochs=args.epochs, device=str(device),
+    settings = TrainingSettings(weights="none", image_size=args.size, batch_size=args.small, epochs=args.epochs, device=str(device),
                                 pairs_per_image=args.pairs_per_image, **flags)
     with tempfile.TemporaryDirectory() as out:
         fit(settings, train=train_path, val=val_path, out_path=out, log=log)
