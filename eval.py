@@ -8,10 +8,8 @@ Example:
 Writes metrics.json, scores.csv, roc.png, errors.png and pairs/*.jpg into the out path.
 """
 
-import argparse
-
 from siamese.errors import cli
-from siamese.options import script_parser
+from siamese.options import add_pytorch_options, script_parser
 from siamese.settings import EvaluationSettings, add_options
 
 
@@ -19,9 +17,7 @@ def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py (or the original toolkit)")
     add_options(p, settings=EvaluationSettings)
-    p.add_argument("--device", default="auto", type=str, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision: float16 on CUDA, bfloat16 on CPUs")
+    add_pytorch_options(p)
     return p
 
 
@@ -30,14 +26,15 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     settings = EvaluationSettings.from_namespace(args)
     from siamese.checkpoint import load_model
-    from siamese.distributed import resolve_device
+    from siamese.distributed import configure_cuda, resolve_device
     from siamese.evaluate import run_evaluation
     from siamese.predict import TorchPredictor
 
     device = resolve_device(args.device)
+    configure_cuda(device, args.tf32)
     model, checkpoint = load_model(args.checkpoint, device=device)
     predictor = TorchPredictor(model, device=device, batch_size=settings.batch_size, workers=settings.workers,
-                               amp=args.amp)
+                               amp=args.amp, compile=args.compile)
     run_evaluation(predictor, settings, calibrated_threshold=checkpoint.get("threshold"),
                    extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
     return 0

@@ -16,7 +16,8 @@ import os
 import sys
 
 from siamese.errors import cli
-from siamese.options import PROBABILITY, Number, add_model_option, add_out_option, at_least, script_parser
+from siamese.options import (PROBABILITY, Number, add_model_option, add_out_option, add_pytorch_options, at_least,
+                             script_parser)
 
 def get_args_parser():
     p = script_parser(__doc__)
@@ -39,7 +40,7 @@ def get_args_parser():
                         "scores the whole gallery; auto: the whole gallery up to 20,000 images, else 200")
     p.add_argument("--json", action="store_true", help="print the matches as JSON instead of text")
     p.add_argument("--max-pictures", default=50, type=at_least(0), help="write at most this many query pictures (with -o)")
-    p.add_argument("--device", default="auto", type=str, help="with -c: auto, cpu, cuda or cuda:N")
+    add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", default=None, type=at_least(1), help="images per batch when embedding")
     return p
 
@@ -53,12 +54,14 @@ def load_scorer(args):
         model.require_parts()  # an older export without embedder and head: one line, before any work
         return model, model.threshold
     from siamese.checkpoint import load_model
-    from siamese.distributed import resolve_device
+    from siamese.distributed import configure_cuda, resolve_device
     from siamese.predict import TorchPredictor
 
     device = resolve_device(args.device)
     network, checkpoint = load_model(args.checkpoint, device=device)
-    return TorchPredictor(network, device=device, batch_size=args.batch_size), checkpoint.get("threshold")
+    configure_cuda(device, args.tf32)
+    return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
+                          compile=args.compile), checkpoint.get("threshold")
 
 
 @cli

@@ -9,7 +9,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
+SHARED_DATA = os.environ.get("BENCH_DATA", os.path.join(ROOT, "..", "shared", "data"))  # BENCH_DATA: elsewhere
 
 
 def data_folder(name):

@@ -10,11 +10,12 @@ renamed, so an interrupted save never leaves a half-written checkpoint.
 import io
 import math
 import os
+import threading
 
 import torch
 
 from .errors import UserError
-from .files import atomic_open
+from .files import atomic_open, temporary_beside
 
 FORMAT_VERSION = 1
 
@@ -27,6 +28,49 @@ def atomic_save(obj, path):
     torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
         f.write(buffer.getbuffer())
+
+
+class CheckpointWriter:
+    """Checkpoints of a training run, each serialised at once (the state as it is now) and
+    written in the background while the next epoch trains: write() waits for the previous
+    write and raises its error, if any; close() waits for the last. Each file is written as
+    atomic_save writes it, so a kill at any moment leaves every name whole (the earlier file or
+    the new one). The first name is written, the others become hard links to it (one write and
+    one sync for last.pth and best.pth; a copy where the file system has no links)."""
+
+    def __init__(self):
+        self._thread, self._error = None, None
+
+    def write(self, obj, paths):
+        self.wait()
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        self._thread = threading.Thread(target=self._write, args=(buffer, list(paths)), name="checkpoint writer")
+        self._thread.start()
+
+    def _write(self, buffer, paths):
+        try:
+            with atomic_open(paths[0], "wb") as f:
+                f.write(buffer.getbuffer())
+            for path in paths[1:]:
+                with temporary_beside(path) as tmp:
+                    try:
+                        os.link(paths[0], tmp)
+                    except OSError:
+                        with atomic_open(path, "wb") as f:
+                            f.write(buffer.getbuffer())
+                        continue
+                    os.replace(tmp, path)
+        except BaseException as error:  # raised in the training thread, at the next write or close
+            self._error = error
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,

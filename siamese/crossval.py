@@ -184,7 +184,7 @@ def _train_fold(cv, train_folder, *, name, label, record, log):
 def _score_fold(cv, test_folder, checkpoint_path):
     """(pairs, one-shot trials, the model's Evaluation, the baselines' Evaluations) on the held-out classes."""
     from .checkpoint import load_model
-    from .distributed import resolve_device
+    from .distributed import configure_cuda, resolve_device
     from .predict import TorchPredictor
 
     s = cv.scoring
@@ -197,7 +197,10 @@ def _score_fold(cv, test_folder, checkpoint_path):
     model, _ = load_model(checkpoint_path, device=device)
     # the same as stored with a fold trained here; other values with --trained-folds
     model.config.update({key: getattr(cv.training, key) for key in SCORING_SETTINGS})
-    result = evaluate(TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size), pairs,
+    configure_cuda(device, cv.training.tf32)
+    predictor = TorchPredictor(model, device=device, batch_size=cv.training.eval_batch_size, workers=cv.training.workers,
+                               channels_last=cv.training.channels_last, compile=cv.training.compile)
+    result = evaluate(predictor, pairs,
                       trials=shots, progress=True)
     return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True)
 

@@ -94,6 +94,20 @@ def add_out_option(p, help, **kwargs):
                    **kwargs)
 
 
+def add_pytorch_options(p, device_help="auto, cpu, cuda or cuda:N"):
+    """--device, --amp, --compile, --tf32 of a script that runs a checkpoint on PyTorch
+    (predict.TorchPredictor's parameters)."""
+    p.add_argument("--device", default="auto", type=str, help=device_help)
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="mixed precision: bfloat16 on CPUs and on GPUs of compute capability 8.0 (Ampere) and newer, "
+                        "float16 on older GPUs")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the embedder (pays off on many images; the compile time is printed)")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="on GPUs of compute capability 8.0 and newer, float32 convolutions and matrix products use TF32 "
+                        "tensor cores (--no-tf32: full float32)")
+
+
 def add_model_option(p, help="a deployed model: .onnx file (ONNX Runtime) or TensorRT engine (with ENGINE.json "
                              "beside it)", **kwargs):
     """-m/--model, a deployed model file (dest engine; --engine is its older spelling)."""

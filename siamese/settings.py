@@ -121,9 +121,15 @@ class TrainingSettings:
                                  "workers, when they fit in this many MB (per process under torchrun): each file is "
                                  "decoded once; larger datasets stream from disk; 0: never cache", number=at_least(0))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool = option(False, "mixed precision: float16 autocast on CUDA, bfloat16 on CPUs (faster on CPUs with "
-                              "AVX512-BF16 or AMX)")
-    channels_last: bool = option(False, "channels_last memory format (often faster on GPUs)")
+    amp: bool = option(False, "mixed precision: bfloat16 autocast on GPUs of compute capability 8.0 (Ampere) and "
+                              "newer and on CPUs (faster on CPUs with AVX512-BF16 or AMX), float16 with a gradient "
+                              "scaler on older GPUs")
+    channels_last: bool | None = option(None, "channels_last memory format (default: on GPUs, where it is faster; "
+                                              "off on CPUs)")
+    tf32: bool = option(True, "on GPUs of compute capability 8.0 and newer, float32 convolutions and matrix products "
+                              "use TF32 tensor cores (--no-tf32: full float32 products)")
+    compile: bool = option(False, "torch.compile the model for training and validation (a GPU needs Triton, a CPU a "
+                                  "C++ compiler; the first steps wait for the compiler, printed)")
 
     def __post_init__(self):
         _check_types(self)
@@ -303,7 +309,7 @@ def add_options(parser, skip=(), *, settings=TrainingSettings, only=None):
         kwargs = dict(default=f.default, help=f.metadata["help"], dest=name)
         if f.metadata["required"]:
             kwargs["required"] = True
-        if hint is bool:
+        if hint is bool or hint == bool | None:  # None: the default chooses
             kwargs["action"] = argparse.BooleanOptionalAction  # --amp / --no-amp: a recorded run's flag can be undone
         else:
             kwargs["type"] = f.metadata["number"] or (  # a number's own type; else X | None: X

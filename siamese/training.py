@@ -5,6 +5,7 @@ dropout, so a run resumed from last.pth continues exactly as if it had not stopp
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -21,8 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import atomic_save, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .batch_augment import augments_on_device, on_device
+from .checkpoint import CheckpointWriter, build_checkpoint_model, load_checkpoint, make_checkpoint
 from .data import Augmentation, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
@@ -347,6 +348,7 @@ class _RunFolder:
                 json.dump(record, f, indent=2)
             self.rows = _read_metric_rows(self.metrics_path, start_epoch)
             self.writer = SummaryWriter(os.path.join(out_path, "tensorboard"), purge_step=start_epoch)
+            self.checkpoints = CheckpointWriter()
         except BaseException:
             self.claim.__exit__(None, None, None)
             raise
@@ -360,12 +362,16 @@ class _RunFolder:
                 self.writer.add_scalar(key.replace("_", "/", 1), row[key], row["epoch"])
         self.writer.flush()
 
-    def save(self, state, name):
-        atomic_save(state, os.path.join(self.out_path, name))
+    def save(self, state, names):
+        """One checkpoint under these names, written while the next epoch trains (see CheckpointWriter)."""
+        self.checkpoints.write(state, [os.path.join(self.out_path, name) for name in names])
 
     def close(self):
-        self.writer.close()
-        self.claim.__exit__(None, None, None)
+        try:
+            self.checkpoints.wait()
+        finally:
+            self.writer.close()
+            self.claim.__exit__(None, None, None)
 
 
 def _start_line(settings, model, data, dataset, images_per_epoch, context):
@@ -444,11 +450,9 @@ def _finish_epoch(run, epoch, stats, best, *, predictor, data, folder, log):
                             scheduler=run.scheduler, scaler=run.scaler, threshold=threshold,
                             metrics={"train": stats, "val": m, "best": best}, args=run.record,
                             classifier=run.classifier, run_id=run.run_id)
-    if improved:
-        folder.save(state, "best.pth")
-    folder.save(state, "last.pth")
-    if run.settings.save_after > 0 and epoch % run.settings.save_after == 0:
-        folder.save(state, f"epoch_{epoch}.pth")
+    every = run.settings.save_after > 0 and epoch % run.settings.save_after == 0
+    # best.pth before last.pth, as ever: a run stopped between the two resumes at the epoch before
+    folder.save(state, ["best.pth"] * improved + ["last.pth"] + [f"epoch_{epoch}.pth"] * every)
     class_part = f" class loss {stats['class_loss']:.4f}" if "class_loss" in stats else ""
     val_part = f"val loss {m['loss']:.4f} AUC {m['auc']:.4f} EER {m['eer']:.2%} | " if m else ""
     log(f"epoch {epoch}/{run.settings.epochs}: loss {stats['loss']:.4f} acc {stats['accuracy']:.3f}{class_part} | "
@@ -457,6 +461,38 @@ def _finish_epoch(run, epoch, stats, best, *, predictor, data, folder, log):
     if note:
         log(note)
     return best
+
+
+def _for_device(settings, device, log):
+    """The settings as they run on `device` (channels_last chosen), once every device-dependent
+    choice is known to work there (--amp, --compile): one line before anything is written.
+    Sets up cuDNN and TF32 on a GPU."""
+    if settings.amp:
+        distributed.amp_dtype(device)
+        if device.type == "cpu" and not distributed.cpu_has_bfloat16() and log is not None:
+            log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
+                "so mixed precision will likely run slower than without --amp")
+    if settings.compile:
+        distributed.check_compile(device)
+    distributed.configure_cuda(device, settings.tf32)
+    return dataclasses.replace(settings, channels_last=distributed.channels_last_for(device, settings.channels_last))
+
+
+def _log_compile_time(module, optimizer, device, log):
+    """Say how long the first optimizer step took, most of it compiling (forward and backward)."""
+    if log is None:
+        return
+    start = {}
+    pre = module.register_forward_pre_hook(lambda *_: start.setdefault("t", time.perf_counter()) and None)  # args kept
+
+    def after_step(*_):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        log(f"torch.compile: the first training step, compiling included, took {time.perf_counter() - start['t']:.1f} s")
+        pre.remove()
+        post.remove()
+
+    post = optimizer.register_step_post_hook(after_step)
 
 
 def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print):
@@ -471,9 +507,7 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
     process returns them and the others None, so that what the run found is reported once."""
     context = distributed.setup(settings.device)
     device = context.device
-    if settings.amp and device.type == "cpu" and not distributed.cpu_has_bfloat16() and context.is_main:
-        log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
-            "so mixed precision will likely run slower than without --amp")
+    recorded, settings = settings.to_dict(), _for_device(settings, device, log if context.is_main else None)
     checkpoint = load_checkpoint(resume) if resume else None
     run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
     _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
@@ -490,10 +524,14 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(settings, model, train_model, classifier, _weight_average(settings, model, checkpoint), optimizer,
                scheduler, scaler, run_id,
-               record=dict(record or {}, **settings.to_dict(), ran_on=str(device), world_size=context.world_size,
+               record=dict(record or {}, **recorded, ran_on=str(device), world_size=context.world_size,
                            run_id=run_id))
+    if settings.compile:
+        run.train_model = distributed.compile_module(train_model, device, log=log if context.is_main else None)
+        _log_compile_time(run.train_model, optimizer, device, log if context.is_main else None)
     predictor = TorchPredictor(run.validated, device=device, batch_size=settings.eval_batch_size,
-                               workers=settings.workers, amp=settings.amp, channels_last=settings.channels_last)
+                               workers=settings.workers, amp=settings.amp, channels_last=settings.channels_last,
+                               compile=settings.compile, cache_images=True)
 
     folder = None
     try:

@@ -206,7 +206,7 @@ def test_pair_list_is_scored(tiny_dataset, trained_checkpoint, tmp_path):
 
 def test_default_batch_size_follows_the_image_size_on_a_cpu():
     assert [default_batch_size("cpu", size) for size in (224, 128, 64, 32)] == [8, 16, 64, 256]
-    assert default_batch_size("cuda", 224) == default_batch_size("cuda:1", 32) == 64
+    assert default_batch_size("cuda", 224) == default_batch_size("cuda:1", 32) == 256
     model = SiameseNetwork("resnet18", image_size=32)
     assert TorchPredictor(model).batch_size == 256 and TorchPredictor(model, batch_size=5).batch_size == 5
     with pytest.raises(UserError, match="at least 1"):

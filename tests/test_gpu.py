@@ -45,7 +45,9 @@ def test_cuda_training_with_amp_and_channels_last(tiny_dataset, tmp_path):
     assert train.main(["--train_path", train_dir, "--val_path", val_dir, "-o", out, "-e", "2", "--amp",
                        "--channels-last", *args]) == 0
     checkpoint = torch.load(os.path.join(out, "last.pth"), weights_only=True)
-    assert checkpoint["scaler"] is not None and checkpoint["epoch"] == 2
+    # bfloat16 from Ampere on needs no gradient scaler; float16 before it does
+    assert (checkpoint["scaler"] is None) == (torch.cuda.get_device_capability() >= (8, 0))
+    assert checkpoint["epoch"] == 2
     assert np.isfinite(checkpoint["metrics"]["train"]["loss"])
 
 
@@ -129,3 +131,47 @@ def test_onnx_runtime_on_cuda_embeds_and_scores_like_the_cpu(onnx_model, tiny_da
     assert gpu.providers[0] == "CUDAExecutionProvider"
     cpu = OnnxRuntimeModel(onnx_model, providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(score_pairs(gpu, pairs), score_pairs(cpu, pairs), atol=1e-3)
+
+
+def _cuda_train(tiny_dataset, out, *extra):
+    import train
+
+    args = list(TINY_TRAIN_ARGS)
+    args[args.index("--device") + 1] = "cuda"
+    return train.main(["--train_path", tiny_dataset[0], "--val_path", tiny_dataset[1], "-o", str(out), *args, *extra])
+
+
+@needs_cuda
+def test_cuda_set_up_bfloat16_tf32_and_channels_last_from_ampere_on():
+    from siamese import distributed
+
+    modern = torch.cuda.get_device_capability() >= (8, 0)
+    assert distributed.amp_dtype("cuda") == (torch.bfloat16 if modern else torch.float16)
+    assert distributed.grad_scaler("cuda", True).is_enabled() is not modern
+    assert distributed.configure_cuda("cuda", True) is modern and torch.backends.cudnn.benchmark
+    assert distributed.channels_last_for("cuda")
+
+
+@needs_cuda
+def test_cuda_compiled_training_keeps_plain_checkpoints_and_compiled_embedding_matches(tiny_dataset, trained_checkpoint,
+                                                                                      tmp_path, capsys):
+    from siamese import distributed
+    from siamese.checkpoint import load_model
+    from siamese.images import scan_folder
+    from siamese.predict import TorchPredictor
+
+    out = tmp_path / "compiled"
+    assert _cuda_train(tiny_dataset, out, "--compile", "--amp", "--ema", "0.9", "-e", "2") == 0
+    assert "torch.compile: the first training step" in capsys.readouterr().out
+    plain = set(load_model(trained_checkpoint)[0].state_dict())
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert set(state["model"]) == plain and set(state["training_model"]) == plain
+    assert np.isfinite(state["metrics"]["train"]["loss"])
+    model = load_model(trained_checkpoint, device="cuda")[0]
+    paths = scan_folder(tiny_dataset[1]).paths
+    distributed.configure_cuda("cuda", tf32=False)
+    eager = TorchPredictor(model, device="cuda").embed_paths(paths)
+    compiled = TorchPredictor(model, device="cuda", compile=True, batch_size=8).embed_paths(paths)
+    np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)
+    half = TorchPredictor(model, device="cuda", amp=True).embed_paths(paths)
+    np.testing.assert_allclose(half, eager, rtol=5e-2, atol=5e-2)
