@@ -173,6 +173,16 @@ def _holds(folder, path):
     return os.path.commonpath([folder, path]) == folder
 
 
+# A link from one place of the scanned folder to another would put one image in two classes (or
+# a class under a second name): what it points at is read where it lies, under its own name.
+_INNER_LINK = "it is a link to '{}', inside the scanned folder itself, where it is read under its own name"
+
+
+def _inner_link(path, real, tops):
+    """Whether `path` is a link whose target (`real`) lies inside the scan's root (tops)."""
+    return bool(tops) and os.path.islink(path) and _holds(tops[0], real)
+
+
 def class_images(class_dir, *, seen=None, skipped=None, above=None):
     """The image files of one class, sorted, sub-folders included (a class may keep its images
     by session or source); hidden files and folders are left out.
@@ -195,6 +205,9 @@ def class_images(class_dir, *, seen=None, skipped=None, above=None):
             skipped.append((directory, f"it leads to '{real}', " + ("which holds this folder (a loop)" if loop
                                                                    else "a folder already scanned")))
             continue
+        if _inner_link(directory, real, tops):
+            skipped.append((directory, _INNER_LINK.format(real)))
+            continue
         seen.add(real)
         try:
             entries = _entries(directory)
@@ -205,7 +218,11 @@ def class_images(class_dir, *, seen=None, skipped=None, above=None):
             if entry.is_dir():
                 todo.append((entry.path, holders + (real,)))
             elif entry.is_file():  # a regular file, or a link to one
-                if is_image_file(entry.name):
+                if not is_image_file(entry.name):
+                    continue
+                if entry.is_symlink() and _inner_link(entry.path, os.path.realpath(entry.path), tops):
+                    skipped.append((entry.path, _INNER_LINK.format(os.path.realpath(entry.path))))
+                else:
                     found.append(entry.path)
             elif is_image_file(entry.name):
                 skipped.append((entry.path, "it " + (not_a_file(entry.path) or "is not a regular file")))

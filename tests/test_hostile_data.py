@@ -42,6 +42,23 @@ def test_a_second_link_to_a_class_folder_is_read_once(tmp_path, capsys):
             in capsys.readouterr().err)
 
 
+def test_a_link_inside_the_folder_never_moves_images_between_classes(tmp_path, capsys):
+    """A link to a class folder whose name sorts first, or to one image of another class, is
+    skipped: the images stay in their own class, under its own name, and in no other."""
+    root = make_folder(str(tmp_path / "train"))
+    os.symlink(os.path.join(root, "class_1"), os.path.join(root, "a_class_1"))  # sorts before class_1
+    stolen = sorted(os.listdir(os.path.join(root, "class_2")))[0]
+    os.symlink(os.path.join(root, "class_2", stolen), os.path.join(root, "class_0", "stolen.png"))
+    folder = scan_folder(root)
+    assert folder.classes == ["class_0", "class_1", "class_2"]
+    groups = folder.images_by_class()
+    assert not any("stolen" in folder.paths[i] for i in groups[0])
+    assert sorted({os.path.realpath(p) for p in folder.paths}) == sorted(os.path.realpath(p) for p in folder.paths)
+    err = capsys.readouterr().err
+    assert f"skipped '{os.path.join(root, 'a_class_1')}': it is a link" in err
+    assert f"skipped '{os.path.join(root, 'class_0', 'stolen.png')}': it is a link" in err
+
+
 def test_links_inside_a_class_are_followed_once(tmp_path, capsys):
     """A class may keep a session elsewhere behind a link (followed); a link back up or to another
     class's folder is skipped, naming it."""
