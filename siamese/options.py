@@ -127,6 +127,11 @@ class Several(argparse.Action):
         setattr(namespace, self.dest, kept + list(values))
 
 
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+_NONZERO_DIGIT = re.compile(r"[1-9]")
+
+
 @dataclass(frozen=True)
 class Number:
     """The type of a number option, the one check of its value: argparse's type= on the command
@@ -183,10 +188,18 @@ class Number:
     def __call__(self, text):
         if self.word is not None and text == self.word:
             return text
+        # Python's int() and float() also read other scripts' digits and '1_0'; a number given
+        # in ASCII digits only is what a user means, and a float that is not zero but rounds to
+        # it (1e-400) would turn an option off
+        written = _WHOLE if self.kind is int else _DECIMAL
         try:
+            if not written.fullmatch(text.strip()):
+                raise ValueError(text)
             value = self.kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(self.refusal(None, text)) from None
+        if value == 0 and self.kind is float and _NONZERO_DIGIT.search(text.lower().split("e")[0]):
+            raise argparse.ArgumentTypeError(self.refusal(None, text) + " (it is too small: it rounds to 0)")
         if not self.fits(value):
             raise argparse.ArgumentTypeError(self.refusal(value, text))
         return value
@@ -222,7 +235,7 @@ def onnx_opset(text):
 def classes_or_fraction(text):
     """split.py's --val-classes and --test-classes: a whole number of classes, or a fraction below 1."""
     try:
-        value = float(text)
+        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer())):

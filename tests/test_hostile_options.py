@@ -232,3 +232,21 @@ def test_argparse_complaints_are_one_line_and_exit_2(capsys):
     assert _error(capsys) == "error: the following arguments are required: -o/--out"
     assert identify.main(["--gallery", "g", "--query", "q", "-m", "m.onnx", "--shortlist", "\u00b2"]) == 2
     assert _error(capsys) == "error: --shortlist must be 'auto' or a whole number of at least 0, not '\u00b2'"
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["split.py", "--seed", "\u0663"], "--seed"),  # an Arabic-Indic three
+    (["split.py", "--seed", "1_0"], "--seed"),
+    (["split.py", "--val-classes", "\uff13"], "--val-classes"),  # a full-width three
+    (["eval.py", "--threshold-at-far", "1e-400"], "--threshold-at-far"),  # not 0, but rounds to it: not off
+])
+def test_numbers_are_ascii_digits_and_never_round_to_off(argv, option, tmp_path, capsys):
+    """int() and float() read other scripts' digits and '1_0', and 1e-400 reads as 0 (off):
+    each is refused as written, before anything runs."""
+    import importlib
+
+    script = importlib.import_module(argv[0][:-3])
+    parser = script.get_args_parser()
+    with pytest.raises(UserError) as refused:
+        parser.parse_args(argv[1:])
+    assert str(refused.value).startswith(option)
