@@ -34,7 +34,7 @@ from .images import ImageFolder, scan_folder
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
-from .settings import LR_SCHEDULES, TrainingSettings
+from .settings import LR_SCHEDULES, TrainingSettings, flag
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_eer",
                   "val_best_threshold", "learning_rate", "seconds", "pairs_per_second", "train_class_loss"]
@@ -246,6 +246,8 @@ def _build_model(settings, checkpoint, resume, context, log):
         start_epoch = checkpoint["epoch"] + 1
         if context.is_main:
             log(f"resuming from {resume} after epoch {checkpoint['epoch']}; the model settings come from it")
+            for line in _kept_settings_notes(settings, checkpoint):
+                log(line)
     else:
         def build():
             return SiameseNetwork(settings.backbone, settings.features, weights=settings.weights,
@@ -287,6 +289,21 @@ def _training_set(settings, model, train_folder, device, checkpoint, resume):
     if checkpoint is not None:
         _restore_classifier(getattr(train_model, "classifier", None), checkpoint, resume)
     return dataset, train_model
+
+
+# What a resumed run takes from its checkpoint rather than from the command line: the network,
+# and the optimiser's and schedule's state (learning rate and weight decay included).
+RESUMED_SETTINGS = ("backbone", "features", "image_size", "dropout", "normalize_features", "flip_average",
+                    "shift_average", "learning_rate", "weight_decay", "lr_schedule")
+
+
+def _kept_settings_notes(settings, checkpoint):
+    """A line for each setting given now that the resumed run does not use, so that a changed
+    --learning-rate (say) is never silently ignored."""
+    recorded = checkpoint.get("args") or {}
+    return [f"note: {flag(name)} {getattr(settings, name)} is not used: the resumed run keeps its own "
+            f"{recorded[name]} (start a new run, -o elsewhere, to change it)"
+            for name in RESUMED_SETTINGS if name in recorded and recorded[name] != getattr(settings, name)]
 
 
 def _optimisation(settings, train_model, device, checkpoint, validating):

@@ -235,3 +235,20 @@ def test_a_full_disk_names_the_out_path_and_leaves_nothing_behind(trained_checkp
             assert len(lines) == 1 and f"no space left on the device that holds '{out}" in lines[0], lines
             assert ".tmp-" not in lines[0]  # the temporary is gone: the path written is named
             assert os.listdir(disk) == []
+
+
+def test_a_setting_a_resumed_run_does_not_use_is_named(tiny_dataset, tmp_path, capsys):
+    """--resume keeps the run's own network and optimiser state: a --learning-rate given now is
+    not used, and the run says so instead of ignoring it silently."""
+    import train
+    from conftest import TINY_TRAIN_ARGS
+
+    train_dir, val_dir = tiny_dataset
+    common = ["--train-path", train_dir, "--val-path", val_dir, "-o", str(tmp_path / "run"), *TINY_TRAIN_ARGS]
+    assert train.main([*common, "-e", "1"]) == 0
+    capsys.readouterr()
+    assert train.main([*common, "-e", "2", "-lr", "0.01",
+                       "--resume", str(tmp_path / "run" / "last.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "note: --learning-rate 0.01 is not used: the resumed run keeps its own 0.001" in out
+    assert "--image-size" not in out  # unchanged settings are not named
