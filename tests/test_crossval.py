@@ -334,6 +334,7 @@ def test_the_outer_report_gives_the_bootstrap_intervals():
     assert "over raw pixels (cosine) +0.002 to +0.036" in line
 
 
+@pytest.mark.slow
 def test_more_repeats_continue_a_cross_validation_and_fewer_are_refused(tmp_path, capsys):
     data = make_folder(str(tmp_path / "data"), classes=4, per_class=4)
     out = str(tmp_path / "cv")

@@ -163,6 +163,7 @@ def test_bad_input(tiny_dataset, trained_checkpoint, tmp_path, capsys):
     assert not os.path.exists(out)  # nothing was written for the failed runs
 
 
+@pytest.mark.slow
 def test_baselines_are_scored_on_the_same_pairs_with_bootstrap_intervals(tiny_dataset, trained_checkpoint, tmp_path,
                                                                          capsys):
     from siamese.baselines import make_baseline

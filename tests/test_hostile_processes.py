@@ -237,6 +237,7 @@ def test_a_full_disk_names_the_out_path_and_leaves_nothing_behind(trained_checkp
             assert os.listdir(disk) == []
 
 
+@pytest.mark.slow
 def test_a_setting_a_resumed_run_does_not_use_is_named(tiny_dataset, tmp_path, capsys):
     """--resume keeps the run's own network and optimiser state: a --learning-rate given now is
     not used, and the run says so instead of ignoring it silently."""

@@ -81,6 +81,7 @@ def _class_pairs(classes, per_class):
     return labels[i], labels[j]
 
 
+@pytest.mark.slow
 def test_auc_intervals_over_classes_bound_a_perfect_a_noisy_and_an_equal_system():
     left, right = _class_pairs(8, 4)
     same = left == right

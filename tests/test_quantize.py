@@ -65,6 +65,7 @@ def test_the_copies_score_like_the_float_model_and_are_used_whole(int8_models, o
         np.testing.assert_allclose(model.score_whole_pairs(pairs[:20]), scores[:20], atol=0.1)
 
 
+@pytest.mark.slow
 def test_the_check_refuses_a_copy_that_loses_too_much(onnx_model, tiny_dataset, tmp_path, capsys, monkeypatch):
     import siamese.quantize
 
@@ -175,6 +176,7 @@ def test_histogram_methods_calibrate_on_any_image_count(method, onnx_model, tmp_
     assert _metadata(out)["siamese.calibration_method"] == method
 
 
+@pytest.mark.slow
 def test_percentile_calibration_holds_one_batch_at_a_time(onnx_model, tmp_path, monkeypatch):
     """The percentile method's histograms are fed a batch at a time: ONNX Runtime otherwise keeps
     every activation of every calibration batch until the end (18.6 GB for the ORL recipe's model
