@@ -245,10 +245,6 @@ def _broadcast(message):
     return box[0]
 
 
-def barrier(context):
-    if context.distributed:
-        dist.barrier()
-
 
 def cleanup(context):
     if context.distributed and dist.is_initialized():
