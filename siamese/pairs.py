@@ -48,14 +48,47 @@ class Pair:
 
 
 def evaluation_pairs(folder, *, seed, pairs_per_image=1):
-    """Fixed pairs: each image is the left side of pairs_per_image pairs."""
-    by_class = folder.images_by_class()
+    """Fixed pairs, each unordered pair at most once: image after image, each is the left side of
+    up to pairs_per_image pairs whose partners the training rule (draw_partner) draws among the
+    images it is not yet paired with, on either side. A draw that repeats a pair is drawn again;
+    after REDRAWS of them the partner is drawn among all the images still free. An image whose
+    partners run out gets fewer pairs: count what this returns, not images x pairs_per_image."""
+    by_class, labels = folder.images_by_class(), folder.labels
+    paired = [set() for _ in labels]  # the partners of each image so far, on either side
     pairs = []
     for index in range(len(folder)):
-        for k in range(pairs_per_image):
-            partner, same = draw_partner(rng_for(seed, index, k), index, folder.labels, by_class)
-            pairs.append(Pair(folder.paths[index], folder.paths[partner], same))
+        for partner in _free_partners(seed, index, pairs_per_image, labels, by_class, paired):
+            paired[index].add(partner)
+            paired[partner].add(index)
+            pairs.append(Pair(folder.paths[index], folder.paths[partner], labels[index] == labels[partner]))
     return pairs
+
+
+REDRAWS = 8  # draws of the training rule before a partner is drawn among the free images alone
+
+
+def _free_partners(seed, index, count, labels, by_class, paired):
+    """Up to `count` partners of image `index` that it is not yet paired with (paired[index] is
+    updated by the caller; `free` is the list of images still free once the rule kept repeating)."""
+    taken, found, free = set(paired[index]), [], None
+    for k in range(count):
+        if len(taken) >= len(labels) - 1:
+            break  # paired with every other image already
+        rng = rng_for(seed, index, k)
+        partner = None
+        if free is None:
+            for _ in range(REDRAWS):
+                partner, _ = draw_partner(rng, index, labels, by_class)
+                if partner not in taken:
+                    break
+                partner = None
+            if partner is None:
+                free = [j for j in range(len(labels)) if j != index and j not in taken]
+        if partner is None:
+            partner = free.pop(int(rng.integers(len(free))))
+        taken.add(partner)
+        found.append(partner)
+    return found
 
 
 def all_pairs(folder):
@@ -65,6 +98,47 @@ def all_pairs(folder):
     return [Pair(paths[i], paths[j], labels[i] == labels[j]) for i in range(len(paths)) for j in range(i + 1, len(paths))]
 
 
+def pair_counts(labels):
+    """(all pairs, same-class pairs) of images with these class labels."""
+    n = len(labels)
+    sizes = np.bincount(np.asarray(labels, dtype=np.int64)) if n else np.zeros(0, np.int64)
+    return n * (n - 1) // 2, int(np.sum(sizes * (sizes - 1) // 2))
+
+
+def drawn_pairs(folder, *, seed, count):
+    """`count` distinct unordered pairs of distinct images (all of them when the folder makes no
+    more), drawn without replacement, seeded: as many same-class as different-class pairs (the
+    same-class ones count // 2), or every same-class pair when the folder has fewer, the rest
+    different-class (and more same-class ones when it has too few different-class pairs). Within
+    each kind every pair is equally likely. In the order all_pairs gives them."""
+    labels = np.asarray(folder.labels, dtype=np.int64)
+    total, same_total = pair_counts(labels)
+    count = min(count, total)
+    same = min(same_total, max(count // 2, count - (total - same_total)))
+    # Images in class order: a class is one run of positions, so the partners of position p are a
+    # range of positions above it: its class's rest (same) or every later class (different).
+    order = np.argsort(labels, kind="stable")
+    ends = np.cumsum(np.bincount(labels))[labels[order]]  # one past the end of each position's class run
+    positions = np.arange(len(labels))
+    rng = rng_for(seed, 2_000_003)
+    chosen = [_pick_ranges(rng, positions + 1, ends, same), _pick_ranges(rng, ends, np.full_like(ends, len(labels)),
+                                                                         count - same)]
+    left, right = (order[np.concatenate([c[k] for c in chosen])] for k in (0, 1))
+    left, right = np.minimum(left, right), np.maximum(left, right)
+    paths = folder.paths
+    return [Pair(paths[i], paths[j], bool(labels[i] == labels[j])) for i, j in sorted(zip(left.tolist(), right.tolist()))]
+
+
+def _pick_ranges(rng, low, high, count):
+    """`count` distinct (p, q) among the pairs with low[p] <= q < high[p], uniformly without
+    replacement: pair number t is the t-th of that list of ranges laid end to end."""
+    starts = np.concatenate([[0], np.cumsum(np.maximum(high - low, 0))])
+    total = int(starts[-1])
+    picks = np.arange(total) if count >= total else np.sort(rng.choice(total, size=count, replace=False))
+    p = np.searchsorted(starts, picks, side="right") - 1
+    return p, low[p] + (picks - starts[p])
+
+
 # By default eval.py scores every pair of a folder of up to this many pairs (141 images): each image
 # is embedded once, so pairs cost only the head (and --baselines' bootstrap, which grows with the
 # pairs: 1,000 draws of 18,760 pairs took minutes on 2 loaded cores). 10,000 pairs hold about 9,000
@@ -72,22 +146,35 @@ def all_pairs(folder):
 ALL_PAIRS_BOUND = 10_000
 
 
-def default_pairs(folder, *, seed, pairs_per_image=None, bound=ALL_PAIRS_BOUND):
-    """(eval.py's pairs, how they were chosen: 'all' or pairs per image, a line saying so): with
-    pairs_per_image, that many seeded pairs per image; by default every pair when there are at
-    most `bound`, else as many seeded pairs per image as stay within it. A function of the files
-    and the seed, so eval.py and eval_tensorrt.py score the same pairs."""
+def default_pairs(folder, *, seed, pairs_per_image=None, bound=None):
+    """(eval.py's pairs, how they were chosen: 'all', 'drawn' or pairs per image, a line saying so
+    with the counts of the pairs returned): with pairs_per_image, up to that many seeded pairs per
+    image; by default every pair when there are at most `bound`, else `bound` distinct pairs drawn
+    (drawn_pairs). A function of the files and the seed, so eval.py and eval_tensorrt.py score the
+    same pairs. bound: ALL_PAIRS_BOUND when None."""
+    bound = ALL_PAIRS_BOUND if bound is None else bound
     n = len(folder)
+    total, same_total = pair_counts(folder.labels)
     if pairs_per_image is not None:
-        return (evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image), pairs_per_image,
-                f"scoring {pairs_per_image} pair(s) drawn per image (--pairs-per-image), seed {seed}")
-    if n * (n - 1) // 2 <= bound:
-        return (all_pairs(folder), "all", f"scoring every pair of the {n} images (up to {bound:,} pairs are "
-                                          f"all scored; --pairs-per-image N draws N per image instead)")
-    per_image = max(1, bound // n)
-    return (evaluation_pairs(folder, seed=seed, pairs_per_image=per_image), per_image,
-            f"scoring {per_image} pairs drawn per image, seed {seed}: the {n} images make {n * (n - 1) // 2:,} pairs, more "
-            f"than the {bound:,} scored whole (--pairs-per-image N sets the number)")
+        pairs = evaluation_pairs(folder, seed=seed, pairs_per_image=pairs_per_image)
+        fewer = (f" (fewer than {n:,} x {pairs_per_image:,}: each pair is drawn once, and images ran out of "
+                 f"partners)" if len(pairs) < n * pairs_per_image else "")
+        return (pairs, pairs_per_image, f"scoring {_counts(pairs)}: up to {pairs_per_image} drawn per image "
+                                        f"(--pairs-per-image), each pair once, seed {seed}{fewer}")
+    if total <= bound:
+        pairs = all_pairs(folder)
+        return (pairs, "all", f"scoring {_counts(pairs)}: every pair of the {n} images (up to {bound:,} pairs are all "
+                              f"scored; --pairs-per-image N draws N per image instead)")
+    pairs = drawn_pairs(folder, seed=seed, count=bound)
+    balance = "every same-class pair" if sum(p.same for p in pairs) == same_total else "half of them same-class"
+    return (pairs, "drawn", f"scoring {_counts(pairs)}, drawn without repeats (seed {seed}; {balance}) from the "
+                            f"{total:,} pairs of the {n} images ({same_total:,} same-class): more than the {bound:,} "
+                            f"scored whole (--pairs-per-image N draws N per image instead)")
+
+
+def _counts(pairs):
+    same = sum(p.same for p in pairs)
+    return f"{len(pairs):,} distinct pairs ({same:,} same-class, {len(pairs) - same:,} different-class)"
 
 
 def _pair_rows(csv_path):

@@ -255,3 +255,59 @@ def test_threshold_at_far_is_set_on_the_pairs_and_shown(tiny_dataset, trained_ch
     assert eval_script.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e2"), "-c", trained_checkpoint,
                              "--threshold", "0.4", "--threshold-at-far", "0.2"]) == 2
     assert "not both" in capsys.readouterr().err and not os.path.exists(str(tmp_path / "e2"))
+
+
+def _scored_counts(out, printed):
+    """(rows of scores.csv, metrics.json), after checking that the pairs printed and in
+    metrics.json are those in scores.csv: distinct pairs, and the same and different ones."""
+    with open(os.path.join(out, "scores.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    same = sum(r["same"] == "1" for r in rows)
+    assert len({frozenset((r["left"], r["right"])) for r in rows}) == len(rows) == metrics["pairs"]
+    assert all(r["left"] != r["right"] for r in rows)
+    assert (metrics["positive_pairs"], metrics["negative_pairs"]) == (same, len(rows) - same)
+    assert f"pairs: {len(rows)} ({same} same, {len(rows) - same} different)" in printed
+    assert f"scoring {len(rows):,} distinct pairs ({same:,} same-class, {len(rows) - same:,} different-class)" in printed
+    return rows, metrics
+
+
+@pytest.mark.slow
+def test_counts_match_what_was_scored_at_the_bound(tmp_path):
+    """47 classes of 3 images make 9,870 pairs, all scored; with one image more eval.py said 9,940
+    pairs and scored 4,087 distinct ones, each same-class pair about 34 times."""
+    from siamese.baselines import PixelCosine
+
+    val = make_folder(str(tmp_path / "val"), classes=47, per_class=3, size=12)
+    settings = EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, workers=0)
+    lines = []
+    run_evaluation(PixelCosine(size=8), settings, log=lines.append)  # 64 numbers an image: fast
+    rows, metrics = _scored_counts(settings.out_path, "\n".join(lines))
+    assert (len(rows), metrics["positive_pairs"], metrics["eval_pairs"]) == (9870, 141, "all")
+    Image.new("RGB", (12, 12), (9, 99, 199)).save(os.path.join(val, "class_0", "one_more.png"))
+    lines.clear()
+    run_evaluation(PixelCosine(size=8), settings, log=lines.append)
+    rows, metrics = _scored_counts(settings.out_path, "\n".join(lines))
+    assert (len(rows), metrics["positive_pairs"], metrics["eval_pairs"]) == (10_000, 144, "drawn")  # every same pair
+
+
+@pytest.mark.parametrize("bound, extra, how", [(153, [], "all"), (152, [], "drawn"),  # 18 images make 153 pairs
+                                               pytest.param(153, ["--pairs-per-image", "12"], 12,  # more than the
+                                                            marks=pytest.mark.slow)])  # 17 partners allow
+def test_eval_and_eval_tensorrt_count_and_score_the_same_distinct_pairs(trained_checkpoint, onnx_model, tiny_dataset,
+                                                                        tmp_path, capsys, monkeypatch, bound, extra,
+                                                                        how):
+    import eval_tensorrt
+    import siamese.pairs
+
+    monkeypatch.setattr(siamese.pairs, "ALL_PAIRS_BOUND", bound)
+    common = ["-v", tiny_dataset[1], "--max-pictures", "0", "--workers", "0", *extra]
+    scored = []
+    for name, run, model in (("eval", eval_script.main, ["-c", trained_checkpoint, "--device", "cpu"]),
+                             ("trt", eval_tensorrt.main, ["--engine", onnx_model])):
+        assert run([*common, "-o", str(tmp_path / name), *model]) == 0
+        rows, metrics = _scored_counts(str(tmp_path / name), capsys.readouterr().out)
+        assert metrics["eval_pairs"] == how
+        scored.append([(r["left"], r["right"], r["same"]) for r in rows])
+    assert scored[0] == scored[1]  # the same pairs, in the same order
+    assert len(scored[0]) == (152 if how == "drawn" else 153)  # 12 a image: every pair, each once

@@ -244,7 +244,7 @@ def test_default_pairs_are_bounded_and_a_function_of_files_and_seed(tmp_path):
     every, how, _ = default_pairs(scan_folder(root), seed=1)
     assert len(every) == 153 and how == "all"
     drawn, how, line = default_pairs(scan_folder(root), seed=1, bound=100)  # 153 pairs are beyond it
-    assert how == 5 and len(drawn) == 90 and "5 pairs drawn per image" in line
+    assert how == "drawn" and len(drawn) == len(set(drawn)) == 100 and "100 distinct pairs (45 same-class" in line
     assert drawn == default_pairs(scan_folder(root), seed=1, bound=100)[0] != default_pairs(scan_folder(root), seed=2,
                                                                                           bound=100)[0]
     given, how, _ = default_pairs(scan_folder(root), seed=1, pairs_per_image=1)

@@ -1,8 +1,9 @@
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from siamese.errors import UserError
-from siamese.images import scan_folder
-from siamese.pairs import draw_partner, evaluation_pairs, one_shot_trials, read_pairs_csv, rng_for
+from siamese.images import ImageFolder, scan_folder
+from siamese.pairs import default_pairs, draw_partner, evaluation_pairs, one_shot_trials, read_pairs_csv, rng_for
 
 
 def _labels(sizes):
@@ -88,3 +89,67 @@ def test_one_shot_trials(tiny_folder):
     assert len({t.answer for t in trials}) > 1  # the right answer is not always in the same place
     with pytest.raises(UserError, match="needs 5 classes"):
         one_shot_trials(folder, n_way=5, trials=1, seed=0)
+
+
+def _folder(sizes):
+    """A folder of classes of these sizes (paths only: the pair functions open no image)."""
+    labels = [c for c, n in enumerate(sizes) for _ in range(n)]
+    return ImageFolder("/d", [f"c{c}" for c in range(len(sizes))], [f"/d/c{c}/{i}.png" for i, c in enumerate(labels)],
+                       labels)
+
+
+def _check_distinct_and_counted(folder, pairs, line):
+    """Each unordered pair once, no image with itself, `same` as the folders say, and the line's
+    counts those of the pairs returned."""
+    label = dict(zip(folder.paths, folder.labels))
+    assert len({frozenset((p.left, p.right)) for p in pairs}) == len(pairs)
+    assert all(p.left != p.right for p in pairs)
+    assert all(p.same == (label[p.left] == label[p.right]) for p in pairs)
+    same = sum(p.same for p in pairs)
+    assert f"{len(pairs):,} distinct pairs ({same:,} same-class, {len(pairs) - same:,} different-class)" in line
+    return same
+
+
+@settings(max_examples=80, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=2, max_size=8), bound=st.integers(1, 150),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_default_pairs_are_distinct_and_counted_on_both_sides_of_the_bound(sizes, bound, seed):
+    folder = _folder(sizes)
+    pairs, how, line = default_pairs(folder, seed=seed, bound=bound)
+    n = len(folder.paths)
+    total, same_total = n * (n - 1) // 2, sum(k * (k - 1) // 2 for k in sizes)
+    same = _check_distinct_and_counted(folder, pairs, line)
+    assert len(pairs) == min(total, bound) and how == ("all" if total <= bound else "drawn")
+    if how == "drawn":  # half same-class, or every same-class pair when fewer (more when few are different)
+        assert same == min(same_total, max(bound // 2, bound - (total - same_total)))
+    else:
+        assert same == same_total
+    assert default_pairs(_folder(sizes), seed=seed, bound=bound) == (pairs, how, line)  # a function of files and seed
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=2, max_size=8), per_image=st.integers(1, 40),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_pairs_per_image_are_distinct_and_counted(sizes, per_image, seed):
+    folder = _folder(sizes)
+    pairs, how, line = default_pairs(folder, seed=seed, pairs_per_image=per_image)
+    _check_distinct_and_counted(folder, pairs, line)
+    assert how == per_image and pairs == evaluation_pairs(_folder(sizes), seed=seed, pairs_per_image=per_image)
+    n = len(folder.paths)
+    for image in folder.paths:  # the left side of per_image pairs, or paired with every other image
+        left = sum(p.left == image for p in pairs)
+        partners = sum(image in (p.left, p.right) for p in pairs)
+        assert left == per_image or (left < per_image and partners == n - 1)
+
+
+def test_pairs_beyond_the_bound_are_each_scored_once():
+    """47 classes of 3 images make 9,870 pairs, all scored; one image more made 9,940 pairs drawn 70
+    per image, each same-class pair about 34 times over."""
+    every, how, _ = default_pairs(_folder([3] * 47), seed=1)
+    assert (len(every), how, sum(p.same for p in every)) == (9870, "all", 141)
+    drawn, how, line = default_pairs(_folder([4] + [3] * 46), seed=1)
+    assert (len(drawn), how) == (10_000, "drawn") and _check_distinct_and_counted(_folder([4] + [3] * 46), drawn,
+                                                                                 line) == 144  # every same-class pair
+    many, _, line = default_pairs(_folder([20] * 300), seed=1)  # 57,000 same-class pairs: half the pairs scored
+    assert len(many) == 10_000 and _check_distinct_and_counted(_folder([20] * 300), many, line) == 5_000
+    assert "half of them same-class" in line and "from the 17,997,000 pairs of the 6000 images" in line
