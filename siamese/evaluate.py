@@ -274,6 +274,9 @@ def evaluation_inputs(settings, *, log=print):
         log(line)
     groups = class_groups(folder.classes, regex=s.group_regex, csv_path=s.group_csv) if s.within_group else None
     shots = one_shot_trials(folder, n_way=s.n_way, trials=s.trials, seed=s.seed, groups=groups) if s.n_way else None
+    if shots is not None and len(shots) < s.trials:
+        log(f"{len(shots):,} distinct {s.n_way}-way one-shot trials, not the {s.trials:,} of --trials: the folder holds "
+            f"few more (each trial is scored once)")
     return folder, pairs, chosen, shots
 
 

@@ -266,7 +266,9 @@ def one_shot_trials(folder, *, n_way, trials, seed, groups=None):
     different support image from the first class, one support image from each other class.
     With `groups` (the group of each class, such as its alphabet) all n_way classes of a trial
     come from one group, the harder protocol of Lake et al. (2015): the group is drawn first,
-    among those with n_way classes.
+    among those with n_way classes. Each trial (a query and its set of candidates) at most once:
+    a draw that repeats one is drawn again, and a folder that holds fewer distinct trials than
+    asked gives fewer (count what this returns).
     """
     by_class = folder.images_by_class()
     if n_way < 2:
@@ -286,18 +288,30 @@ def one_shot_trials(folder, *, n_way, trials, seed, groups=None):
         if not pools:
             raise UserError(f"--n-way {n_way} within a group needs a group of at least {n_way} classes, but the largest "
                             f"has {max(len(c) for c in members.values())}; lower --n-way")
-    result = []
-    for t in range(trials):
-        rng = rng_for(seed, 1_000_003, t)
-        pool = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
-        eligible = [c for c in pool if len(by_class[c]) >= 2]
-        true_class = eligible[int(rng.integers(len(eligible)))]
-        others = [c for c in pool if c != true_class]
-        chosen = [true_class] + [others[i] for i in rng.choice(len(others), n_way - 1, replace=False)]
-        query, support = rng.choice(by_class[true_class], 2, replace=False)
-        candidates = [folder.paths[support]] + [folder.paths[by_class[c][int(rng.integers(len(by_class[c])))]] for c in chosen[1:]]
-        order = rng.permutation(n_way)
-        candidates = [candidates[i] for i in order]
-        answer = int(np.flatnonzero(order == 0)[0])
-        result.append(OneShotTrial(folder.paths[query], tuple(candidates), answer))
+    result, seen, t, repeats = [], set(), 0, 0
+    while len(result) < trials and repeats < TRIAL_REPEATS:  # a small folder holds few distinct trials
+        trial = _one_trial(rng_for(seed, 1_000_003, t), folder, by_class, pools, n_way)
+        t += 1
+        key = (trial.query, frozenset(trial.candidates))  # the order of the candidates changes no score
+        repeats = repeats + 1 if key in seen else 0
+        if key not in seen:
+            seen.add(key)
+            result.append(trial)
     return result
+
+
+TRIAL_REPEATS = 1000  # draws in a row that only repeat trials drawn before: the folder holds few more
+
+
+def _one_trial(rng, folder, by_class, pools, n_way):
+    pool = pools[int(rng.integers(len(pools)))] if len(pools) > 1 else pools[0]
+    eligible = [c for c in pool if len(by_class[c]) >= 2]
+    true_class = eligible[int(rng.integers(len(eligible)))]
+    others = [c for c in pool if c != true_class]
+    chosen = [true_class] + [others[i] for i in rng.choice(len(others), n_way - 1, replace=False)]
+    query, support = rng.choice(by_class[true_class], 2, replace=False)
+    candidates = [folder.paths[support]] + [folder.paths[by_class[c][int(rng.integers(len(by_class[c])))]] for c in chosen[1:]]
+    order = rng.permutation(n_way)
+    candidates = [candidates[i] for i in order]
+    answer = int(np.flatnonzero(order == 0)[0])
+    return OneShotTrial(folder.paths[query], tuple(candidates), answer)

@@ -186,9 +186,10 @@ class EvaluationSettings:
     seed: int = option(1, "the evaluation pairs are a function of the files and this seed", number=SEED)
     pairs_file: str | None = option(None, "score this pair list instead (CSV 'left,right,same', paths relative to the "
                                           "folder or its parent)", "--pairs")
-    pairs_per_image: int | None = option(None, "pairs drawn per image, seeded (without --pairs; default: every pair "
-                                               "when the folder makes at most 10,000, else as many per image as stay "
-                                               "within that)", number=at_least(1))
+    pairs_per_image: int | None = option(None, "pairs drawn per image, seeded, each pair once (without --pairs; "
+                                               "default: every pair when the folder makes at most 10,000, else 10,000 "
+                                               "distinct pairs drawn, half of them same-class or every same-class "
+                                               "pair when fewer)", number=at_least(1))
     batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
                                           "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)",
                                     number=at_least(1))

@@ -311,3 +311,14 @@ def test_eval_and_eval_tensorrt_count_and_score_the_same_distinct_pairs(trained_
         scored.append([(r["left"], r["right"], r["same"]) for r in rows])
     assert scored[0] == scored[1]  # the same pairs, in the same order
     assert len(scored[0]) == (152 if how == "drawn" else 153)  # 12 a image: every pair, each once
+
+
+def test_one_shot_trials_are_counted_as_scored(tmp_path):
+    """Two classes of two images hold 8 distinct 2-way trials: 400 were scored and counted."""
+    val = make_folder(str(tmp_path / "d"), classes=2, per_class=2)
+    lines = []
+    settings = EvaluationSettings(val_path=val, out_path=str(tmp_path / "out"), max_pictures=0, n_way=2, workers=0)
+    result = run_evaluation(_Oracle(), settings, log=lines.append)
+    assert result.one_shot["trials"] == 8 and json.load(open(tmp_path / "out" / "metrics.json"))["one_shot"]["trials"] == 8
+    text = "\n".join(lines)
+    assert "8 distinct 2-way one-shot trials, not the 400 of --trials" in text and "over 8 trials" in text

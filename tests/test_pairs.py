@@ -153,3 +153,20 @@ def test_pairs_beyond_the_bound_are_each_scored_once():
     many, _, line = default_pairs(_folder([20] * 300), seed=1)  # 57,000 same-class pairs: half the pairs scored
     assert len(many) == 10_000 and _check_distinct_and_counted(_folder([20] * 300), many, line) == 5_000
     assert "half of them same-class" in line and "from the 17,997,000 pairs of the 6000 images" in line
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 4), min_size=2, max_size=5), n_way=st.integers(2, 5), trials=st.integers(1, 60),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_one_shot_trials_are_distinct(sizes, n_way, trials, seed):
+    if n_way > len(sizes) or max(sizes) < 2:
+        return
+    drawn = one_shot_trials(_folder(sizes), n_way=n_way, trials=trials, seed=seed)
+    assert 1 <= len(drawn) <= trials
+    assert len({(t.query, frozenset(t.candidates)) for t in drawn}) == len(drawn)
+    assert drawn == one_shot_trials(_folder(sizes), n_way=n_way, trials=trials, seed=seed)
+
+
+def test_a_small_folder_gives_its_distinct_trials_once_each():
+    """Two classes of two images hold 8 distinct 2-way trials; 400 were counted, each about 50 times."""
+    assert len(set(one_shot_trials(_folder([2, 2]), n_way=2, trials=400, seed=1))) == 8
