@@ -12,7 +12,7 @@ import numpy as np
 
 from .baselines import BASELINES, RANKING_METRICS, make_baseline
 from .errors import UserError, check_between
-from .metrics import auc_intervals_over_classes, one_shot_accuracy, threshold_at_far, verification_metrics
+from .metrics import TIE, auc_intervals_over_classes, one_shot_accuracy, threshold_at_far, verification_metrics
 from .scoring import score_pairs
 
 DEFAULT_THRESHOLD = 0.5
@@ -115,7 +115,7 @@ def constant_scores_note(scores):
     1e-6 are rounding noise, yet they rank the pairs: the ROC-AUC then strays from 0.5 by chance
     (0.536 was seen) and looks like a weak model rather than none."""
     scores = np.asarray(scores)
-    if len(scores) < 2 or np.ptp(scores) > 1e-6:
+    if len(scores) < 2 or np.ptp(scores) > TIE:
         return None
     return (f"note: every pair got the same similarity ({scores[0]:.3f}, to within 1e-6): the model does not tell "
             f"these images apart. A backbone trained from scratch can start this way until its BatchNorm statistics "

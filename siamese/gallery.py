@@ -4,6 +4,7 @@ FAISS shortlist. Works with any scorer (scoring.py): a PyTorch predictor or a de
 torch here.
 """
 
+import bisect
 import contextlib
 import io
 import os
@@ -16,6 +17,7 @@ import numpy as np
 from .errors import UserError
 from .evaluate import check_finite_scores
 from .files import atomic_open, check_not_inside
+from .metrics import TIE
 from .scoring import score_feature_pairs
 
 INDEX_FORMAT = 1
@@ -283,8 +285,10 @@ class Match:
 
 def identify(scorer, gallery, query_features, *, top_k=5, shortlist=None):
     """For each query (rows of query_features): the top_k classes, each by its best gallery image,
-    as Matches best first. shortlist: None exhaustive, else how many gallery images FAISS
-    proposes for the head to re-rank."""
+    as Matches best first, and beyond top_k every class that ties with the first (within TIE; see
+    verdict). A Match's rank is 1 + the classes more similar by more than TIE, so classes that
+    tie share one. shortlist: None exhaustive, else how many gallery images FAISS proposes for
+    the head to re-rank."""
     if query_features.shape[1:] != gallery.features.shape[1:]:  # an index's rows, all reused
         raise _other_width(gallery.index_path, gallery.features.shape[1], query_features.shape[1])
     _check_finite_features(query_features, what="query image(s)")
@@ -298,15 +302,30 @@ def identify(scorer, gallery, query_features, *, top_k=5, shortlist=None):
             found = gallery.features[rows]
         scores = np.asarray(score_feature_pairs(scorer, np.broadcast_to(query, found.shape), found), np.float64)
         check_finite_scores(scores)  # a NaN is never a silent 'unknown'
-        best = {}
+        best, below = {}, []  # below: minus the similarities listed, ascending
         for i in np.argsort(-scores, kind="stable"):
-            label = int(gallery.labels[rows[i]])
-            if label not in best:
-                best[label] = Match(len(best) + 1, label, gallery.paths[rows[i]], float(scores[i]))
-                if len(best) == top_k:
-                    break
+            label, score = int(gallery.labels[rows[i]]), float(scores[i])
+            if label in best:
+                continue
+            if len(best) >= top_k and -below[0] - score > TIE:
+                break  # past top_k, and no tie with the first
+            rank = 1 + bisect.bisect_left(below, -(score + TIE))  # the classes more similar by more than TIE
+            best[label] = Match(rank, label, gallery.paths[rows[i]], score)
+            below.append(-score)
         results.append(list(best.values()))
     return results
+
+
+def verdict(matches, threshold):
+    """(verdict, classes) of one query's matches (identify's answer, best first): 'match' and the
+    first class's label when it is at or above the threshold and no other class ties with it;
+    'tie' and the labels of the classes that tie for the first place (similarities within TIE of
+    the first's), when it is at or above the threshold: no one class is named; 'unknown' and ()
+    below it. The one rule identify.py and any other front end call a query by."""
+    if not matches or matches[0].similarity < threshold:
+        return "unknown", ()
+    tied = tuple(m.label for m in matches if matches[0].similarity - m.similarity <= TIE)
+    return ("tie" if len(tied) > 1 else "match"), tied
 
 
 def choose_shortlist(requested, gallery_size):

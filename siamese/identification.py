@@ -8,6 +8,7 @@ import os
 
 from .errors import UserError
 from .files import atomic_folder, atomic_open, write_json
+from .gallery import verdict
 from .images import check_image, class_images
 from .metrics import digits_to_tell
 from .report import identification_picture
@@ -42,13 +43,27 @@ def check_identification_out_path(out_path):
 
 
 def match_rows(queries, results, gallery, threshold):
+    """One row per match: its verdict 'match' (at or above the threshold), 'unknown' (below), or
+    'tie' for each class that ties for the first place (gallery.verdict): no one class is named."""
     rows = []
     for query, matches in zip(queries, results):
+        called, classes = verdict(matches, threshold)
         for m in matches:
             rows.append({"query": query, "rank": m.rank, "class": gallery.classes[m.label], "gallery_image": m.image,
                          "similarity": round(float(m.similarity), 6),
-                         "verdict": "match" if m.similarity >= threshold else "unknown"})
+                         "verdict": "tie" if called == "tie" and m.label in classes else
+                         "match" if m.similarity >= threshold else "unknown"})
     return rows
+
+
+def query_verdicts(queries, results, gallery, threshold):
+    """Per query: {'query', 'verdict' (match, tie or unknown), 'classes' (the class matched, the
+    classes that tie, or none)}, as matches.json and --json give them."""
+    answers = []
+    for query, matches in zip(queries, results):
+        called, classes = verdict(matches, threshold)
+        answers.append({"query": query, "verdict": called, "classes": [gallery.classes[c] for c in classes]})
+    return answers
 
 
 def write_results(out_path, rows, queries, results, gallery, threshold, *, max_pictures):
@@ -56,27 +71,41 @@ def write_results(out_path, rows, queries, results, gallery, threshold, *, max_p
         writer = csv.DictWriter(f, fieldnames=["query", "rank", "class", "gallery_image", "similarity", "verdict"])
         writer.writeheader()
         writer.writerows(rows)
-    write_json(os.path.join(out_path, "matches.json"), {"threshold": threshold, "matches": rows})
+    answers = query_verdicts(queries, results, gallery, threshold)
+    write_json(os.path.join(out_path, "matches.json"), {"threshold": threshold, "queries": answers, "matches": rows})
     with atomic_folder(os.path.join(out_path, "pictures")) as staging:
         for i, (query, matches) in enumerate(zip(queries[:max_pictures], results)):
             name = f"{i:05d}_{os.path.splitext(os.path.basename(query))[0][:60]}.jpg"
-            identification_picture(query, matches, gallery.classes, threshold, os.path.join(staging, name))
+            identification_picture(query, matches, gallery.classes, threshold, os.path.join(staging, name),
+                                   title=_called(answers[i]))
+
+
+def _called(answer, most=5):
+    """'Anna', 'unknown', or 'tie: Anna, Bob' (the first `most` classes, then how many more)."""
+    if answer["verdict"] != "tie":
+        return answer["classes"][0] if answer["classes"] else "unknown"
+    names = answer["classes"]
+    return "tie: " + ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def print_matches(rows, queries, results, gallery, threshold, source, *, as_json):
+    answers = query_verdicts(queries, results, gallery, threshold)
     if as_json:
-        print(json.dumps({"threshold": threshold, "threshold_source": source, "matches": rows}, indent=2,
-                         allow_nan=False))
+        print(json.dumps({"threshold": threshold, "threshold_source": source, "queries": answers, "matches": rows},
+                         indent=2, allow_nan=False))
         return
-    for query, matches in list(zip(queries, results))[:PRINTED_QUERIES]:
+    for answer, matches in list(zip(answers, results))[:PRINTED_QUERIES]:
         best = matches[0]
-        verdict = gallery.classes[best.label] if best.similarity >= threshold else "unknown"
         digits = digits_to_tell(best.similarity, threshold)  # the printed numbers agree with the verdict
-        others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.{digits}f}" for m in matches[1:])
-        print(f"{query}: {verdict} (best {gallery.classes[best.label]} {best.similarity:.{digits}f}"
-              + (f"; then {others}" if others else "") + ")")
+        tie = answer["verdict"] == "tie"
+        first = (f"each {best.similarity:.{digits}f}: no one class is named" if tie else
+                 f"best {gallery.classes[best.label]} {best.similarity:.{digits}f}")
+        others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.{digits}f}" for m in matches
+                           if m is not best and not (tie and gallery.classes[m.label] in answer["classes"]))
+        print(f"{answer['query']}: {_called(answer)} ({first}" + (f"; then {others}" if others else "") + ")")
     if len(queries) > PRINTED_QUERIES:
-        known = sum(m[0].similarity >= threshold for m in results)
-        print(f"... {len(queries)} queries in all: {known} matched a known class, {len(queries) - known} unknown")
+        called = [a["verdict"] for a in answers]
+        print(f"... {len(queries)} queries in all: {called.count('match')} matched a known class, "
+              f"{called.count('tie')} tied between classes, {called.count('unknown')} unknown")
     print(f"threshold {threshold:.3f} ({source}); gallery {len(gallery.paths)} images in {len(gallery.classes)} classes "
           f"({gallery.reused} from the index, {gallery.embedded} embedded now)")

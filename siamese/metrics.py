@@ -93,6 +93,12 @@ def threshold_at_far(scores, labels, far):
             "tar": float(accepted[y].mean()) if y.any() else 0.0, "negatives": int(len(negatives))}
 
 
+# Similarities closer than this are one similarity: float32 features and heads round at about
+# 1e-7, so smaller differences tell nothing apart (a model that scores every pair alike, classes
+# that tie for the first place in identification).
+TIE = 1e-6
+
+
 def digits_to_tell(value, threshold, *, fewest=3, most=7):
     """Decimal places that print `value` and `threshold` differently (rounding keeps their order,
     so the printed numbers then agree with the verdict), from `fewest` up to `most`."""

@@ -274,15 +274,17 @@ def cmc_picture(curve, path, size=480):
     return path
 
 
-def identification_picture(query, matches, classes, threshold, path, *, tile=128):
+def identification_picture(query, matches, classes, threshold, path, *, tile=128, title=None):
     """The query beside its best gallery image of each class found, with the similarities; a
-    match (at or above the threshold) framed green, below it grey."""
+    match (at or above the threshold) framed green, below it grey. title: what the query is
+    called (default: the first class, or 'unknown' below the threshold)."""
     width = (len(matches) + 1) * (tile + 8) + 8
     canvas = Image.new("RGB", (width, tile + 58), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     known = bool(matches) and matches[0].similarity >= threshold
-    _write(canvas, (8, 4), (f"query: {classes[matches[0].label] if known else 'unknown'}",), GREEN if known else RED, 12,
-           max_width=tile)
+    title = title or (classes[matches[0].label] if known else "unknown")
+    _write(canvas, (8, 4), (f"query: {title}",), GREEN if known and title == classes[matches[0].label] else RED, 12,
+           max_width=width - 16)
     items = [(query, None)] + [(m.image, m) for m in matches]
     for k, (image, match) in enumerate(items):
         x = 8 + k * (tile + 8)

@@ -221,3 +221,53 @@ def test_a_shortlist_reranks_only_the_nearest_by_cosine(trained_checkpoint, tiny
     for q, matches in enumerate(identify_queries(predictor, gallery, queries, top_k=5, shortlist=3)):
         allowed = {gallery.paths[i] for i in nearest[q]}
         assert matches and all(m.image in allowed for m in matches)
+
+
+class _Tied:
+    """A scorer that gives every pair one similarity (an untrained model can): every class ties."""
+
+    embeds = True
+
+    def __init__(self, similarity):
+        self.similarity = similarity
+
+    def index_key(self):
+        return "tied:fp32"
+
+    def embed_paths(self, paths, progress=False):
+        return np.ones((len(paths), 4), np.float32)
+
+    def score_features(self, features1, features2):
+        return np.full(len(features1), self.similarity)
+
+
+@pytest.mark.parametrize("top_k", [1, 5])
+def test_a_tie_for_the_first_place_names_no_class(tmp_path, capsys, monkeypatch, top_k):
+    """All four classes at 0.558307: identify.py answered the first by name, verdict 'match'."""
+    gallery = make_folder(str(tmp_path / "gallery"), classes=4, per_class=2)
+    query = os.path.join(gallery, "class_2", "img_00.png")
+    monkeypatch.setattr(identify, "load_scorer", lambda args: (_Tied(0.558307), None))
+    out = str(tmp_path / "out")
+    assert identify.main(["--gallery", gallery, "--query", query, "-c", "unused.pth", "-o", out, "--top-k",
+                          str(top_k), "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{query}: tie: class_0, class_1, class_2, class_3 (each 0.558: no one class is named)" in printed
+    rows = _matches(out)
+    assert [(r["class"], r["rank"], r["verdict"]) for r in rows] == [(f"class_{c}", "1", "tie") for c in range(4)]
+    answers = json.load(open(os.path.join(out, "matches.json")))["queries"]
+    assert answers == [{"query": query, "verdict": "tie", "classes": [f"class_{c}" for c in range(4)]}]
+    assert identify.main(["--gallery", gallery, "--query", query, "-c", "unused.pth", "--threshold", "0.6",
+                          "--json"]) == 0  # below the threshold a tie is unknown
+    assert json.loads(capsys.readouterr().out)["queries"][0] == {"query": query, "verdict": "unknown", "classes": []}
+
+
+def test_the_verdict_of_matches():
+    from siamese.gallery import Match, verdict
+
+    def matches(*similarities):
+        return [Match(k + 1, k, f"{k}.png", s) for k, s in enumerate(similarities)]
+
+    assert verdict(matches(0.9, 0.8), 0.5) == ("match", (0,))
+    assert verdict(matches(0.9, 0.9 - 1e-7, 0.8), 0.5) == ("tie", (0, 1))  # rounding noise is no difference
+    assert verdict(matches(0.4, 0.4), 0.5) == ("unknown", ())
+    assert verdict([], 0.5) == ("unknown", ())
