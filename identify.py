@@ -28,7 +28,8 @@ def get_args_parser():
     add_model_option(model)
     add_out_option(p, default=None,
                    help="folder for matches.csv, matches.json, pictures/ and the gallery index")
-    p.add_argument("--top-k", default=5, type=at_least(1), help="classes listed per query")
+    p.add_argument("--top-k", default=5, type=at_least(1),
+                   help="classes listed per query (and any more that tie with the first)")
     p.add_argument("--threshold", default=None, type=PROBABILITY,
                    help="'unknown' when the best similarity is below this (default: the model's calibrated threshold, "
                         "else 0.5)")
