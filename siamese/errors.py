@@ -46,6 +46,15 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
+DEFAULT_WORKERS = 2
+
+
+def default_workers():
+    """The default of every --workers: 2, or the CPU cores this process may use if fewer (under
+    taskset -c 0, or in a container of one core)."""
+    return min(DEFAULT_WORKERS, usable_cpus())
+
+
 def check_workers(workers, name="--workers"):
     """Loader processes: from 0 up to the usable CPU cores. More only compete for the same cores,
     and each holds its own copy of the dataset: thousands of them fill the memory before a batch."""
