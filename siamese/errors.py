@@ -71,12 +71,19 @@ def check_workers(workers, name="--workers"):
 _WORKER_LINE = re.compile(r"UserError: (.+)\s*$")
 
 
+# What ends a line for a terminal or str.splitlines() besides a newline: a value the user gave that
+# holds one (a carriage return, a form feed, a record separator) is shown escaped, not broken.
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
 def user_message(error):
+    """The error's one line: a worker's traceback reduced to its last line, and any other line
+    break in it shown as its escape."""
     text = str(error).strip()
     if "\n" in text:
         found = _WORKER_LINE.search(text)
         text = found.group(1) if found else text.splitlines()[-1]
-    return text
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 # The hidden temporary names that files.py writes through (.tmp-NAME.PID, .tmp-NAME.PID.THREAD),

@@ -325,7 +325,9 @@ class _ClassesOrFraction:
             value = _read_number(text, float)
         except _RoundsToZero:  # 1e-400: not 0, but it reads as 0
             raise argparse.ArgumentTypeError(f"{rule}, not {text} (it is too small: it rounds to 0)") from None
-        if value is None or not (math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer())):
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{rule}, not {text!r}")
+        if not (math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer())):
             raise argparse.ArgumentTypeError(f"{rule}, not {text}")
         if value > MAX_CLASSES:
             raise argparse.ArgumentTypeError(f"must be at most {MAX_CLASSES} classes, not {text}")
