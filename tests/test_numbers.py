@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, make_folder
 from siamese.errors import cli
-from siamese.options import Number, bounds_of
+from siamese.options import Number, bounds_of, help_text
+from siamese.options import shown_spellings as _shown
 from siamese.settings import RECORDED_DATA, RECORDED_ONLY, TrainingSettings
 
 HUGE = "99999999999999999999"
@@ -100,12 +101,6 @@ def _minimal_argv(parser, script):
     return argv
 
 
-def _shown(action):
-    from siamese.options import shown_spellings
-
-    return shown_spellings(action)
-
-
 @functools.cache
 def number_options():
     """(script, option spelling, action, minimal argv) for every option of every script that takes a number."""
@@ -140,7 +135,8 @@ def test_the_walk_finds_every_script_and_its_number_options():
     assert len(found) > 80, len(found)  # the settings' options in four scripts, and each script's own
     assert _settings_of("train") == _settings_of("crossval") == (TrainingSettings,)
     for script in _scripts():  # each minimal command line is accepted: a refusal below is the number's
-        assert run_stage(script, _minimal_argv(importlib.import_module(script).get_args_parser(), script)) == (0, ""), script
+        parser = importlib.import_module(script).get_args_parser()
+        assert run_stage(script, _minimal_argv(parser, script)) == (0, ""), script
 
 
 def test_every_number_option_declares_an_upper_bound_shown_by_help_and_the_docs():
@@ -148,9 +144,6 @@ def test_every_number_option_declares_an_upper_bound_shown_by_help_and_the_docs(
     for script, option, action, argv in number_options():
         bounds = bounds_of(action.type)
         assert bounds, f"{script}.py {option} has a type without declared bounds"
-        assert isinstance(action.type, Number) or callable(action.type)
-        from siamese.options import help_text
-
         assert bounds in help_text(action), (script, option)
         assert f"| {bounds} |" in reference.replace("\\|", "|"), (script, option)
 
