@@ -24,7 +24,8 @@ run's --flip-average and --shift-average.
 """
 
 from siamese.errors import UserError, cli
-from siamese.options import FAR, SEED, Number, Several, add_out_option, at_least, script_parser
+from siamese.options import (FAR, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, SEED, Number, Several, add_out_option, script_parser,
+                             whole)
 from siamese.settings import ONE_SHOT_OPTIONS, EvaluationSettings, TrainingSettings, add_options
 
 
@@ -33,15 +34,15 @@ def get_args_parser():
     p.add_argument("--data", required=True, action=Several, type=str,
                    help="one or more folders in the ROOT/ClassName/image layout, their classes taken together")
     add_out_option(p, "folder for the folds and the report", required=True)
-    p.add_argument("--folds", default=5, type=at_least(2), help="number of folds of held-out classes")
+    p.add_argument("--folds", default=5, type=whole(2, 1000), help="number of folds of held-out classes")
     p.add_argument("--fold-seed", default=0, type=SEED, help="seed of the assignment of classes (or groups) to folds")
-    p.add_argument("--fold", default=None, type=at_least(1),
+    p.add_argument("--fold", default=None, type=whole(1, 1000),
                    help="run only this fold (1 to --folds), then report the folds done")
-    p.add_argument("--repeats", default=1, type=at_least(1),
+    p.add_argument("--repeats", default=1, type=whole(1, 1000),
                    help="draw the folds this many times (repeat R uses fold seed --fold-seed + R - 1), to measure "
                         "how much the figures move with the choice of folds alone")
-    p.add_argument("--repeat", default=None, type=at_least(1), help="run only this repeat (1 to --repeats)")
-    p.add_argument("--holdout-classes", default=0, type=at_least(0, off=0),
+    p.add_argument("--repeat", default=None, type=whole(1, 1000), help="run only this repeat (1 to --repeats)")
+    p.add_argument("--holdout-classes", default=0, type=whole(0, MAX_CLASSES, off=0),
                    help="keep about this many classes (whole groups) out of every fold, drawn by --holdout-seed: "
                         "the outer test set that no choice of settings sees; 0: none")
     p.add_argument("--holdout-seed", default=0, type=SEED, help="seed of the draw of the outer held-out classes")
@@ -51,7 +52,7 @@ def get_args_parser():
     p.add_argument("--against", default=None, type=str,
                    help="compare the inner folds with this earlier crossval.py output of the same folds and other "
                         "training options, and say whether each difference exceeds the spread between repeats")
-    p.add_argument("--eval-pairs", default="all", type=Number(int, 1, word="all"),
+    p.add_argument("--eval-pairs", default="all", type=Number(int, 1, MAX_PAIRS_PER_IMAGE, word="all"),
                    help="held-out pairs: 'all' (every pair of held-out images, for small folds) or N pairs per image "
                         "(same class with probability 0.5, fixed by --eval-seed)")
     p.add_argument("--eval-seed", default=1, type=SEED, help="seed of the held-out pairs and one-shot trials")

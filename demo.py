@@ -14,15 +14,17 @@ import infer_tensorrt
 import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
-from siamese.options import add_out_option, at_least, script_parser
+from siamese.options import EPOCHS, WORKERS, add_out_option, script_parser
 from siamese.errors import cli
 
 
 def get_args_parser():
     p = script_parser(__doc__)
     add_out_option(p, "folder for the data, the model and the results", default="runs/demo")
-    p.add_argument("--epochs", default=6, type=at_least(1), help="training epochs")
-    p.add_argument("--workers", default=2, type=at_least(0), help="data loading worker processes")
+    p.add_argument("--epochs", default=6, type=EPOCHS, help="training epochs")
+    p.add_argument("--workers", default=None, type=WORKERS,
+                   help="data loading worker processes (default: train.py's and eval.py's: 2, or the CPU cores the "
+                        "process may use if fewer)")
     return p
 
 
@@ -30,6 +32,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     data = os.path.join(args.out_path, "data")
+    workers = [] if args.workers is None else ["--workers", str(args.workers)]  # else the scripts' default
     train_dir, val_dir, counts = build_digits_dataset(data)
     print(f"demo data: {counts['train']} training and {counts['val']} validation images of handwritten digits in {data}")
     model_dir = os.path.join(args.out_path, "model")
@@ -37,14 +40,14 @@ def main(argv=None):
     # From scratch (no download needed), small images; flips and rotations would turn digits into other digits.
     status = train.main(["--train-path", train_dir, "--val-path", val_dir, "-o", model_dir, "--weights", "none",
                          "--image-size", "32", "-e", str(args.epochs), "--learning-rate", "1e-3", "--no-augment",
-                         "--workers", str(args.workers), "--device", "cpu"])
+                         *workers, "--device", "cpu"])
     if status:
         return status
     checkpoint = os.path.join(model_dir, "best.pth")
     eval_dir = os.path.join(args.out_path, "eval")
     print("\n== evaluation of best.pth on the validation images (eval.py)")
     status = eval_script.main(["-v", val_dir, "-o", eval_dir, "-c", checkpoint, "--n-way", "5", "--trials", "400",
-                               "--max-pictures", "200", "--workers", str(args.workers), "--device", "cpu"])
+                               "--max-pictures", "200", *workers, "--device", "cpu"])
     if status:
         return status
     onnx_path = os.path.join(args.out_path, "model.onnx")

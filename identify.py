@@ -16,8 +16,8 @@ import os
 import sys
 
 from siamese.errors import cli
-from siamese.options import (PROBABILITY, Number, add_model_option, add_out_option, add_pytorch_options, at_least,
-                             script_parser)
+from siamese.options import (BATCH, MAX_IMAGES, PICTURES, PROBABILITY, Number, add_model_option, add_out_option,
+                             add_pytorch_options, script_parser, whole)
 
 def get_args_parser():
     p = script_parser(__doc__)
@@ -28,7 +28,7 @@ def get_args_parser():
     add_model_option(model)
     add_out_option(p, default=None,
                    help="folder for matches.csv, matches.json, pictures/ and the gallery index")
-    p.add_argument("--top-k", default=5, type=at_least(1),
+    p.add_argument("--top-k", default=5, type=whole(1, 1000),
                    help="classes listed per query (and any more that tie with the first)")
     p.add_argument("--threshold", default=None, type=PROBABILITY,
                    help="'unknown' when the best similarity is below this (default: the model's calibrated threshold, "
@@ -36,13 +36,13 @@ def get_args_parser():
     p.add_argument("--index", default=None, type=str,
                    help="the gallery index file (default: OUT/gallery_index.npz with -o, else none: the gallery is "
                         "embedded every time)")
-    p.add_argument("--shortlist", default="auto", type=Number(int, 0, word="auto"),
+    p.add_argument("--shortlist", default="auto", type=Number(int, 0, MAX_IMAGES, word="auto"),
                    help="gallery images proposed by FAISS (cosine of the features) for the head to re-rank; 0: the head "
                         "scores the whole gallery; auto: the whole gallery up to 20,000 images, else 200")
     p.add_argument("--json", action="store_true", help="print the matches as JSON instead of text")
-    p.add_argument("--max-pictures", default=50, type=at_least(0), help="write at most this many query pictures (with -o)")
+    p.add_argument("--max-pictures", default=50, type=PICTURES, help="write at most this many query pictures (with -o)")
     add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", default=None, type=at_least(1), help="images per batch when embedding")
+    p.add_argument("--batch-size", default=None, type=BATCH, help="images per batch when embedding")
     return p
 
 

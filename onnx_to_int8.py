@@ -17,7 +17,7 @@ finds the INT8 ROC-AUC more than --max-auc-drop below the float one.
 import os
 
 from siamese.errors import UserError, cli
-from siamese.options import PROBABILITY, SEED, add_out_option, at_least, script_parser
+from siamese.options import MAX_IMAGES, PROBABILITY, SEED, add_out_option, script_parser, whole
 
 
 def get_args_parser():
@@ -28,14 +28,14 @@ def get_args_parser():
     p.add_argument("--calibration", required=True, type=str,
                    help="folder of real images in the ROOT/ClassName/image layout, like the ones the model will see "
                         "(the training folder will do)")
-    p.add_argument("--calibration-images", default=200, type=at_least(1), help="images that calibrate (default: 200)")
+    p.add_argument("--calibration-images", default=200, type=whole(1, MAX_IMAGES), help="images that calibrate (default: 200)")
     p.add_argument("--method", default="minmax",
                    help="how activation ranges are chosen from the calibration: minmax (the whole range seen) or "
                         "percentile (the 0.001-99.999 percentiles) (default: minmax)")
     p.add_argument("--target", default="onnxruntime",
                    help="the runtime the copy is for: onnxruntime (unsigned activations, fast on CPUs) or tensorrt "
                         "(signed symmetric ones, which TensorRT requires) (default: onnxruntime)")
-    p.add_argument("--check-images", default=100, type=at_least(2),
+    p.add_argument("--check-images", default=100, type=whole(2, MAX_IMAGES),
                    help="about this many images of whole classes are kept out of the calibration and every pair of "
                         "them scored by both models (default: 100)")
     p.add_argument("--max-auc-drop", default=0.01, type=PROBABILITY,

@@ -12,7 +12,7 @@ version that built it. On TensorRT 11 (strongly typed), FP16 needs an FP16 ONNX 
 (torch_to_onnx.py --fp16).
 """
 
-from siamese.options import at_least, script_parser
+from siamese.options import BATCH, script_parser, whole
 from siamese.errors import cli
 
 
@@ -21,10 +21,10 @@ def get_args_parser():
     p.add_argument("--onnx", required=True, type=str, help="the .onnx file")
     p.add_argument("-o", "--out", "--engine", dest="engine", required=True, type=str, help="the engine file to write")
     p.add_argument("--fp16", action="store_true", help="FP16 kernels (TensorRT 10 flag; TensorRT 11 needs an FP16 ONNX model)")
-    p.add_argument("--workspace", default=2048, type=at_least(1), help="builder workspace limit in MiB")
-    p.add_argument("--min-batch", default=1, type=at_least(1), help="smallest batch the engine accepts")
-    p.add_argument("--opt-batch", default=8, type=at_least(1), help="batch the engine is tuned for")
-    p.add_argument("--max-batch", default=32, type=at_least(1), help="largest batch the engine accepts")
+    p.add_argument("--workspace", default=2048, type=whole(1, 2**20), help="builder workspace limit in MiB")
+    p.add_argument("--min-batch", default=1, type=BATCH, help="smallest batch the engine accepts")
+    p.add_argument("--opt-batch", default=8, type=BATCH, help="batch the engine is tuned for")
+    p.add_argument("--max-batch", default=32, type=BATCH, help="largest batch the engine accepts")
     p.add_argument("--timing-cache", default=None, type=str, help="reuse/update this timing cache file (faster rebuilds)")
     p.add_argument("--force", action="store_true", help="replace an existing engine at -o/--out (never the ONNX file)")
     return p

@@ -13,7 +13,7 @@ fingerprint of the weights go into each file's metadata.
 
 import os
 
-from siamese.options import POSITIVE, add_out_option, onnx_opset, script_parser
+from siamese.options import Number, add_out_option, onnx_opset, script_parser
 from siamese.errors import UserError, cli
 
 
@@ -21,11 +21,12 @@ def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("-c", "--checkpoint", required=True, type=str, help="a .pth written by train.py")
     add_out_option(p, "the .onnx file to write (or a folder)", required=True)
-    p.add_argument("--opset", default=20, type=onnx_opset, help="ONNX opset version (18 to the newest onnx knows)")
+    p.add_argument("--opset", default=20, type=onnx_opset, help="ONNX opset version")
     p.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic (inputs/output stay float32)")
     p.add_argument("--images", default=None, type=str,
                    help="folder of real images for the check (default: the checkpoint's validation folder, if present)")
-    p.add_argument("--tolerance", default=None, type=POSITIVE, help="largest allowed |ONNX - PyTorch| (default 1e-4; 1e-2 with --fp16)")
+    p.add_argument("--tolerance", default=None, type=Number(float, 0, 1, above=True),
+                   help="largest allowed |ONNX - PyTorch| (default 1e-4; 1e-2 with --fp16)")
     p.add_argument("--force", action="store_true", help="replace an existing file at the out path (never the checkpoint)")
     return p
 

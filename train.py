@@ -46,7 +46,7 @@ def parse_args(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
     if args.config:
-        parser.set_defaults(**read_run_record(args.config))
+        parser.set_defaults(**read_run_record(args.config, parser))
         args = parser.parse_args(argv)
     if not args.train_path:
         raise UserError("give --train-path (the training folder), or --config with an earlier run's args.json")

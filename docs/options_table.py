@@ -1,5 +1,6 @@
 """Writes docs/options.md: every script's options as a table, from the scripts' own parsers, so
-the reference cannot drift from what the scripts accept (tests/test_readme.py checks it).
+the reference cannot drift from what the scripts accept (tests/test_readme.py checks it): each
+option's default, the range its type declares (every number has an upper bound) and its help.
 
     python docs/options_table.py > docs/options.md
 """
@@ -20,13 +21,13 @@ def _cell(text):
 
 def script_table(name):
     sys.path.insert(0, ROOT)
-    from siamese.options import HIDDEN_ALIASES
+    from siamese.options import HIDDEN_ALIASES, bounds_of
 
     module = importlib.import_module(name)
     parser = module.get_args_parser()
     summary = " ".join(module.__doc__.strip().split("\n\n")[0].split())  # the docstring's first paragraph
     lines = [f"## {name}.py", "", summary, "",
-             "| option | default | meaning |", "|---|---|---|"]
+             "| option | default | range | meaning |", "|---|---|---|---|"]
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
@@ -36,7 +37,8 @@ def script_table(name):
         default = ("required" if action.required else
                    "" if action.default is None or action.default is False else action.default)
         help_text = (action.help or "").replace("%(default)s", str(action.default)).replace(" (default: %(default)s)", "")
-        lines.append(f"| `{'/'.join(shown)}` | {_cell(default)} | {_cell(help_text)} |")
+        lines.append(f"| `{'/'.join(shown)}` | {_cell(default)} | {_cell(bounds_of(action.type) or '')} | "
+                     f"{_cell(help_text)} |")
     return "\n".join(lines)
 
 

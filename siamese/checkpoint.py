@@ -16,6 +16,7 @@ import torch
 
 from .errors import UserError
 from .files import atomic_open, temporary_beside
+from .options import MAX_IMAGE_SIZE
 
 FORMAT_VERSION = 1
 
@@ -158,8 +159,8 @@ def _check_config(data, path):
     if not isinstance(config.get("backbone"), str) or config.get("features") not in ("pooled", "logits"):
         raise _altered(path, f"its config names backbone {config.get('backbone')!r} with features {config.get('features')!r}")
     size = config.get("image_size")
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 8192:
-        raise _altered(path, f"its image_size is {size!r}, not a whole number of pixels from 1 to 8192")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise _altered(path, f"its image_size is {size!r}, not a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
     for key in ("mean", "std"):
         values = config.get(key)
         if not (isinstance(values, (list, tuple)) and len(values) == 3 and all(_is_number(v) for v in values)):

@@ -10,6 +10,7 @@ import os
 
 from .errors import UserError
 from .images import Preprocessing
+from .options import MAX_IMAGE_SIZE
 
 # The deployed parts: name -> (input names, output name). The pair model is the original
 # toolkit's contract; the embedder and the head beside it let each image be embedded once.
@@ -104,8 +105,8 @@ def parse_metadata(meta, source):
         if meta.get(key, value) != value:
             raise broken(f"{key[len('siamese.'):]} {meta[key]!r} is not {value}, the only one the runtimes feed")
     size = str(meta["siamese.image_size"])
-    if not size.isdigit() or not 1 <= int(size) <= 8192:
-        raise broken(f"image size {size!r} is not a whole number of pixels from 1 to 8192")
+    if not size.isdigit() or not 1 <= int(size) <= MAX_IMAGE_SIZE:
+        raise broken(f"image size {size!r} is not a whole number of pixels from 1 to {MAX_IMAGE_SIZE}")
     try:
         mean, std = _numbers(meta["siamese.mean"], 3), _numbers(meta["siamese.std"], 3)
     except ValueError as error:

@@ -46,6 +46,15 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
+DEFAULT_WORKERS = 2
+
+
+def default_workers():
+    """The default of every --workers: 2, or the CPU cores this process may use if fewer (under
+    taskset -c 0, or in a container of one core)."""
+    return min(DEFAULT_WORKERS, usable_cpus())
+
+
 def check_workers(workers, name="--workers"):
     """Loader processes: from 0 up to the usable CPU cores. More only compete for the same cores,
     and each holds its own copy of the dataset: thousands of them fill the memory before a batch."""
@@ -62,12 +71,19 @@ def check_workers(workers, name="--workers"):
 _WORKER_LINE = re.compile(r"UserError: (.+)\s*$")
 
 
+# What ends a line for a terminal or str.splitlines() besides a newline: a value the user gave that
+# holds one (a carriage return, a form feed, a record separator) is shown escaped, not broken.
+_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
 def user_message(error):
+    """The error's one line: a worker's traceback reduced to its last line, and any other line
+    break in it shown as its escape."""
     text = str(error).strip()
     if "\n" in text:
         found = _WORKER_LINE.search(text)
         text = found.group(1) if found else text.splitlines()[-1]
-    return text
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 # The hidden temporary names that files.py writes through (.tmp-NAME.PID, .tmp-NAME.PID.THREAD),

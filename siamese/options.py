@@ -39,11 +39,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return ", ".join(shown[:-1] + [f"{shown[-1]} {metavar}"])
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
-                or not action.option_strings):
-            return text
-        return text + " (default: %(default)s)"
+        return help_text(action)
+
+
+def help_text(action):
+    """An option's help as --help and docs/options.md show it: '(default: X)' added where the help
+    does not already speak of the default, and a number's range (its declared bounds)."""
+    text = action.help or ""
+    bounds = bounds_of(action.type)
+    if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings):
+        return f"{text} ({bounds})" if bounds else text
+    return text + (f" (default: %(default)s; {bounds})" if bounds else " (default: %(default)s)")
 
 
 class ScriptParser(argparse.ArgumentParser):
@@ -132,18 +139,43 @@ _DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(
 _NONZERO_DIGIT = re.compile(r"[1-9]")
 
 
+class _RoundsToZero(ValueError):
+    """A float written not zero that reads as 0 (1e-400): it would turn an option off."""
+
+
+def _read_number(text, kind):
+    """A number written in ASCII digits, or None: Python's int() and float() also read other
+    scripts' digits and '1_0'. Raises _RoundsToZero for a float that is not zero but reads as 0."""
+    text = text.strip()
+    if not (_WHOLE if kind is int else _DECIMAL).fullmatch(text):
+        return None
+    try:
+        value = kind(text)
+    except ValueError:  # more digits than int() reads
+        return None
+    if value == 0 and kind is float and _NONZERO_DIGIT.search(text.lower().split("e")[0]):
+        raise _RoundsToZero(text)
+    return value
+
+
+def _with_unit(bound, unit):
+    return f"{bound}{'' if not unit else f' {unit}' if bound == 1 else f' {unit}s'}"
+
+
 @dataclass(frozen=True)
 class Number:
     """The type of a number option, the one check of its value: argparse's type= on the command
-    line (a bad value is one line before anything runs), and check() for a value from a file
-    (args.json). A whole (int) or a finite (float) number from `low` (excluded with `above`) to
-    `high` (excluded with `below`); `off` is a value that turns the option off (accepted, and
-    named as such), `word` a word taken besides numbers ('all', 'auto'), `noun` what the message
-    calls the value ('--dropout is a probability from ...'), `unit` what the bound counts."""
+    line (a bad value is one line before anything runs), and the same object for a value from a
+    file (args.json) or from code. A whole (int) or a finite (float) number from `low` (excluded
+    with `above`) to `high` (excluded with `below`): every number has an upper bound, declared
+    here, shown by --help and docs/options.md, so that a mistyped 99999999999999999999 is refused
+    before it allocates or loops. `off` is a value that turns the option off (accepted, and named
+    as such), `word` a word taken besides numbers ('all', 'auto'), `noun` what the message calls
+    the value ('--dropout is a probability from ...'), `unit` what the bounds count."""
 
-    kind: type = float
-    low: float | None = None
-    high: float | None = None
+    kind: type
+    low: float
+    high: float
     above: bool = False
     below: bool = False
     off: float | None = None
@@ -151,33 +183,57 @@ class Number:
     noun: str | None = None
     unit: str | None = None
 
-    def _range(self):
-        low = f"{self.low}{' (off)' if self.off == self.low else ''}{' ' + self.unit if self.unit else ''}"
-        if self.high is None:
-            text = f"above {low}" if self.above else f"at least {low}"
-        elif self.below:
-            text = f"from {low} up to, not including, {self.high}"
+    def __post_init__(self):
+        if self.kind not in (int, float) or self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a Number needs int or float and bounds low < high, not {self}")
+
+    def _span(self):
+        """'between 1 and 100000', 'from 0 (off) up to, not including, 1'."""
+        low = f"{_with_unit(self.low, self.unit)}{' (off)' if self.off == self.low else ''}"
+        high = _with_unit(self.high, self.unit)
+        if self.below:
+            text = f"{'above' if self.above else 'from'} {low} up to, not including, {high}"
         else:
-            text = f"between {low} and {self.high}"
+            text = f"above {low}, up to {high}" if self.above else f"between {low} and {high}"
         return text if self.off is None or self.off == self.low else f"{self.off} (off) or {text}"
 
+    def _passed(self, value):
+        """The bound a number out of range passes: 'at least 1', 'at most 65536'."""
+        if value < self.low or (value == self.low and self.above):
+            text = f"{'above' if self.above else 'at least'} {_with_unit(self.low, self.unit)}"
+            text += " (off)" if self.off == self.low else ""
+        else:
+            text = f"{'below' if self.below else 'at most'} {_with_unit(self.high, self.unit)}"
+        return text if self.off is None or self.off == self.low else f"{self.off} (off) or {text}"
+
+    def bounds(self):
+        """What the option takes, in words, as --help and docs/options.md show it."""
+        return f"'{self.word}' or {self._span()}" if self.word else self._span()
+
     def refusal(self, value, shown=None):
-        """'must be at least 1, not 0': what the option takes, and what it was given."""
-        number = isinstance(value, (int, float)) and math.isfinite(value)
-        text = self._range()
-        if not number and not self.noun:
-            kind = "a whole number" if self.kind is int else "a finite number"
-            text = f"{kind} {'of ' if text.startswith('at least') else ''}{text}"
-        text = f"'{self.word}' or {text}" if self.word else text
+        """'must be at least 1, not 0', 'must be at most 65536, not 99999999999999999999': the bound
+        a number passes (a named kind of number, such as a probability, by its whole range), or
+        what the option takes, for what is not a number."""
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         shown = shown if shown is not None else value
-        return f"{f'is {self.noun}' if self.noun else 'must be'} {text}, not {shown if number else repr(str(shown))}"
+        if self.noun:
+            what = f"{self.noun} {self._span()}"
+        elif number:
+            what = self._passed(value)
+        else:
+            what = f"{'a whole number' if self.kind is int else 'a finite number'} {self._span()}"
+        what = f"'{self.word}' or {what}" if self.word else what
+        return f"{'is' if self.noun else 'must be'} {what}, not {shown if number else repr(str(shown))}"
 
     def fits(self, value):
-        if value is None or value == self.off or (self.word is not None and value == self.word):
+        if value is None or (self.word is not None and value == self.word):
             return True
-        low_fits = self.low is None or value > self.low or (value == self.low and not self.above)
-        high_fits = self.high is None or value < self.high or (value == self.high and not self.below)
-        return math.isfinite(value) and low_fits and high_fits
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if value == self.off:
+            return True
+        low_fits = value > self.low or (value == self.low and not self.above)
+        return low_fits and (value < self.high or (value == self.high and not self.below))
 
     def check(self, value, name):
         """The value (None: not given), or a UserError naming the option."""
@@ -188,57 +244,94 @@ class Number:
     def __call__(self, text):
         if self.word is not None and text == self.word:
             return text
-        # Python's int() and float() also read other scripts' digits and '1_0'; a number given
-        # in ASCII digits only is what a user means, and a float that is not zero but rounds to
-        # it (1e-400) would turn an option off
-        written = _WHOLE if self.kind is int else _DECIMAL
         try:
-            if not written.fullmatch(text.strip()):
-                raise ValueError(text)
-            value = self.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(self.refusal(None, text)) from None
-        if value == 0 and self.kind is float and _NONZERO_DIGIT.search(text.lower().split("e")[0]):
-            raise argparse.ArgumentTypeError(self.refusal(None, text) + " (it is too small: it rounds to 0)")
+            value = _read_number(text, self.kind)
+        except _RoundsToZero:
+            raise argparse.ArgumentTypeError(self.refusal(None, text) + " (it is too small: it rounds to 0)") from None
+        if value is None:
+            raise argparse.ArgumentTypeError(self.refusal(None, text))
         if not self.fits(value):
             raise argparse.ArgumentTypeError(self.refusal(value, text))
         return value
 
 
-def at_least(low, **kwargs):
-    """A whole number of at least `low` (a count, a size, a batch)."""
-    return Number(int, low, **kwargs)
+def bounds_of(kind):
+    """What an option's type accepts, in words, for --help and docs/options.md (None: not a number)."""
+    return kind.bounds() if callable(getattr(kind, "bounds", None)) else None
 
+
+def whole(low, high, **kwargs):
+    """A whole number from `low` to `high` (a count, a size, a batch)."""
+    return Number(int, low, high, **kwargs)
+
+
+# The upper bounds of counts and sizes: far above any real use, and low enough that a command
+# given the bound itself starts work it can finish (the size of the result, the loops and the
+# memory are bounded by them together with the data).
+MAX_IMAGE_SIZE = 8192  # pixels: what a checkpoint and a deployed model may record (checkpoint.py, contract.py)
+MAX_BATCH = 65_536  # images or pairs in one batch
+MAX_EPOCHS = 100_000
+MAX_PAIRS_PER_IMAGE = 1_000  # pairs drawn per image (an image has at most as many partners as images)
+MAX_TRIALS = 100_000  # one-shot trials
+MAX_CLASSES = 1_000_000
+MAX_IMAGES = 1_000_000  # pictures written, images calibrated or checked, a shortlist
+MAX_WORKERS = 1_024  # loader processes or threads (also at most the CPU cores the process may use)
 
 SEED = Number(int, 0, 2**32 - 1)  # every seed of every script: numpy's and torch's generators take it
 PROBABILITY = Number(float, 0, 1)  # thresholds, --erase, --max-auc-drop
 OFF_OR_FRACTION = Number(float, 0, 1, below=True, off=0)  # a decay or margin below 1; 0: off
-POSITIVE = Number(float, 0, above=True)  # a learning rate, a tolerance
-NON_NEGATIVE = Number(float, 0)  # a weight, a scale
 FAR = Number(float, 0, 1, below=True, off=0, noun="a false accept rate")  # --threshold-at-far, in every script
+IMAGE_SIZE = whole(1, MAX_IMAGE_SIZE, unit="pixel")
+BATCH = whole(1, MAX_BATCH)  # images per batch when embedding, in every script
+EPOCHS = whole(1, MAX_EPOCHS)
+TRIALS = whole(1, MAX_TRIALS)
+WORKERS = whole(0, MAX_WORKERS)
+PICTURES = whole(0, MAX_IMAGES)
 # The oldest opset torch.onnx's exporter implements: it exports 18 and converts to the others,
 # down with a warning and often not at all (resnet18 failed at 7, 9 and 13; export.py refuses it).
 MIN_OPSET = 18
 
 
-def onnx_opset(text):
-    """--opset: from MIN_OPSET to the newest opset the installed onnx package knows."""
-    try:
-        import onnx
+class _Opset:
+    """--opset: from MIN_OPSET to the newest opset the installed onnx package knows (read when a
+    value is given: importing onnx is slow)."""
 
-        newest = onnx.defs.onnx_opset_version()
-    except ImportError:  # the export says so, in its own line
-        newest = None
-    return Number(int, MIN_OPSET, newest)(text)
+    def bounds(self):
+        return f"between {MIN_OPSET} and the newest opset of the installed onnx package"
+
+    def __call__(self, text):
+        try:
+            import onnx
+
+            newest = onnx.defs.onnx_opset_version()
+        except ImportError:  # the export says so, in its own line
+            newest = 10**6
+        return whole(MIN_OPSET, newest)(text)
 
 
-def classes_or_fraction(text):
-    """split.py's --val-classes and --test-classes: a whole number of classes, or a fraction below 1."""
-    try:
-        value = float(text) if _DECIMAL.fullmatch(text.strip()) else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer())):
-        raise argparse.ArgumentTypeError(f"must be a whole number of classes (e.g. 8) or a fraction below 1 (e.g. "
-                                         f"0.2), not {text}")
-    return value if value < 1 else int(value)
+onnx_opset = _Opset()
+
+
+class _ClassesOrFraction:
+    """split.py's --val-classes and --test-classes: a whole number of classes, or a fraction below 1
+    (0: none; a fraction that rounds to no class at all is refused where the classes are counted)."""
+
+    def bounds(self):
+        return f"a whole number of classes between 0 and {MAX_CLASSES}, or a fraction below 1"
+
+    def __call__(self, text):
+        rule = "must be a whole number of classes (e.g. 8) or a fraction below 1 (e.g. 0.2)"
+        try:
+            value = _read_number(text, float)
+        except _RoundsToZero:  # 1e-400: not 0, but it reads as 0
+            raise argparse.ArgumentTypeError(f"{rule}, not {text} (it is too small: it rounds to 0)") from None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{rule}, not {text!r}")
+        if not (math.isfinite(value) and value >= 0 and (value < 1 or value.is_integer())):
+            raise argparse.ArgumentTypeError(f"{rule}, not {text}")
+        if value > MAX_CLASSES:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_CLASSES} classes, not {text}")
+        return value if value < 1 else int(value)
+
+
+classes_or_fraction = _ClassesOrFraction()

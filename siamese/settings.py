@@ -13,8 +13,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .errors import UserError, check_workers
-from .options import FAR, NON_NEGATIVE, OFF_OR_FRACTION, POSITIVE, PROBABILITY, SEED, Number, at_least
+from .errors import UserError, check_workers, default_workers
+from .options import (BATCH, EPOCHS, FAR, IMAGE_SIZE, MAX_BATCH, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, OFF_OR_FRACTION,
+                      PICTURES, PROBABILITY, SEED, TRIALS, WORKERS, Number, bounds_of, whole)
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -43,7 +44,7 @@ class TrainingSettings:
     features: str = option(DEFAULT_FEATURES, "'pooled': the backbone's features with its classifier removed; 'logits': "
                                              "the ImageNet classifier's outputs (the original toolkit's behaviour)",
                            choices=FEATURE_MODES)
-    image_size: int = option(224, "images are resized to this square size", number=at_least(1, unit="pixel"))
+    image_size: int = option(224, "images are resized to this square size", number=IMAGE_SIZE)
     dropout: float = option(0.5, "dropout of the head's three Dropout layers",
                             number=Number(float, 0, 1, below=True, noun="a probability"))
     normalize_features: bool = option(False, "scale each image's feature vector to unit length before the product (the "
@@ -56,12 +57,12 @@ class TrainingSettings:
                                         "the five feature vectors (test-time augmentation for small images: 5x the "
                                         "backbone's work when scoring); training is unchanged; stored in the model")
     # optimisation
-    epochs: int = option(20, "number of epochs", "-e", "--epochs", number=at_least(1))
+    epochs: int = option(20, "number of epochs", "-e", "--epochs", number=EPOCHS)
     batch_size: int = option(32, "pairs per batch, or images per batch with --pairing in-batch (per process under "
-                                 "torchrun)", number=at_least(2))
+                                 "torchrun)", number=whole(2, MAX_BATCH))
     learning_rate: float = option(1e-4, "Adam learning rate", "--learning-rate", "-lr", "--learning_rate",
-                                  number=POSITIVE)
-    weight_decay: float = option(0.0, "Adam weight decay", number=NON_NEGATIVE)
+                                  number=Number(float, 0, 10, above=True))
+    weight_decay: float = option(0.0, "Adam weight decay", number=Number(float, 0, 10))
     lr_schedule: str = option("constant", "learning rate schedule over the epochs", choices=LR_SCHEDULES)
     ema: float = option(0.0, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999) "
                              "and validate, save and deploy it instead of the last step's weights; 0: off",
@@ -72,17 +73,18 @@ class TrainingSettings:
                                      "'in-batch': batches of --images-per-class images from each of several classes, "
                                      "every pair within a batch scored, same and different pairs weighted equally "
                                      "(many more pairs per image computed)", choices=PAIRINGS)
-    images_per_class: int = option(4, "images of each class in a batch with --pairing in-batch", number=at_least(2))
+    images_per_class: int = option(4, "images of each class in a batch with --pairing in-batch",
+                                   number=whole(2, MAX_BATCH // 2))
     pairs_per_image: int = option(1, "training pairs per image per epoch (with --pairing in-batch: times each image is "
-                                     "used per epoch)", number=at_least(1))
+                                     "used per epoch)", number=whole(1, MAX_PAIRS_PER_IMAGE))
     class_loss: float = option(0.0, "with --pairing in-batch: also train a linear classifier over the training classes "
                                     "on the backbone features and add its cross-entropy, times this weight, to the loss "
                                     "(e.g. 1.0; features that generalise better to unseen classes; the classifier is "
-                                    "not deployed); 0: off", number=Number(float, 0, off=0))
+                                    "not deployed); 0: off", number=Number(float, 0, 1000, off=0))
     class_scale: float = option(0.0, "with --class-loss: 0 trains a linear classifier; S > 0 a cosine classifier, "
                                      "whose logits are S times the cosine between an image's features and each class's "
                                      "weights (it trains the features' directions, what --normalize-features compares; "
-                                     "e.g. 16)", number=NON_NEGATIVE)
+                                     "e.g. 16)", number=Number(float, 0, 1000))
     class_margin: float = option(0.0, "with --class-scale: take this from the cosine of each image's own class while "
                                       "training (an additive margin, as CosFace: tighter classes; e.g. 0.1); 0: off",
                                  number=OFF_OR_FRACTION)
@@ -98,13 +100,14 @@ class TrainingSettings:
                          number=Number(float, 0, 1, noun="a probability"))
     rotations: int = option(1, "4: each class turned by 90, 180, 270 degrees is a class of its own (for "
                                "rotation-variant images such as characters); 1: off", choices=(1, 2, 4),
-                           number=at_least(1))
+                           number=whole(1, 4))
     mirror_classes: bool = option(False, "each class mirrored left-right is a class of its own (for characters; needs "
                                          "--augment affine or none, since a flip would mix a class with its mirror)")
     # validation
-    val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)", number=at_least(1))
+    val_pairs_per_image: int = option(1, "validation pairs per image (fixed by --seed)",
+                                      number=whole(1, MAX_PAIRS_PER_IMAGE))
     eval_batch_size: int | None = option(None, "images per batch when validating (default: 64 on a GPU, 8 at 224 px "
-                                               "on a CPU; see eval.py)", number=at_least(1))
+                                               "on a CPU; see eval.py)", number=BATCH)
     threshold_at_far: float = option(0.0, "with --val-path: store with the model the threshold at which this fraction "
                                           "of the validation's different-class pairs is called 'same' (a false accept "
                                           "rate, e.g. 0.01), instead of the best-accuracy threshold; 0: off (the "
@@ -115,11 +118,13 @@ class TrainingSettings:
                                      number=PROBABILITY)
     # where and how it runs (no effect on the result)
     save_after: int = option(25, "also keep epoch_N.pth every this many epochs (0: never)",
-                             "-s", "--save-after", "--save_after", number=at_least(0, off=0))
-    workers: int = option(2, "data loading worker processes (per process)", number=at_least(0))
+                             "-s", "--save-after", "--save_after", number=whole(0, EPOCHS.high, off=0))
+    workers: int | None = option(None, "data loading worker processes (per process; default: 2, or the CPU cores the "
+                                       "process may use if fewer)", number=WORKERS)
     cache_mb: int = option(4096, "keep the training images decoded at --image-size in memory shared by the loader "
                                  "workers, when they fit in this many MB (per process under torchrun): each file is "
-                                 "decoded once; larger datasets stream from disk; 0: never cache", number=at_least(0))
+                                 "decoded once; larger datasets stream from disk; 0: never cache",
+                          number=whole(0, 2**24))
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = option(False, "mixed precision: bfloat16 autocast on GPUs of compute capability 8.0 (Ampere) and "
                               "newer and on CPUs (faster on CPUs with AVX512-BF16 or AMX), float16 with a gradient "
@@ -139,7 +144,7 @@ class TrainingSettings:
         """Every check of the values alone, each one line naming the option (what needs the data or a
         resumed checkpoint is checked where those are read)."""
         _check_numbers(self)
-        check_workers(self.workers)
+        _check_workers(self)
         for name in ("features", "lr_schedule", "pairing", "augment", "rotations"):
             choices = _FIELDS[name].metadata["choices"]
             if getattr(self, name) not in choices:
@@ -189,13 +194,14 @@ class EvaluationSettings:
     pairs_per_image: int | None = option(None, "pairs drawn per image, seeded, each pair once (without --pairs; "
                                                "default: every pair when the folder makes at most 10,000, else 10,000 "
                                                "distinct pairs drawn, half of them same-class or every same-class "
-                                               "pair when fewer)", number=at_least(1))
+                                               "pair when fewer)", number=whole(1, MAX_PAIRS_PER_IMAGE))
     batch_size: int | None = option(None, "images per batch when embedding (default: 64 on a GPU; on a CPU about "
                                           "320,000 pixels, so 8 at 224 px and 64 at 64 px, which ran fastest)",
-                                    number=at_least(1))
-    workers: int = option(2, "threads writing pair pictures, and image loading processes on a GPU (on a CPU, images "
-                             "load in the main process: loader processes would only compete with the backbone)",
-                       number=at_least(0))
+                                    number=BATCH)
+    workers: int | None = option(None, "threads writing pair pictures, and image loading processes on a GPU (on a "
+                                       "CPU, images load in the main process: loader processes would only compete "
+                                       "with the backbone; default: 2, or the CPU cores the process may use if fewer)",
+                                 number=WORKERS)
     threshold: float | None = option(None, "similarity at or above which a pair is called 'same' (default: the "
                                            "threshold stored with the model, else 0.5)", number=PROBABILITY)
     threshold_at_far: float | None = option(None, "set the threshold on these pairs instead: the lowest at which at "
@@ -203,9 +209,9 @@ class EvaluationSettings:
                                                   "false accept rate, e.g. 0.01); reported with the true accept rate "
                                                   "it gives; 0: off, as if not given (as in train.py)", number=FAR)
     max_pictures: int | None = option(200, "write at most this many pair pictures: of each kind (same, different) the "
-                                           "wrong ones first, then those nearest the threshold", number=at_least(0))
-    n_way: int = option(0, "also run N-way one-shot trials (0: off)", number=at_least(0, off=0))
-    trials: int = option(400, "number of one-shot trials", number=at_least(1))
+                                           "wrong ones first, then those nearest the threshold", number=PICTURES)
+    n_way: int = option(0, "also run N-way one-shot trials (0: off)", number=whole(0, MAX_CLASSES, off=0))
+    trials: int = option(400, "number of one-shot trials", number=TRIALS)
     within_group: bool = option(False, "draw the N classes of each one-shot trial from one group (--group-regex or "
                                        "--group-csv), e.g. one alphabet (Lake et al. 2015)")
     group_regex: str | None = option(None, "the group of a class: the first capture group (or match) in its name, "
@@ -225,7 +231,7 @@ class EvaluationSettings:
     def validate(self):
         """Every check of the values alone, each one line naming the option."""
         _check_numbers(self)
-        check_workers(self.workers)
+        _check_workers(self)
         if self.threshold_at_far == 0:  # off, as in train.py and crossval.py
             object.__setattr__(self, "threshold_at_far", None)
         if self.threshold_at_far is not None and self.threshold is not None:
@@ -256,7 +262,6 @@ def _from_namespace(cls, args):
 
 
 _FIELDS = _fields(TrainingSettings)
-_HINTS = _hints(TrainingSettings)
 
 
 def flag(name, cls=TrainingSettings):
@@ -289,6 +294,14 @@ def _check_types(settings):
             raise UserError(f"{flag(name, type(settings))} must be {_type_name(hint)}, not {json.dumps(value)}")
         if hint is float and isinstance(value, int):
             object.__setattr__(settings, name, float(value))
+
+
+def _check_workers(settings):
+    """--workers left out: 2, or the CPU cores this process may use if fewer (a default never
+    refuses to run where the command was started); a number given: at most those cores."""
+    if settings.workers is None:
+        object.__setattr__(settings, "workers", default_workers())
+    check_workers(settings.workers)
 
 
 def _check_numbers(settings):
@@ -330,12 +343,58 @@ RECORDED_DATA = ("train_path", "val_path")
 RECORDED_ONLY = ("out_path", "resume", "config", "ran_on", "world_size", "run_id", "fold", "repeat", "outer", "held_out")
 
 
-def read_run_record(path):
-    """The settings and data of a recorded run (args.json) as option defaults for --config; unknown
-    keys are refused, naming them, so a typo never silently falls back to a default."""
+class _Written(str):
+    """A number of a JSON file as written (99999999999999999999, 1e-400, NaN): the option's own
+    type reads it, as it reads the command line's words; float() would first turn 1e-400 into 0."""
+
+
+def _shown(value):
+    """A recorded value as the file writes it."""
+    if isinstance(value, _Written):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_shown, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {_shown(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def _recorded_value(action, value, where):
+    """A recorded value through its option's own type and choices, the objects argparse reads
+    the command line with (null: not given, where the option's default is that); `where` names
+    the file and the key in a refusal."""
+    if value is None and action.default is None:
+        return None
+    if action.nargs == 0:  # a switch: --amp / --no-amp
+        if type(value) is bool:
+            return value
+        raise UserError(f"{where} must be true or false, not {_shown(value)}")
+    several = action.nargs in ("+", "*")
+    items = value if several and isinstance(value, list) and value else [value]
+    number = action.type not in (None, str)
+    what = f"a number ({bounds_of(action.type)})" if number else "a string"
+    read = []
+    for item in items:
+        if not isinstance(item, str) or isinstance(item, _Written) != number:
+            raise UserError(f"{where} must be {what}{' or a list of them' if several else ''}, not {_shown(value)}")
+        try:
+            item = action.type(str(item)) if number else str(item)
+        except argparse.ArgumentTypeError as error:
+            raise UserError(f"{where} {error}") from None
+        if action.choices is not None and item not in action.choices:
+            raise UserError(f"{where} must be one of {', '.join(map(str, action.choices))}, not {_shown(value)}")
+        read.append(item)
+    return read if several else read[0]
+
+
+def read_run_record(path, parser):
+    """The settings and data of a recorded run (args.json) as option defaults for --config, each
+    read by `parser`'s own option (type, range, choices: as if given on the command line) and
+    refused naming the file and the key; unknown keys are refused, naming them, so a typo never
+    silently falls back to a default."""
     try:
         with open(path) as f:
-            record = json.load(f)
+            record = json.load(f, parse_int=_Written, parse_float=_Written, parse_constant=_Written)
     except FileNotFoundError:
         raise UserError(f"--config '{path}' does not exist; give the args.json of an earlier training run") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -343,14 +402,14 @@ def read_run_record(path):
                         f"training run") from None
     if not isinstance(record, dict):
         raise UserError(f"--config '{path}' does not hold a training run's settings (a JSON object)")
-    unknown = sorted(set(record) - set(_FIELDS) - set(RECORDED_DATA) - set(RECORDED_ONLY))
+    options = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            options.setdefault(action.dest, action)  # --augment before --no-augment
+    known = (set(_FIELDS) | set(RECORDED_DATA)) & set(options)
+    unknown = sorted(set(record) - known - set(RECORDED_ONLY))
     if unknown:
         raise UserError(f"--config '{path}' has unknown setting(s) {', '.join(unknown)}; correct or remove them "
                         f"(python train.py --help lists the settings)")
-    for name, value in record.items():
-        if name in _HINTS and not _fits(value, _HINTS[name]):
-            raise UserError(f"--config '{path}': {name} must be {_type_name(_HINTS[name])}, not {json.dumps(value)}")
-    defaults = {k: v for k, v in record.items() if k in _FIELDS or k in RECORDED_DATA}
-    if isinstance(defaults.get("train_path"), str):
-        defaults["train_path"] = [defaults["train_path"]]
-    return defaults
+    return {name: _recorded_value(options[name], value, f"--config '{path}': {name}")
+            for name, value in record.items() if name in known}

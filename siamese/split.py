@@ -58,6 +58,9 @@ def split_classes(classes, groups, *, val, test=0, seed=0, train_only=()):
     if counts["val"] < 2:
         raise UserError(f"--val-classes {val} gives {counts['val']} of {drawable} classes{among}; validation needs at "
                         f"least 2")
+    if test and counts["test"] < 2:  # a fraction that rounds to no class is no test split, not 'none asked for'
+        raise UserError(f"--test-classes {test} gives {counts['test']} of {drawable} classes{among}; a test split needs "
+                        f"at least 2 (0: no test split)")
     taken = {"val": [], "test": []}
     for name, offset in (("val", 0), ("test", 1)):
         if counts[name]:

@@ -171,7 +171,7 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     assert "nowhere' does not exist" in _error(capsys)
     # torch.onnx keeps its own opset when it cannot convert; the file must not claim the one asked for
     assert torch_to_onnx.main([*export, "--opset", "99"]) == 2  # outside torch.onnx's range: refused as it is read
-    assert "--opset must be between 18 and" in _error(capsys)
+    assert "--opset must be at most " in _error(capsys)
     from siamese.errors import UserError
     from siamese.export import export_onnx
 

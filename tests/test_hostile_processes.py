@@ -96,7 +96,7 @@ def test_workers_up_to_the_cores_are_taken_and_no_more():
     cores = usable_cpus()
     assert TrainingSettings(workers=cores).workers == cores
     assert EvaluationSettings(val_path="v", out_path="o", workers=cores).workers == cores
-    for workers in (cores + 1, 100_000):
+    for workers in (cores + 1, 1000):  # above 1,024 the option's own bound refuses it
         with pytest.raises(UserError, match=f"--workers {workers} is more than"):
             TrainingSettings(workers=workers)
         with pytest.raises(UserError, match=f"--workers {workers} is more than"):

@@ -143,9 +143,15 @@ def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_earlier_
         {k: v for k, v in before.items() if k.endswith(".pth")}
 
 
-def test_training_that_diverges_stops_in_one_line_without_a_checkpoint(tiny_dataset, tmp_path, capsys):
+def test_training_that_diverges_stops_in_one_line_without_a_checkpoint(tiny_dataset, tmp_path, capsys, monkeypatch):
+    import siamese.training
+
+    # a loss that turns NaN, as a too large learning rate makes it (-lr itself is bounded at 10)
+    loss = siamese.training.binary_cross_entropy_with_logits
+    monkeypatch.setattr(siamese.training, "binary_cross_entropy_with_logits",
+                        lambda *args, **kwargs: loss(*args, **kwargs) * float("nan"))
     out = str(tmp_path / "run")
-    assert _train(tiny_dataset, out, "-e", "1", "-lr", "1e30", "--no-augment") == 2
+    assert _train(tiny_dataset, out, "-e", "1", "--no-augment") == 2
     assert "training diverged in epoch 1" in _error_line(capsys)
     assert not os.path.exists(os.path.join(out, "last.pth")) and not os.path.exists(os.path.join(out, "best.pth"))
 

@@ -75,12 +75,12 @@ def test_config_reruns_a_recorded_run_exactly(tiny_dataset, tmp_path, capsys):
 
 @pytest.mark.parametrize("record, message", [
     ({"epochs": 1, "learnig_rate": 0.1, "sede": 3}, "unknown setting(s) learnig_rate, sede"),
-    ({"epochs": "1"}, 'epochs must be int, not "1"'),
+    ({"epochs": "1"}, 'epochs must be a number (between 1 and 100000), not "1"'),
     ([1, 2], "does not hold a training run's settings"),
     (None, "is not a readable JSON file"),
     ("missing", "does not exist"),
     ({"epochs": 1}, "give --train-path"),
-    ({"train_path": "x", "epochs": 0}, "--epochs must be at least 1, not 0"),
+    ({"train_path": "x", "epochs": 0}, "args.json': epochs must be at least 1, not 0"),
 ])
 def test_a_bad_config_is_one_line(tmp_path, capsys, record, message):
     path = tmp_path / "args.json"
