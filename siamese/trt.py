@@ -218,7 +218,7 @@ class _EnginePart(Part):
         meta = read_engine_metadata(path)
         sidecar = engine_metadata_path(path)
         self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, sidecar)
-        self.part = part_of(meta, sidecar)
+        self.part, self.files = part_of(meta, sidecar), (path, sidecar)
         if self.part != part:
             raise UserError(f"'{path}' is the {self.part} part of a deployment, not the {part} engine; give the "
                             f"model's engine (the one without .embed or .head in its name)")
@@ -303,3 +303,6 @@ class TensorRTModel(DeployedModel):
 
     def open_part(self, path, part):
         return _EnginePart(path, part, trt=self.trt, cuda=self.cuda)
+
+    def read_metadata(self, path, part):
+        return read_engine_metadata(path)
