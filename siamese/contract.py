@@ -4,6 +4,7 @@ metadata written into every file and parsed back (each key written and read here
 No torch, no other module of the toolkit but errors and images.
 """
 
+import io
 import json
 import math
 import os
@@ -29,6 +30,62 @@ def part_path(path, part):
 
 def engine_metadata_path(engine_path):
     return engine_path + ".json"
+
+
+def _varint(f):
+    value = shift = 0
+    while shift < 64:
+        byte = f.read(1)
+        if not byte:
+            raise ValueError("the file ends inside a field")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError("a malformed number")
+
+
+def _fields(f, end):
+    """(field number, bytes) of the length-delimited fields of ONNX_METADATA_FIELDS in a protobuf
+    message ending at offset `end`; every other field is skipped unread."""
+    while f.tell() < end:
+        tag = _varint(f)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(f)
+            if field in ONNX_METADATA_FIELDS:
+                yield field, f.read(length)
+            else:
+                f.seek(length, os.SEEK_CUR)
+        else:
+            raise ValueError(f"wire type {wire}")
+    if f.tell() != end:
+        raise ValueError("a field runs past the end of the file")
+
+
+# ModelProto.metadata_props is field 14, each a StringStringEntryProto of key (1) and value (2)
+ONNX_METADATA_FIELDS = (14, 1, 2)
+
+
+def onnx_metadata(path):
+    """The metadata of an ONNX file ({key: value}), as ONNX Runtime's custom_metadata_map gives it,
+    read without loading the model (the weights are skipped) and without the onnx package, which
+    a deployment machine need not have."""
+    meta = {}
+    try:
+        with open(path, "rb") as f:
+            for field, entry in _fields(f, os.fstat(f.fileno()).st_size):
+                if field == 14:
+                    inner = dict(_fields(io.BytesIO(entry), len(entry)))
+                    meta[inner.get(1, b"").decode()] = inner.get(2, b"").decode()
+    except (OSError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"cannot read '{path}' as an ONNX file ({error}); export the model again with "
+                        f"torch_to_onnx.py") from None
+    return meta
 
 
 FORMAT_VERSION = "1"

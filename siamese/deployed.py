@@ -9,9 +9,9 @@ from functools import lru_cache
 import numpy as np
 from tqdm import tqdm
 
-from .contract import PARTS, check_parts_agree, part_path
+from .contract import PARTS, check_parts_agree, parse_metadata, part_of, part_path
 from .errors import UserError
-from .lineage import check_sources
+from .lineage import check_sources, content_digest
 
 IMAGE_CACHE_BYTES = 512 * 2**20
 HEAD_BATCH = 4096  # pairs of features per head call: a small MLP, fast in big batches
@@ -22,10 +22,12 @@ def note(message):
 
 
 class Part:
-    """One loaded file of a deployment: run({input name: array}) -> output, in batches it accepts."""
+    """One loaded file of a deployment: run({input name: array}) -> output, in batches it accepts.
+    files: the files it was loaded from (for an engine, with its ENGINE.json)."""
 
     part: str
     max_batch: int
+    files: tuple
 
     def run_batch(self, feeds):
         raise NotImplementedError
@@ -53,9 +55,26 @@ class DeployedModel:
         self.max_batch = self.pair.max_batch
         self._parts = None  # (embedder, head), or False when the export has none
         self._no_parts = None  # why not, when it has none
+        self._index_key = None
+        # the one consistency check, at load, whatever runs the model: parts beside it agree with it
+        present = [(p, part) for p, part in zip(self._part_paths(), ("embed", "head")) if os.path.isfile(p)]
+        self._parts_problem({p: self._checked_metadata(p, part) for p, part in present})
 
     def open_part(self, path, part):
         raise NotImplementedError
+
+    def read_metadata(self, path, part):
+        """The toolkit's metadata of a part file, without loading it (subclasses)."""
+        raise NotImplementedError
+
+    def _checked_metadata(self, path, part):
+        """A part's metadata, checked as opening it checks it (without loading it)."""
+        meta = self.read_metadata(path, part)
+        parse_metadata(meta, path)
+        if part_of(meta, path) != part:
+            raise UserError(f"'{path}' is the {part_of(meta, path)} part of an export, not its {part}; export the model "
+                            f"again with torch_to_onnx.py (and build engines with onnx_to_trt.py)")
+        return meta
 
     def _open(self, path, part):
         """open_part, and the one check of what every deployed file was made from."""
@@ -74,8 +93,27 @@ class DeployedModel:
             self._parts = self._open_parts() or False
         return self._parts or None
 
+    def _part_paths(self):
+        return list(self.part_paths or (part_path(self.path, part) for part in ("embed", "head")))
+
+    def _parts_problem(self, parts):
+        """Why the parts ({path: metadata}) cannot serve this pair model (another model's, or an export
+        without fingerprints), or None; parts of this very model whose metadata disagrees with the
+        pair model's (an edited file) are refused."""
+        def identity(meta):  # the weights and the precision
+            return [meta.get(key) for key in ("siamese.fingerprint", "siamese.precision")]
+
+        strangers = [p for p, meta in parts.items() if identity(meta) != identity(self.metadata)]
+        if not identity(self.metadata)[0]:
+            return (f"has no weights fingerprint (an export from an earlier version), so {' and '.join(parts)} cannot "
+                    f"be told to be its own")
+        if strangers:
+            return f"was exported from another model (or in another precision) than {' and '.join(strangers)}"
+        check_parts_agree(self.path, self.metadata, parts)
+        return None
+
     def _open_parts(self):
-        paths = list(self.part_paths or (part_path(self.path, part) for part in ("embed", "head")))
+        paths = self._part_paths()
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
             self._no_parts = f"has no {' and '.join(os.path.basename(p) for p in missing)} beside it"
@@ -83,18 +121,11 @@ class DeployedModel:
                  f"with torch_to_onnx.py (and onnx_to_trt.py) to embed each image once, which is much faster")
             return None
         embedder, head = (self._open(p, part) for p, part in zip(paths, ("embed", "head")))
-        def identity(part):  # the weights and the precision
-            return [part.metadata.get(key) for key in ("siamese.fingerprint", "siamese.precision")]
-
-        strangers = [p for p, other in zip(paths, (embedder, head)) if identity(other) != identity(self)]
-        if not identity(self)[0] or strangers:
-            self._no_parts = (f"has no weights fingerprint (an export from an earlier version), so {' and '.join(paths)} "
-                              f"cannot be told to be its own" if not identity(self)[0] else
-                              f"was exported from another model (or in another precision) than {' and '.join(strangers)}")
+        self._no_parts = self._parts_problem({p: part.metadata for p, part in zip(paths, (embedder, head))})
+        if self._no_parts:
             note(f"note: ignoring the embedder and head: '{self.path}' {self._no_parts}; every pair runs through the "
                  f"whole model until they are exported again with it (torch_to_onnx.py)")
             return None
-        check_parts_agree(self.path, self.metadata, {p: part.metadata for p, part in zip(paths, (embedder, head))})
         return embedder, head
 
     def require_parts(self):
@@ -128,12 +159,18 @@ class DeployedModel:
         return self.parts is not None
 
     def index_key(self):
-        """What features depend on (for gallery index files): the weights, preprocessing, precision."""
+        """What features depend on (for gallery index files): the weights' fingerprint, the precision,
+        and the content (SHA-256) of every file the features come through: the pair model (whose
+        preprocessing is used), the embedder and the head, and an engine's ENGINE.json."""
         fingerprint = self.metadata.get("siamese.fingerprint")
         if not fingerprint:
             raise UserError(f"'{self.path}' has no weights fingerprint (an export from an earlier version); export it "
                             f"again with torch_to_onnx.py to index a gallery with it")
-        return f"{fingerprint}:{self.metadata.get('siamese.precision', 'fp32')}"
+        if self._index_key is None:  # the files as loaded: hashed once
+            files = [file for part in (self.pair, *self.require_parts()) for file in part.files]
+            self._index_key = (f"{fingerprint}:{self.metadata.get('siamese.precision', 'fp32')}:"
+                               f"{content_digest(files)}")
+        return self._index_key
 
     def score_whole_pairs(self, pairs, *, progress=False):
         """Every pair through the pair model; each image is decoded once while it stays in a

@@ -18,9 +18,11 @@ from .errors import UserError
 from .evaluate import check_finite_scores
 from .files import atomic_open, check_not_inside
 from .metrics import TIE
+
+from .lineage import sha256_of
 from .scoring import score_feature_pairs
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 1 knew images by size and time; it is refused
 # Galleries up to this many images are scored exhaustively by the head; larger ones on a FAISS
 # shortlist (README, Identification: measured cost and rank-1 on both sides).
 EXHAUSTIVE_UP_TO = 20_000
@@ -49,30 +51,44 @@ class Gallery:
 
 
 def _file_stamp(path):
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+    """What an image is known by in an index: the SHA-256 of its bytes (hex), never its name, size
+    or time (a file moved between class folders keeps those, and PGM files share one size)."""
+    try:
+        return sha256_of(path)
+    except OSError as error:
+        raise UserError(f"cannot read gallery image '{path}' ({error.strerror}); make it readable or remove it") from None
 
 
 def _read_index(path, key):
-    """{relative path: (size, mtime_ns, features)} from an index file of this model, {} when absent."""
+    """{relative path: (content digest, features)} from an index file of this model, {} when absent."""
     if not path or not os.path.exists(path):
         return {}
     _check_written_here(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            fmt, their_key = int(data["format"]), str(data["key"])
-            names, sizes, stamps, features = data["paths"], data["sizes"], data["mtimes"], data["features"]
+            fmt = int(data["format"])
+            if fmt != INDEX_FORMAT:
+                raise _other_format(path, fmt)
+            their_key, names, digests, features = str(data["key"]), data["paths"], data["digests"], data["features"]
+    except UserError:
+        raise
     except Exception as error:
         raise UserError(f"cannot read the gallery index '{path}' ({type(error).__name__}; damaged?); delete it (the "
                         f"gallery is indexed again) or give another --index") from None
-    if fmt != INDEX_FORMAT:
-        raise UserError(f"the gallery index '{path}' has format {fmt}, this toolkit writes {INDEX_FORMAT}; delete it "
-                        f"or give another --index")
     _check_same_model(path, their_key, key)
-    problem = _index_problem(names, sizes, stamps, features)
+    problem = _index_problem(names, digests, features)
     if problem:
         raise _damaged(path, problem)
-    return {str(n): (int(s), int(t), f) for n, s, t, f in zip(names, sizes, stamps, features)}
+    return {str(n): (str(d), f) for n, d, f in zip(names, digests, features)}
+
+
+def _other_format(path, fmt):
+    if fmt == 1:
+        return UserError(f"the gallery index '{path}' was written by an earlier version of the toolkit, which knew "
+                         f"images by size and time rather than by content; delete it (the gallery is indexed again) "
+                         f"or give another --index")
+    return UserError(f"the gallery index '{path}' has format {fmt}, this toolkit writes {INDEX_FORMAT}; delete it "
+                     f"or give another --index")
 
 
 def _damaged(path, why):
@@ -80,16 +96,16 @@ def _damaged(path, why):
                      f"give another --index")
 
 
-def _index_problem(names, sizes, stamps, features):
+def _index_problem(names, digests, features):
     """What is wrong with an index's arrays, or None: features must be a table of finite numbers,
-    one row per file, and the sizes and times whole numbers."""
-    if not (names.dtype.kind == "U" and sizes.dtype.kind in "iu" and stamps.dtype.kind in "iu"):
-        return "file names, sizes or times of the wrong type"
+    one row per file, and the file names and content digests text."""
+    if not (names.dtype.kind == "U" and digests.dtype.kind == "U"):
+        return "file names or content digests of the wrong type"
     if features.dtype.kind not in "fiu":
         return f"features that are not numbers ({features.dtype})"
-    if features.ndim != 2 or not (names.ndim == sizes.ndim == stamps.ndim == 1):
+    if features.ndim != 2 or not (names.ndim == digests.ndim == 1):
         return f"features of shape {features.shape}, not one row per image"
-    if not (len(names) == len(sizes) == len(stamps) == len(features)):
+    if not (len(names) == len(digests) == len(features)):
         return "lists of different lengths"
     bad = len(features) - int(np.isfinite(features).all(axis=1).sum())
     if bad:
@@ -98,16 +114,24 @@ def _index_problem(names, sizes, stamps, features):
 
 
 def _check_same_model(path, their_key, key):
-    """The index's features came from this model at this precision (index_key: 'fingerprint:precision')."""
+    """The index's features came from these very model files (index_key: 'fingerprint:precision:files',
+    files being the content digest of the deployed files, or 'pytorch' for a checkpoint's network)."""
     if their_key == key:
         return
-    (theirs, _, their_precision), (ours, _, our_precision) = their_key.partition(":"), key.partition(":")
-    if theirs == ours:
+    (theirs, their_precision, _), (ours, our_precision, _) = (
+        (k.split(":", 2) + ["", ""])[:3] for k in (their_key, key))
+    if theirs != ours:
+        raise UserError(f"the gallery index '{path}' was made by another model ({theirs}, not {ours}); its features "
+                        f"cannot be mixed with this model's: give another --index, or delete it to index the gallery "
+                        f"again")
+    if their_precision != our_precision:
         raise UserError(f"the gallery index '{path}' holds this model's {their_precision} features, and this copy of "
                         f"it gives {our_precision} ones, which cannot be mixed with them: give another --index (one "
                         f"per precision), or delete it to index the gallery again")
-    raise UserError(f"the gallery index '{path}' was made by another model ({theirs}, not {ours}); its features "
-                    f"cannot be mixed with this model's: give another --index, or delete it to index the gallery again")
+    raise UserError(f"the gallery index '{path}' was made with other files of this model than the ones given now "
+                    f"(files are known by their content: a checkpoint and its export, or an export, INT8 copy or "
+                    f"engine made again since, give other features), so its features are not reused: give another "
+                    f"--index, or delete it to index the gallery again")
 
 
 def _other_width(index_path, theirs, ours):
@@ -184,31 +208,29 @@ def check_index_path(path, image_folders):
 
 
 def _write_index(path, key, relative, stamps, features):
+    """The one writer of the index format: the model key (scorer.index_key()), each image's path
+    relative to the gallery root and its _file_stamp (content digest), and its features row."""
     buffer = io.BytesIO()
     np.savez(buffer, format=np.int64(INDEX_FORMAT), key=np.str_(key), paths=np.array(relative, dtype=str),
-             sizes=np.array([s for s, _ in stamps], np.int64), mtimes=np.array([t for _, t in stamps], np.int64),
-             features=features.astype(np.float32))
+             digests=np.array(stamps, dtype=str), features=features.astype(np.float32))
     with atomic_open(path, "wb") as f:  # whole or not at all
         f.write(buffer.getvalue())
 
 
 def load_gallery(folder, scorer, *, index_path=None, progress=False, log=print):
-    """The gallery's features, reusing an index file's for unchanged files and embedding only added
-    or changed ones; the index is rewritten (atomically) when anything changed."""
+    """The gallery's features, reusing an index file's for images of the same content (by SHA-256,
+    whatever their name) and embedding only added or changed ones; the index is rewritten
+    (atomically) when anything changed."""
     if len(folder) < 2:
         raise UserError(f"gallery '{folder.root}' has {len(folder)} image; identification needs a gallery of at least "
                         f"two images, in a folder per known entity")
     key = scorer.index_key()
     known = _read_index(index_path, key)
+    by_content = {digest: row for digest, row in known.values()}
     relative = [os.path.relpath(p, folder.root) for p in folder.paths]
     stamps = [_file_stamp(p) for p in folder.paths]
-    features, missing = [None] * len(relative), []
-    for i, (name, stamp) in enumerate(zip(relative, stamps)):
-        entry = known.get(name)
-        if entry is not None and entry[:2] == stamp:
-            features[i] = entry[2]
-        else:
-            missing.append(i)
+    features = [by_content.get(stamp) for stamp in stamps]
+    missing = [i for i, row in enumerate(features) if row is None]
     if missing:
         new = scorer.embed_paths([folder.paths[i] for i in missing], progress=progress)
         _check_finite_features(new, [folder.paths[i] for i in missing])
@@ -216,10 +238,10 @@ def load_gallery(folder, scorer, *, index_path=None, progress=False, log=print):
             features[i] = row
     dims = sorted({len(f) for f in features})
     if len(dims) != 1:  # rows from the index beside rows embedded now
-        raise _other_width(index_path, len(next(iter(known.values()))[2]), len(new[0]))
+        raise _other_width(index_path, len(next(iter(by_content.values()))), len(new[0]))
     matrix = np.stack(features).astype(np.float32)
     removed = len(set(known) - set(relative))
-    if index_path and (missing or removed or len(known) != len(relative)):
+    if index_path and {name: digest for name, (digest, _) in known.items()} != dict(zip(relative, stamps)):
         _write_index(index_path, key, relative, stamps, matrix)
         if known:
             log(f"gallery index '{index_path}': {len(missing)} image(s) embedded, {removed} removed, "

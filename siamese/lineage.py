@@ -17,10 +17,21 @@ KEY = "siamese.derived_from"
 
 
 def sha256_of(path):
+    """The SHA-256 of a file's bytes (hex): what the toolkit knows a file by wherever it decides that
+    two files are the same (a derived file's sources, the model files and images of a gallery
+    index), never its name, size or time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(2**24), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def content_digest(paths):
+    """One SHA-256 (hex) of several files' contents, in order: a change to any of them changes it."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(bytes.fromhex(sha256_of(path)))
     return digest.hexdigest()
 
 

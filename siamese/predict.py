@@ -118,6 +118,8 @@ class TorchPredictor:
         return torch.sigmoid(self.model.scoring_logits(f1, f2)).float().cpu().numpy()
 
     def index_key(self):
-        """What features depend on (for gallery index files): the weights, preprocessing, precision."""
+        """What features depend on (for gallery index files): the content of the network as loaded
+        (its fingerprint: a SHA-256 of the weights and config, preprocessing included), the
+        precision, and that PyTorch computes them (a deployed model's key names its files' content)."""
         precision = str(amp_dtype(self.device)).removeprefix("torch.") if self.amp else "fp32"
-        return f"{fingerprint(self.model)}:{precision}"
+        return f"{fingerprint(self.model)}:{precision}:pytorch"

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from .contract import PARTS, check_interface, feature_dim, parse_metadata, part_of, tensor_shapes
+from .contract import PARTS, check_interface, feature_dim, onnx_metadata, parse_metadata, part_of, tensor_shapes
 from .deployed import HEAD_BATCH, DeployedModel, Part
 from .errors import UserError, check_batch_size
 from .trt import TensorRTModel
@@ -42,7 +42,7 @@ class _OnnxPart(Part):
                             f"give an .onnx file written by torch_to_onnx.py") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, path)
-        self.part = part_of(meta, path)
+        self.part, self.files = part_of(meta, path), (path,)
         if self.part != part:
             raise UserError(f"'{path}' is the {self.part} part of an export, not the {part} model; give the model's "
                             f".onnx file (the one without .embed or .head in its name)")
@@ -76,6 +76,9 @@ class OnnxRuntimeModel(DeployedModel):
     def open_part(self, path, part):
         # --batch-size sets the images per call (pairs for the pair model); the head keeps its own batches
         return _OnnxPart(path, part, providers=self.providers_asked, batch_size=self.batch_size if part != "head" else None)
+
+    def read_metadata(self, path, part):
+        return onnx_metadata(path)
 
 
 def load_deployed_model(path, *, batch_size=None):

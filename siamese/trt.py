@@ -5,6 +5,7 @@ No torch here. The `trt` module (and the CUDA memory helper) are parameters, so 
 is tested without a GPU against a fake TensorRT.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from .cuda_memory import default_cuda
 from .deployed import DeployedModel, Part, note
 from .errors import UserError, check_at_least
 from .files import atomic_open
-from .lineage import derived_from
+from .lineage import derived_from, sha256_of
 
 
 def import_tensorrt():
@@ -53,14 +54,6 @@ def _onnx_facts(onnx_path):
         raise UserError(f"'{onnx_path}' lacks the toolkit's metadata; export it with torch_to_onnx.py")
     elem = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
     return meta, {n: onnx.TensorProto.DataType.Name(t) for n, t in elem.items()}
-
-
-def _sha256_of(path):
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
 
 
 def _attach_timing_cache(config, timing_cache, log):
@@ -162,8 +155,9 @@ def _write_engine(engine_path, blob, engine_meta):
             json.dump(engine_meta, sidecar, indent=2)
             engine.write(blob)
     except BaseException:
-        if _sha256_of(engine_path) == engine_meta["engine_sha256"]:  # the engine took its name, its sidecar did not
-            os.remove(engine_path)
+        with contextlib.suppress(OSError):
+            if sha256_of(engine_path) == engine_meta["engine_sha256"]:  # the engine took its name, its sidecar did not
+                os.remove(engine_path)
         raise
 
 
@@ -218,14 +212,18 @@ class _EnginePart(Part):
         meta = read_engine_metadata(path)
         sidecar = engine_metadata_path(path)
         self.preprocessing, self.threshold, self.metadata = parse_metadata(meta, sidecar)
-        self.part = part_of(meta, sidecar)
+        self.part, self.files = part_of(meta, sidecar), (path, sidecar)
         if self.part != part:
             raise UserError(f"'{path}' is the {self.part} part of a deployment, not the {part} engine; give the "
                             f"model's engine (the one without .embed or .head in its name)")
         self.cuda, self.trt = cuda, trt
         with open(path, "rb") as f:
             blob = f.read()
-        if meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+        if "engine_sha256" not in meta:  # nothing ties it to this engine but its name
+            raise UserError(f"'{sidecar}' does not record the SHA-256 of the engine it describes (an engine built by an "
+                            f"earlier version), so it cannot be told to be '{path}''s own; rebuild the engine with "
+                            f"onnx_to_trt.py")
+        if meta["engine_sha256"] != hashlib.sha256(blob).hexdigest():
             raise UserError(f"'{sidecar}' describes another build than the engine '{path}' (an interrupted build or a "
                             f"copied file?); rebuild the engine with onnx_to_trt.py")
         self.logger = trt.Logger(trt.Logger.ERROR)
@@ -303,3 +301,6 @@ class TensorRTModel(DeployedModel):
 
     def open_part(self, path, part):
         return _EnginePart(path, part, trt=self.trt, cuda=self.cuda)
+
+    def read_metadata(self, path, part):
+        return read_engine_metadata(path)

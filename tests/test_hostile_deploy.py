@@ -299,3 +299,117 @@ def test_a_failed_command_keeps_a_new_folder_that_holds_more_than_its_lock(tmp_p
     with new_folder(str(tmp_path / "done")):
         pass
     assert (tmp_path / "done").is_dir()  # a command that succeeds keeps its folder
+
+
+# 21. A gallery index is keyed by the content of the model files it was embedded with.
+
+def _reweigh(path):
+    """The file with one weight changed and its metadata kept: what quantizing again with another
+    seed or method does to a part."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    tensor = next(t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and
+                  numpy_helper.to_array(t).size > 1)
+    values = numpy_helper.to_array(tensor).copy()
+    values.flat[0] += 0.5
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    onnx.save(model, path + ".new")
+    os.replace(path + ".new", path)
+
+
+@pytest.mark.parametrize("part", ["embed", "head", "pair"])
+def test_a_gallery_index_is_not_reused_by_a_remade_int8_copy(part, deployment, tiny_dataset, tmp_path, capsys):
+    int8, index = os.path.join(deployment, "model.int8.onnx"), str(tmp_path / "g.npz")
+    common = ["--gallery", tiny_dataset[1], "--query", scan_folder(tiny_dataset[1]).paths[0], "--index", index]
+    assert identify.main([*common, "-m", int8]) == 0
+    assert identify.main([*common, "-m", int8]) == 0  # the same files: reused
+    _reweigh(part_path(int8, part))
+    before = open(index, "rb").read()
+    capsys.readouterr()
+    assert identify.main([*common, "-m", int8]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "made with other files of this model" in err[0] and "delete it" in err[0]
+    assert open(index, "rb").read() == before
+
+
+@pytest.mark.slow
+def test_a_gallery_index_is_not_reused_after_onnx_to_int8_force(deployment, tiny_dataset, tmp_path, capsys):
+    int8, index = os.path.join(deployment, "model.int8.onnx"), str(tmp_path / "g.npz")
+    common = ["--gallery", tiny_dataset[1], "--query", scan_folder(tiny_dataset[1]).paths[0], "--index", index]
+    assert identify.main([*common, "-m", int8]) == 0
+    assert onnx_to_int8.main(["--onnx", os.path.join(deployment, "model.onnx"), "--calibration", tiny_dataset[0],
+                              "--target", "tensorrt", "--seed", "1", "--method", "percentile", "--force", *SMALL]) == 0
+    capsys.readouterr()
+    assert identify.main([*common, "-m", int8]) == 2
+    assert "made with other files of this model" in capsys.readouterr().err
+    os.remove(index)
+    assert identify.main([*common, "-m", int8]) == 0
+
+
+def test_an_engine_index_key_names_every_file_and_its_sidecar(deployment):
+    trt, build = make_fake_tensorrt("10.9.0"), EngineBuild(min_batch=1, opt_batch=2, max_batch=4)
+    engine = os.path.join(deployment, "model.engine")
+    for part in PARTS:
+        build_engine_file(part_path(os.path.join(deployment, "model.onnx"), part), part_path(engine, part), build,
+                          trt=trt, **QUIET)
+    key = TensorRTModel(engine, trt=trt, cuda=FakeCuda()).index_key()
+    assert TensorRTModel(engine, trt=trt, cuda=FakeCuda()).index_key() == key
+    sidecar = part_path(engine, "embed") + ".json"
+    with open(sidecar, "a") as f:
+        f.write(" ")  # another ENGINE.json (here only its spacing)
+    assert TensorRTModel(engine, trt=trt, cuda=FakeCuda()).index_key() != key
+
+
+# 22. Every runtime entry point checks the parts beside the pair model when it loads it.
+
+@pytest.mark.parametrize("script", ["infer_tensorrt", "eval_tensorrt", "identify"])
+def test_an_edited_pair_model_is_refused_by_every_entry_point(script, onnx_model, tiny_dataset, tmp_path, capsys):
+    import eval_tensorrt
+    import infer_tensorrt
+
+    export = str(tmp_path / "model.onnx")
+    for part in PARTS:
+        os.link(part_path(onnx_model, part), part_path(export, part))
+    _set_metadata(export, mean="[0.9, 0.9, 0.9]")
+    paths = scan_folder(tiny_dataset[1]).paths
+    argv = {"infer_tensorrt": ["--image1", paths[0], "--image2", paths[1]],
+            "eval_tensorrt": ["-v", tiny_dataset[1], "-o", str(tmp_path / "eval")],
+            "identify": ["--gallery", tiny_dataset[1], "--query", paths[0]]}[script]
+    main = {"infer_tensorrt": infer_tensorrt.main, "eval_tensorrt": eval_tensorrt.main, "identify": identify.main}[script]
+    assert main([*argv, "-m", export]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"model.embed.onnx' and '.*model.onnx' disagree on mean", err[0]), err
+    assert not os.path.exists(tmp_path / "eval" / "metrics.json")
+
+
+def test_an_engine_whose_parts_disagree_is_refused_at_load(deployment):
+    trt, build = make_fake_tensorrt("10.9.0"), EngineBuild(min_batch=1, opt_batch=2, max_batch=4)
+    engine = os.path.join(deployment, "model.engine")
+    for part in PARTS:
+        build_engine_file(part_path(os.path.join(deployment, "model.onnx"), part), part_path(engine, part), build,
+                          trt=trt, **QUIET)
+    import json
+
+    with open(engine + ".json") as f:
+        meta = json.load(f)
+    meta["siamese.std"] = "[0.1, 0.1, 0.1]"
+    with open(engine + ".json", "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(UserError, match=r"model.embed.engine' and '.*model.engine' disagree on std"):
+        TensorRTModel(engine, trt=trt, cuda=FakeCuda())
+
+
+def test_the_metadata_read_without_onnx_is_onnx_s(deployment):
+    from siamese.contract import onnx_metadata
+
+    for name in sorted(os.listdir(deployment)):
+        if name.endswith(".onnx"):
+            path = os.path.join(deployment, name)
+            assert onnx_metadata(path) == {p.key: p.value for p in onnx.load(path).metadata_props}
+    damaged = os.path.join(deployment, "damaged.onnx")
+    with open(os.path.join(deployment, "model.onnx"), "rb") as f:
+        open(damaged, "wb").write(f.read()[:5000])
+    with pytest.raises(UserError, match="cannot read .*damaged.onnx' as an ONNX file"):
+        onnx_metadata(damaged)

@@ -165,3 +165,55 @@ def test_index_and_shortlist_options_are_one_line(trained_checkpoint, tiny_datas
     assert message in _one_line(capsys)
     assert sorted(os.walk(gallery)) == listing and not os.path.exists(tmp_path / "missing")
 
+
+
+# Images are known by their content, not by their name, size or time.
+
+class ContentScorer(FakeScorer):
+    """Four numbers per image from its bytes: what a model's features depend on."""
+
+    def embed_paths(self, paths, *, progress=False):
+        self.embedded = getattr(self, "embedded", 0) + len(paths)
+        return np.array([np.frombuffer(open(p, "rb").read()[-4:], np.uint8) for p in paths], np.float32)
+
+
+def _pgm_gallery(root):
+    """Two classes of PGM images of one size (as PGM files of one width and height are)."""
+    for c in range(2):
+        os.makedirs(os.path.join(root, f"class_{c}"))
+        for i in range(3):
+            with open(os.path.join(root, f"class_{c}", f"img_{i}.pgm"), "wb") as f:
+                f.write(b"P5\n4 4\n255\n" + bytes([40 * c + 10 * i + k for k in range(16)]))
+    return root
+
+
+def test_images_swapped_between_classes_with_the_same_size_and_time_are_embedded_by_content(tmp_path):
+    root, index = _pgm_gallery(str(tmp_path / "gallery")), str(tmp_path / "g.npz")
+    load_gallery(_gallery(root), ContentScorer(), index_path=index)
+    a, b = os.path.join(root, "class_0", "img_1.pgm"), os.path.join(root, "class_1", "img_2.pgm")
+    stamp = os.stat(a).st_mtime_ns
+    os.rename(a, a + ".swap")  # mv keeps the times; an archive gives every file one
+    os.rename(b, a)
+    os.rename(a + ".swap", b)
+    for path in (a, b):
+        os.utime(path, ns=(stamp, stamp))
+    scorer = ContentScorer()
+    folder = _gallery(root)
+    gallery = load_gallery(folder, scorer, index_path=index)
+    np.testing.assert_array_equal(gallery.features, ContentScorer().embed_paths(folder.paths))
+    assert getattr(scorer, "embedded", 0) == 0  # both were known already, by their content
+    os.rename(b, os.path.join(root, "class_1", "renamed.pgm"))  # a renamed image keeps its features too
+    assert load_gallery(_gallery(root), scorer, index_path=index).embedded == 0
+
+
+def test_an_index_that_knew_images_by_size_and_time_is_refused(tiny_folder, tmp_path):
+    folder, index = _gallery(tiny_folder), str(tmp_path / "g.npz")
+    names = [os.path.relpath(p, tiny_folder) for p in folder.paths]
+    stamps = [os.stat(p) for p in folder.paths]
+    np.savez(index, format=np.int64(1), key=np.str_("f00d:fp32"), paths=np.array(names),  # the earlier format
+             sizes=np.array([s.st_size for s in stamps]), mtimes=np.array([s.st_mtime_ns for s in stamps]),
+             features=FakeScorer().embed_paths(folder.paths))
+    before = open(index, "rb").read()
+    with pytest.raises(UserError, match="earlier version of the toolkit, which knew images by size and time"):
+        load_gallery(folder, FakeScorer(), index_path=index)
+    assert open(index, "rb").read() == before

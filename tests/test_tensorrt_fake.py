@@ -286,3 +286,13 @@ def test_an_engine_from_another_gpu_of_the_same_compute_capability_loads_with_a_
     assert len(err) == 1 and err[0].startswith("warning:") and "Fake GPU (compute 9.0)" in err[0] and other in err[0]
     paths = scan_folder(tiny_dataset[1]).paths
     assert score_pairs(model, [(paths[0], paths[1])]).shape == (1,)
+
+
+def test_a_sidecar_that_names_no_engine_hash_is_refused(onnx_model, tmp_path):
+    """Without the engine's SHA-256 only its name would tie a sidecar to an engine."""
+    engine, _ = _build(onnx_model, tmp_path, make_fake_tensorrt("10.9.0"))
+    meta = json.load(open(engine + ".json"))
+    del meta["engine_sha256"]
+    json.dump(meta, open(engine + ".json", "w"))
+    with pytest.raises(UserError, match="does not record the SHA-256 of the engine it describes"):
+        TensorRTModel(engine, trt=make_fake_tensorrt("10.9.0"), cuda=FakeCuda())
