@@ -15,7 +15,7 @@ import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
 from siamese.options import add_out_option, at_least, script_parser
-from siamese.errors import cli
+from siamese.errors import check_workers, cli
 
 
 def get_args_parser():
@@ -29,6 +29,7 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    check_workers(args.workers)  # every option checked before the first of its 1,797 images is written
     data = os.path.join(args.out_path, "data")
     train_dir, val_dir, counts = build_digits_dataset(data)
     print(f"demo data: {counts['train']} training and {counts['val']} validation images of handwritten digits in {data}")
