@@ -75,6 +75,17 @@ class ScriptParser(argparse.ArgumentParser):
         for first, second, *_ in (s for s in given.values() if len(s) > 1):
             self.error(f"{first} and {second} set the same option; give only one of them")
 
+    def _get_option_tuples(self, option_string):
+        """The options an abbreviation matches, one spelling each (the one --help shows): the
+        spellings of one option are that option (--learn: --learning-rate, not ambiguous with the
+        older --learning_rate), and an abbreviation of several options names their visible spellings."""
+        found = {}
+        for match in super()._get_option_tuples(option_string):  # (action, spelling, ...)
+            earlier = found.get(match[0])
+            if earlier is None or (earlier[1] not in shown_spellings(match[0]) and match[1] in shown_spellings(match[0])):
+                found[match[0]] = match
+        return list(found.values())
+
     def error(self, message):
         """argparse's complaint as one UserError line: '--seed must be ...', not 'argument --seed: must be ...'."""
         for action in self._actions:
