@@ -105,13 +105,17 @@ def add_out_option(p, help, **kwargs):
                    **kwargs)
 
 
+CHANNELS_LAST_HELP = "channels_last memory format (default: on GPUs, where it is faster; off on CPUs)"
+
+
 def add_pytorch_options(p, device_help="auto, cpu, cuda or cuda:N"):
-    """--device, --amp, --compile, --tf32 of a script that runs a checkpoint on PyTorch
-    (predict.TorchPredictor's parameters)."""
+    """--device, --amp, --channels-last, --compile, --tf32 of a script that runs a checkpoint on
+    PyTorch (predict.TorchPredictor's parameters; train.py has the same from its settings)."""
     p.add_argument("--device", default="auto", type=str, help=device_help)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision: bfloat16 on CPUs and on GPUs of compute capability 8.0 (Ampere) and newer, "
                         "float16 on older GPUs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help=CHANNELS_LAST_HELP)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the embedder (pays off on many images; the compile time is printed)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,

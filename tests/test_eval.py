@@ -255,3 +255,19 @@ def test_threshold_at_far_is_set_on_the_pairs_and_shown(tiny_dataset, trained_ch
     assert eval_script.main(["-v", tiny_dataset[1], "-o", str(tmp_path / "e2"), "-c", trained_checkpoint,
                              "--threshold", "0.4", "--threshold-at-far", "0.2"]) == 2
     assert "not both" in capsys.readouterr().err and not os.path.exists(str(tmp_path / "e2"))
+
+
+def test_eval_takes_channels_last_as_train_does(trained_checkpoint, tiny_dataset, tmp_path, monkeypatch):
+    import siamese.predict
+
+    used = []
+    original = siamese.predict.TorchPredictor.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        used.append(self.memory_format)
+
+    monkeypatch.setattr(siamese.predict.TorchPredictor, "__init__", spy)
+    assert eval_script.main(["-v", tiny_dataset[1], "-c", trained_checkpoint, "-o", str(tmp_path / "eval"), "--device",
+                             "cpu", "--max-pictures", "0", "--channels-last"]) == 0
+    assert used == [torch.channels_last]  # not the CPU's default
