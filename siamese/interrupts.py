@@ -29,9 +29,10 @@ def _interrupted(signum, frame):
 def install():
     """Take SIGINT over when the program is a script of the toolkit; in any other program (tests, a
     user's own code) do nothing."""
-    script = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not script or os.path.dirname(os.path.abspath(script)) != _TOOLKIT:
-        return
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not script or os.path.dirname(os.path.abspath(script)) != _TOOLKIT or main.__name__ != "__main__":
+        return  # not a script of the toolkit, or a process that multiprocessing spawned from one (__mp_main__)
     try:
         if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # an ignored SIGINT stays ignored
             _state["pid"] = os.getpid()
