@@ -15,7 +15,7 @@ import torch_to_onnx
 import train
 from siamese.demo import build_digits_dataset
 from siamese.options import EPOCHS, WORKERS, add_out_option, script_parser
-from siamese.errors import cli
+from siamese.errors import check_workers, cli
 
 
 def get_args_parser():
@@ -31,6 +31,7 @@ def get_args_parser():
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    check_workers(args.workers)  # every option checked before the first of its 1,797 images is written
     data = os.path.join(args.out_path, "data")
     workers = [] if args.workers is None else ["--workers", str(args.workers)]  # else the scripts' default
     train_dir, val_dir, counts = build_digits_dataset(data)

@@ -34,7 +34,7 @@ def main(argv=None):
     configure_cuda(device, args.tf32)
     model, checkpoint = load_model(args.checkpoint, device=device)
     predictor = TorchPredictor(model, device=device, batch_size=settings.batch_size, workers=settings.workers,
-                               amp=args.amp, compile=args.compile)
+                               amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     run_evaluation(predictor, settings, calibrated_threshold=checkpoint.get("threshold"),
                    extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
     return 0

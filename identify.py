@@ -62,7 +62,7 @@ def load_scorer(args):
     network, checkpoint = load_model(args.checkpoint, device=device)
     configure_cuda(device, args.tf32)
     return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
-                          compile=args.compile), checkpoint.get("threshold")
+                          channels_last=args.channels_last, compile=args.compile), checkpoint.get("threshold")
 
 
 @cli

@@ -28,6 +28,20 @@ def part_path(path, part):
     return f"{root}.{part}{ext}"
 
 
+PART_NAMES = {"embed": "embedder", "head": "head"}
+
+
+def export_holding(path):
+    """(the export's pair model, its part) when `path` is where an export beside it keeps a part
+    (MODEL.embed.onnx beside MODEL.onnx; engines likewise), else None."""
+    root, ext = os.path.splitext(path)
+    for part in PART_NAMES:
+        pair = root[:-len(part) - 1] + ext
+        if root.endswith("." + part) and os.path.isfile(pair):
+            return pair, part
+    return None
+
+
 def engine_metadata_path(engine_path):
     return engine_path + ".json"
 

@@ -7,6 +7,8 @@ import os
 import re
 import sys
 
+from .interrupts import INTERRUPTED, inside_main
+
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
@@ -119,7 +121,8 @@ def cli(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
-            return main(argv)
+            with inside_main():
+                return main(argv)
         except UserError as error:
             _close_progress_bars()
             print(f"error: {user_message(error)}", file=sys.stderr)
@@ -134,8 +137,7 @@ def cli(main):
             return 2
         except KeyboardInterrupt:
             _close_progress_bars()
-            print("interrupted; files written before are intact (a training run continues with --resume)",
-                  file=sys.stderr)
+            print(INTERRUPTED, file=sys.stderr)
             return 130
 
     return wrapper

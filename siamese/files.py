@@ -114,8 +114,11 @@ class OutputClaim:
     """An exclusive claim on an out path for the life of a command: an advisory lock (flock) on a
     hidden file, which the kernel drops when the process ends however it ends, so a killed run
     never leaves a path stuck. A second command claiming the same path is refused in one line.
-    A command that ends with nothing written to `path` takes its lock file away again, and the
-    folders it created for it (`created`: the outermost), so a failure leaves nothing behind."""
+    A command takes its lock file away when it ends, succeeded or failed (removed while still
+    locked, and a command locks only a file that its path still names: see _lock), so nothing is
+    left that the user did not ask for; a killed command's lock file is locked by the next command
+    like any other and removed when that one ends. A command that ends with nothing written to
+    `path` also removes the folders it created for it (`created`: the outermost)."""
 
     def __init__(self, lock_path, what, *, path=None, created=None):
         self.lock_path, self.what = lock_path, what
@@ -168,12 +171,12 @@ class OutputClaim:
             return False
 
     def _release(self):
-        if self._nothing_written():
+        if self.handle is not None:
             with contextlib.suppress(OSError):
-                if self.handle is not None:
-                    os.remove(self.lock_path)  # while it is locked: see _lock
-                if self.created:
-                    _remove_empty_folders(self.path, self.created)
+                os.remove(self.lock_path)  # while it is locked: a command waiting on it opens it anew (_lock)
+        if self._nothing_written() and self.created:
+            with contextlib.suppress(OSError):
+                _remove_empty_folders(self.path, self.created)
         if self.handle is not None:
             with contextlib.suppress(OSError):  # a pid that a full disk kept in the buffer: not worth an error
                 self.handle.close()  # closing drops the lock

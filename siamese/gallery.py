@@ -18,7 +18,6 @@ from .errors import UserError
 from .evaluate import check_finite_scores
 from .files import atomic_open, check_not_inside
 from .metrics import TIE
-
 from .lineage import sha256_of
 from .scoring import score_feature_pairs
 

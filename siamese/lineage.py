@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from .contract import PART_NAMES, export_holding
 from .errors import UserError
 
 KEY = "siamese.derived_from"
@@ -111,9 +112,15 @@ def _note(line):
 def replace_parts(written, outs, *, log=_note):
     """Move each checked file `written[part]` to `outs[part]`, the embedder and head first (a
     crash between the renames leaves a pair model with parts of another export, which the
-    runtimes tell by the fingerprint), and name the derived files this made stale."""
+    runtimes tell by the fingerprint), and name the derived files this made stale, and the export
+    whose part the new pair model took the place of (a forced -o MODEL.embed.onnx)."""
+    holder, replaced = export_holding(outs["pair"]), os.path.exists(outs["pair"])
     for part in ("embed", "head", "pair"):
         os.replace(written[part], outs[part])
+    if holder:
+        pair, name = holder[0], PART_NAMES[holder[1]]
+        what = f"replaced the {name} of the export {pair}" if replaced else f"is where the export {pair} looks for its {name}"
+        log(f"note: {outs['pair']} {what}; the runtimes refuse that export until it is made again (torch_to_onnx.py)")
     stale = stale_files(outs.values())
     if stale:
         log(f"note: these files were made from the earlier {outs['pair']} (or its parts) and are now stale; the runtimes "

@@ -82,6 +82,17 @@ class ScriptParser(argparse.ArgumentParser):
         for first, second, *_ in (s for s in given.values() if len(s) > 1):
             self.error(f"{first} and {second} set the same option; give only one of them")
 
+    def _get_option_tuples(self, option_string):
+        """The options an abbreviation matches, one spelling each (the one --help shows): the
+        spellings of one option are that option (--learn: --learning-rate, not ambiguous with the
+        older --learning_rate), and an abbreviation of several options names their visible spellings."""
+        found = {}
+        for match in super()._get_option_tuples(option_string):  # (action, spelling, ...)
+            earlier = found.get(match[0])
+            if earlier is None or (earlier[1] not in shown_spellings(match[0]) and match[1] in shown_spellings(match[0])):
+                found[match[0]] = match
+        return list(found.values())
+
     def error(self, message):
         """argparse's complaint as one UserError line: '--seed must be ...', not 'argument --seed: must be ...'."""
         for action in self._actions:
@@ -101,13 +112,17 @@ def add_out_option(p, help, **kwargs):
                    **kwargs)
 
 
+CHANNELS_LAST_HELP = "channels_last memory format (default: on GPUs, where it is faster; off on CPUs)"
+
+
 def add_pytorch_options(p, device_help="auto, cpu, cuda or cuda:N"):
-    """--device, --amp, --compile, --tf32 of a script that runs a checkpoint on PyTorch
-    (predict.TorchPredictor's parameters)."""
+    """--device, --amp, --channels-last, --compile, --tf32 of a script that runs a checkpoint on
+    PyTorch (predict.TorchPredictor's parameters; train.py has the same from its settings)."""
     p.add_argument("--device", default="auto", type=str, help=device_help)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision: bfloat16 on CPUs and on GPUs of compute capability 8.0 (Ampere) and newer, "
                         "float16 on older GPUs")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help=CHANNELS_LAST_HELP)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the embedder (pays off on many images; the compile time is printed)")
     p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,

@@ -20,9 +20,11 @@ import os
 
 import numpy as np
 
-from .contract import PARTS, check_interface, feature_dim, onnx_metadata, parse_metadata, part_of, tensor_shapes
+from .contract import (PARTS, check_interface, engine_metadata_path, feature_dim, onnx_metadata, parse_metadata,
+                       part_of, tensor_shapes)
 from .deployed import HEAD_BATCH, DeployedModel, Part
 from .errors import UserError, check_batch_size
+from .images import is_image_file
 from .trt import TensorRTModel
 
 
@@ -81,10 +83,18 @@ class OnnxRuntimeModel(DeployedModel):
         return onnx_metadata(path)
 
 
+MODEL_FILES = "an .onnx file (run by ONNX Runtime) or a TensorRT engine (.engine or .plan, its .json beside it)"
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
 def load_deployed_model(path, *, batch_size=None):
-    """An .onnx file runs on ONNX Runtime; anything else is taken for a TensorRT engine."""
-    if not path or not os.path.isfile(path):
-        raise UserError(f"model file '{path}' does not exist; give an .onnx file or a TensorRT engine")
+    """An .onnx file (or an ONNX model under another name) runs on ONNX Runtime; an .engine or .plan
+    file, or any file with an engine's .json beside it, on TensorRT; anything else is named for what
+    it is, with what -m expects."""
+    if not path or not os.path.exists(path):
+        raise UserError(f"model file '{path}' does not exist; -m expects {MODEL_FILES}")
+    if os.path.isdir(path):
+        raise UserError(f"model '{path}' is a folder; -m expects {MODEL_FILES}, not the folder that holds one")
     with open(path, "rb") as f:
         head = f.read(4096)
     if path.lower().endswith(".onnx"):
@@ -93,6 +103,9 @@ def load_deployed_model(path, *, batch_size=None):
         return OnnxRuntimeModel(path, batch_size=batch_size)
     if head[:2] == b"PK" or b"format_version" in head[:200]:
         raise UserError(f"'{path}' looks like a PyTorch checkpoint; export it first with torch_to_onnx.py")
+    if not path.lower().endswith(ENGINE_SUFFIXES) and not os.path.isfile(engine_metadata_path(path)):
+        what = "an image" if is_image_file(os.path.basename(path)) else "neither an ONNX model nor a TensorRT engine"
+        raise UserError(f"model '{path}' is {what}; -m expects {MODEL_FILES}")
     if batch_size is not None:
         raise UserError(f"--batch-size applies to .onnx files on ONNX Runtime; the batches of the engine '{path}' were "
                         f"fixed when it was built (onnx_to_trt.py --max-batch): leave --batch-size out")

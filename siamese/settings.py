@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .errors import UserError, check_workers, default_workers
 from .options import (BATCH, EPOCHS, FAR, IMAGE_SIZE, MAX_BATCH, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, OFF_OR_FRACTION,
                       PICTURES, PROBABILITY, SEED, TRIALS, WORKERS, Number, bounds_of, whole)
+from .options import CHANNELS_LAST_HELP
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -129,8 +130,7 @@ class TrainingSettings:
     amp: bool = option(False, "mixed precision: bfloat16 autocast on GPUs of compute capability 8.0 (Ampere) and "
                               "newer and on CPUs (faster on CPUs with AVX512-BF16 or AMX), float16 with a gradient "
                               "scaler on older GPUs")
-    channels_last: bool | None = option(None, "channels_last memory format (default: on GPUs, where it is faster; "
-                                              "off on CPUs)")
+    channels_last: bool | None = option(None, CHANNELS_LAST_HELP)
     tf32: bool = option(True, "on GPUs of compute capability 8.0 and newer, float32 convolutions and matrix products "
                               "use TF32 tensor cores (--no-tf32: full float32 products)")
     compile: bool = option(False, "torch.compile the model for training and validation (a GPU needs Triton, a CPU a "

@@ -19,3 +19,13 @@ def test_the_demo_trains_evaluates_exports_infers_and_identifies(tmp_path, capsy
         assert os.path.isfile(os.path.join(out, path)), path
     metrics = json.load(open(os.path.join(out, "eval", "metrics.json")))
     assert metrics["one_shot"]["n_way"] == 5 and 0.5 < metrics["auc"] <= 1.0  # one epoch already tells digits apart
+
+
+def test_a_bad_option_is_refused_before_the_images_are_written(tmp_path, capsys):
+    from siamese.errors import usable_cpus
+
+    out = str(tmp_path / "demo")
+    assert demo.main(["-o", out, "--workers", str(usable_cpus() + 1)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "--workers" in err, err
+    assert not os.path.exists(out)

@@ -185,6 +185,20 @@ def test_bad_input(onnx_model, trained_checkpoint, tiny_dataset, tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize("given, said", [("photo.png", "is an image"), ("runs", "is a folder"),
+                                         ("notes.txt", "is neither an ONNX model nor a TensorRT engine")])
+def test_a_model_that_is_no_model_says_what_it_is_and_what_m_expects(given, said, tmp_path, capsys):
+    from PIL import Image
+
+    image = str(tmp_path / "photo.png")
+    Image.new("RGB", (8, 8)).save(image)
+    os.makedirs(tmp_path / "runs")
+    (tmp_path / "notes.txt").write_text("a note")
+    assert infer_tensorrt.main(["--image1", image, "--image2", image, "-m", str(tmp_path / given)]) == 2
+    line = _error(capsys)
+    assert f"'{tmp_path / given}' {said}" in line and "-m expects an .onnx file" in line and ".engine or .plan" in line, line
+
+
 def test_engine_path_without_tensorrt_is_clear(tmp_path, capsys, monkeypatch):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"\x00serialized engine")

@@ -322,3 +322,19 @@ def test_one_shot_trials_are_counted_as_scored(tmp_path):
     assert result.one_shot["trials"] == 8 and json.load(open(tmp_path / "out" / "metrics.json"))["one_shot"]["trials"] == 8
     text = "\n".join(lines)
     assert "8 distinct 2-way one-shot trials, not the 400 of --trials" in text and "over 8 trials" in text
+
+
+def test_eval_takes_channels_last_as_train_does(trained_checkpoint, tiny_dataset, tmp_path, monkeypatch):
+    import siamese.predict
+
+    used = []
+    original = siamese.predict.TorchPredictor.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        used.append(self.memory_format)
+
+    monkeypatch.setattr(siamese.predict.TorchPredictor, "__init__", spy)
+    assert eval_script.main(["-v", tiny_dataset[1], "-c", trained_checkpoint, "-o", str(tmp_path / "eval"), "--device",
+                             "cpu", "--max-pictures", "0", "--channels-last"]) == 0
+    assert used == [torch.channels_last]  # not the CPU's default

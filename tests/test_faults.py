@@ -82,6 +82,36 @@ def test_scripts_read_their_options_before_importing_torch():
     assert result.stdout.strip() == "[]"
 
 
+def _interrupted_in_one_line(process, seconds):
+    """Ctrl-C `seconds` after the start: one line and exit 130 (or, when the signal came before the
+    interpreter ran anything, its end by SIGINT with nothing said; or the end of a command that had
+    finished), never a traceback. The exit code."""
+    rc, _, err = _kill_after(process, seconds, signal.SIGINT)
+    assert "Traceback" not in err, (seconds, err[-2000:])
+    if rc == 130:
+        assert err.splitlines()[-1].startswith("interrupted; files written before are intact"), (seconds, err[-2000:])
+    else:
+        assert (rc == -signal.SIGINT and err == "") or rc == 0, (seconds, rc, err[-2000:])
+    return rc
+
+
+def test_ctrl_c_during_the_imports_is_one_line(tiny_dataset, tmp_path):
+    """A tenth of a second in, train.py is importing (PyTorch takes longer): one line, exit 130."""
+    process = _start("train.py", *_train_args(tiny_dataset, str(tmp_path / "run"), "-e", "1000"))
+    assert _interrupted_in_one_line(process, 0.1) == 130
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train.py", "eval_tensorrt.py"])
+def test_ctrl_c_at_any_early_moment_is_one_line(script, tiny_dataset, tmp_path, request):
+    if script == "train.py":
+        args = _train_args(tiny_dataset, str(tmp_path / "run"), "-e", "1000")
+    else:
+        args = ["-m", request.getfixturevalue("onnx_model"), "-v", tiny_dataset[1], "-o", str(tmp_path / "eval")]
+    codes = [_interrupted_in_one_line(_start(script, *args), seconds) for seconds in (0, 0.05, 0.1, 0.2, 0.3, 0.5, 1)]
+    assert codes.count(130) >= 4, codes
+
+
 @pytest.mark.slow
 def test_training_killed_at_random_moments_resumes(tiny_dataset, tmp_path):
     out = str(tmp_path / "run")

@@ -135,6 +135,28 @@ def test_replacing_an_export_names_the_files_it_made_stale(deployment):
     assert len(notes) == 1 and "now stale" in notes[0] and all(name in notes[0] for name in names)
 
 
+def test_an_export_over_another_exports_embedder_says_so(onnx_model, tiny_dataset, tmp_path):
+    """torch_to_onnx.py -o model.embed.onnx --force: the new pair model takes the place of the
+    embedder of the export model.onnx, which the runtimes then refuse; the command says so."""
+    from siamese.lineage import replace_parts
+
+    for part in PARTS:
+        shutil.copy(part_path(onnx_model, part), tmp_path / os.path.basename(part_path(onnx_model, part)))
+    out = str(tmp_path / "model.embed.onnx")
+    written = {}
+    for part in PARTS:  # a pair model and its parts, checked at temporary names beside the out paths
+        written[part] = str(tmp_path / f".tmp-{os.path.basename(part_path(out, part))}.new")
+        shutil.copy(part_path(onnx_model, part), written[part])
+    notes = []
+    replace_parts(written, {part: part_path(out, part) for part in PARTS}, log=notes.append)
+    export = str(tmp_path / "model.onnx")
+    assert notes == [f"note: {out} replaced the embedder of the export {export}; the runtimes refuse that export "
+                     f"until it is made again (torch_to_onnx.py)"]
+    query = os.path.join(tiny_dataset[1], "class_0", "img_00.png")
+    with pytest.raises(UserError):
+        load_deployed_model(export).embed_paths([query])
+
+
 def test_an_unchanged_export_makes_nothing_stale(deployment, tiny_dataset):
     from siamese.lineage import stale_files
 

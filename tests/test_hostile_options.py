@@ -110,6 +110,14 @@ def test_one_option_under_two_spellings_is_refused(capsys):
     assert "--engine and -m set the same option" in _error(capsys)
 
 
+def test_an_abbreviation_is_its_option_and_names_only_visible_spellings(capsys):
+    args = train.parse_args(["--train-path", "a", "-o", "o", "--learn", "0.5"])  # --learning-rate, --learning_rate: one
+    assert args.learning_rate == 0.5
+    assert train.main(["--train-path", "a", "-o", "o", "--val", "v"]) == 2
+    line = _error(capsys)
+    assert "ambiguous option: --val could match --val-path, --val-pairs-per-image" in line and "_" not in line, line
+
+
 def test_the_same_spelling_again_adds_folders_or_is_the_last_value(tmp_path):
     args = train.parse_args(["--train-path", "a", "--train-path", "b", "c", "-o", "o", "--seed", "1", "--seed", "2"])
     assert args.train_path == [os.path.abspath(p) for p in ("a", "b", "c")] and args.seed == 2

@@ -211,3 +211,22 @@ def test_calibration_batches_are_of_one_size():
     for count in (1, 7, 16, 20, 200, 201):
         sizes = {s.stop - s.start for s in _batches(count)}
         assert len(sizes) == 1 and sum(s.stop - s.start for s in _batches(count)) == count
+
+
+@pytest.mark.parametrize("room", ["none", "less than the copies need"])
+def test_a_full_disk_is_one_line_naming_the_out_path(room, onnx_model, tiny_dataset, tmp_path, capfd):
+    """Nothing of ONNX Runtime's own log or tracebacks reaches the terminal: one line, naming the
+    out path, whether the disk is full or fills up under the tool (which then writes a truncated
+    copy without a word)."""
+    from test_faults import _small_disk
+
+    size = "64k" if room == "none" else str(int(1.2 * os.path.getsize(part_path(onnx_model, "embed"))))
+    with _small_disk(str(tmp_path / "disk"), size) as disk:
+        out = os.path.join(disk, "model.int8.onnx")
+        capfd.readouterr()
+        assert onnx_to_int8.main(["--onnx", onnx_model, "--calibration", tiny_dataset[0], "-o", out, *SMALL]) == 2
+        err = capfd.readouterr().err
+        assert "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"the device that holds '{part_path(out, 'embed')}'" in err and "free some space" in err, err
+        assert os.listdir(disk) == []  # no copy, no temporary, no lock
