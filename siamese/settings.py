@@ -14,9 +14,8 @@ import typing
 from dataclasses import dataclass, field
 
 from .errors import UserError, check_workers, default_workers
-from .options import (BATCH, EPOCHS, FAR, IMAGE_SIZE, MAX_BATCH, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, OFF_OR_FRACTION,
-                      PICTURES, PROBABILITY, SEED, TRIALS, WORKERS, Number, bounds_of, whole)
-from .options import CHANNELS_LAST_HELP
+from .options import (BATCH, CHANNELS_LAST_HELP, EPOCHS, FAR, IMAGE_SIZE, MAX_BATCH, MAX_CLASSES, MAX_PAIRS_PER_IMAGE,
+                      OFF_OR_FRACTION, PICTURES, PROBABILITY, SEED, TRIALS, WORKERS, Number, bounds_of, whole)
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
