@@ -16,12 +16,33 @@ from .errors import UserError
 KEY = "siamese.derived_from"
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
+def _sha256(path):
+    """The SHA-256 of the file's bytes, read once (in blocks: hashlib.file_digest): what
+    identifies a file wherever the toolkit asks whether two files are the same."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256")
+
+
+def sha256_of(path):
+    return _sha256(path).hexdigest()
+
+
+# An image's key: the first bytes of its content's SHA-256. 8 bytes tell 20,000 training images
+# from 20,000 evaluated ones with a chance of a false match of about 1 in 10^10.
+KEY_BYTES = 8
+
+
+def content_keys(paths):
+    """Each file's key (bytes of KEY_BYTES), in the order of `paths`: the same image under two
+    names (a copy, a link, a class folder linked in from elsewhere) has one key."""
+    return [_sha256(path).digest()[:KEY_BYTES] for path in paths]
+
+
+def shared_content(paths, known):
+    """[(path, what it shares its content with)] for each file among `paths` whose content key is
+    in `known`: a dict {key: a file of that content} (then that file), or a set of keys (then the key)."""
+    return [(path, known[key] if isinstance(known, dict) else key)
+            for path, key in zip(paths, content_keys(paths)) if key in known]
 
 
 def _sources(meta, path):

@@ -31,6 +31,7 @@ from .metrics import threshold_at_far
 from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .image_cache import image_cache
 from .images import ImageFolder, scan_folder
+from .lineage import content_keys, shared_content
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
@@ -214,8 +215,22 @@ def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
 @dataclass
 class _Data:
     train: ImageFolder
+    train_keys: list  # lineage.content_keys of the training images, recorded in the checkpoints
     val: ImageFolder | None = None
     val_pairs: list | None = None
+
+
+def check_disjoint(train, train_keys, val, *, shown=3):
+    """Refuse a validation folder that holds images of the training folder, known by their content
+    (the same folder twice, train/ and val/ both trained on, a class linked or copied into both):
+    best.pth and the threshold would be chosen on images the model learned."""
+    shared = shared_content(val.paths, dict(zip(train_keys, train.paths)))
+    if shared:
+        examples = ", ".join(f"'{path}' (as '{twin}')" if os.path.realpath(path) != os.path.realpath(twin)
+                             else f"'{path}'" for path, twin in shared[:shown])
+        raise UserError(f"validation folder '{val.root}' shares {len(shared)} of its {len(val)} images with the "
+                        f"training data (the same file content), such as {examples}: best.pth and the threshold would "
+                        f"be chosen on images the model learned; give a --val-path whose images are not in --train-path")
 
 
 def _read_data(settings, train, val):
@@ -225,17 +240,19 @@ def _read_data(settings, train, val):
         raise UserError("--threshold-at-far calibrates on the validation pairs: give --val-path, or for a final model "
                         "without one, --threshold with the one crossval.py --threshold-at-far found")
     train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
+    train_keys = content_keys(train.paths)
     if val is None:
-        return _Data(train)
+        return _Data(train, train_keys)
     # decoded whole: a truncated validation image is found now, not after the first epoch
     val = val if isinstance(val, ImageFolder) else scan_folder(val, what="validation folder", decode=True)
+    check_disjoint(train, train_keys, val)
     pairs = evaluation_pairs(val, seed=settings.seed, pairs_per_image=settings.val_pairs_per_image)
     same = sum(pair.same for pair in pairs)
     if same in (0, len(pairs)):  # no ROC-AUC to pick the best epoch by
         raise UserError(f"the {len(pairs)} validation pairs drawn from '{val.root}' are all "
                         f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
                         f"both kinds: add validation images or raise --val-pairs-per-image")
-    return _Data(train, val, pairs)
+    return _Data(train, train_keys, val, pairs)
 
 
 def _build_model(settings, checkpoint, resume, context, log):
@@ -466,7 +483,7 @@ def _finish_epoch(run, epoch, stats, best, *, predictor, data, folder, log):
     state = make_checkpoint(model=run.validated, average=run.average, epoch=epoch, optimizer=run.optimizer,
                             scheduler=run.scheduler, scaler=run.scaler, threshold=threshold,
                             metrics={"train": stats, "val": m, "best": best}, args=run.record,
-                            classifier=run.classifier, run_id=run.run_id)
+                            classifier=run.classifier, run_id=run.run_id, training_images=data.train_keys)
     every = run.settings.save_after > 0 and epoch % run.settings.save_after == 0
     # best.pth before last.pth, as ever: a run stopped between the two resumes at the epoch before
     folder.save(state, ["best.pth"] * improved + ["last.pth"] + [f"epoch_{epoch}.pth"] * every)

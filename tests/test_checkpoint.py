@@ -72,3 +72,21 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_the_training_images_are_recorded_compactly(tmp_path):
+    """The content keys of the training images, with or without a weight average, as one uint8
+    tensor that loads with weights_only; a checkpoint without them loads as ever."""
+    from siamese.checkpoint import training_keys
+    from siamese.model import WeightAverage
+
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32)
+    keys = [bytes([i, 1, 2, 3, 4, 5, 6, 7]) for i in (5, 3, 5, 9)]
+    path = str(tmp_path / "c.pth")
+    atomic_save(make_checkpoint(model=model, epoch=1, average=WeightAverage(model, 0.9), training_images=keys), path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["training_images"].dtype == torch.uint8 and raw["training_images"].shape == (3, 8)
+    assert training_keys(load_checkpoint(path)) == set(keys) and "training_model" in raw
+    atomic_save(make_checkpoint(model=model, epoch=1), path)
+    assert "training_images" not in torch.load(path, weights_only=True) and training_keys(load_checkpoint(path)) is None
