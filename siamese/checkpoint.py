@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .files import atomic_open, temporary_beside
+from .files import atomic_open
 from .lineage import KEY_BYTES
 
 FORMAT_VERSION = 1
@@ -41,8 +41,8 @@ class CheckpointWriter:
     written in the background while the next epoch trains: write() waits for the previous
     write and raises its error, if any; close() waits for the last. Each file is written as
     atomic_save writes it, so a kill at any moment leaves every name whole (the earlier file or
-    the new one). The first name is written, the others become hard links to it (one write and
-    one sync for last.pth and best.pth; a copy where the file system has no links)."""
+    the new one). Each name is a file of its own (never a link to another): a file copied over
+    best.pth, or edited in place, leaves last.pth as it was."""
 
     def __init__(self):
         self._thread, self._error = None, None
@@ -56,17 +56,9 @@ class CheckpointWriter:
 
     def _write(self, buffer, paths):
         try:
-            with atomic_open(paths[0], "wb") as f:
-                f.write(buffer.getbuffer())
-            for path in paths[1:]:
-                with temporary_beside(path) as tmp:
-                    try:
-                        os.link(paths[0], tmp)
-                    except OSError:
-                        with atomic_open(path, "wb") as f:
-                            f.write(buffer.getbuffer())
-                        continue
-                    os.replace(tmp, path)
+            for path in paths:
+                with atomic_open(path, "wb") as f:
+                    f.write(buffer.getbuffer())
         except BaseException as error:  # raised in the training thread, at the next write or close
             self._error = error
 

@@ -179,15 +179,48 @@ def _check_out_path(out_path, resume, run_id):
         path = os.path.join(out_path, name)
         if os.path.exists(path):
             break
-    if same_path(path, resume):
-        return
+    if not same_path(path, resume):
+        try:
+            theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
+        except Exception:
+            theirs = None
+        if theirs is None or theirs != run_id:
+            raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' "
+                            f"({', '.join(found)}); resume into the run's own folder or an empty one, so that "
+                            f"neither run is overwritten")
+    recorded = _recorded_run_id(out_path)
+    if recorded is not None and recorded != run_id:  # a checkpoint copied in from another run, even as last.pth
+        raise UserError(f"'{resume}' belongs to run {run_id}, but '{os.path.join(out_path, 'args.json')}' records run "
+                        f"{recorded}: the checkpoint comes from another run; continue it into a new folder (another "
+                        f"-o/--out), so that neither run is overwritten")
+
+
+def _recorded_run_id(out_path):
+    """The run_id that out_path's args.json records, or None (no args.json, or one from before run ids)."""
     try:
-        theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
-    except Exception:
-        theirs = None
-    if theirs is None or theirs != run_id:
-        raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' ({', '.join(found)}); "
-                        f"resume into the run's own folder or an empty one, so that neither run is overwritten")
+        with open(os.path.join(out_path, "args.json")) as f:
+            recorded = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def check_resumable(checkpoint, resume, *, fresh_optimizer=False, log=print):
+    """Refuse to resume a checkpoint without the optimiser's or the schedule's state (removed, or
+    a model of the original toolkit): Adam's moments and the learning rate would start afresh
+    while the epochs go on. With fresh_optimizer the run goes on, with a warning saying so.
+    checkpoint: the one to resume, or None for a new run."""
+    missing = [name for name in ("optimizer", "scheduler") if checkpoint is not None and not checkpoint.get(name)]
+    if not missing:
+        return
+    what, epoch = " and ".join(missing), checkpoint["epoch"] + 1
+    if not fresh_optimizer:
+        raise UserError(f"'{resume}' holds no {what} state (removed from it, or not written by train.py), so resuming "
+                        f"would restart the {what} (Adam's moments, the learning-rate schedule) at epoch {epoch}; "
+                        f"resume a last.pth that holds it, or pass --fresh-optimizer to continue with a fresh {what}")
+    if log is not None:
+        log(f"warning: '{resume}' holds no {what} state: --fresh-optimizer continues at epoch {epoch} with a fresh "
+            f"{what} (Adam's moments, the learning-rate schedule), so this run differs from an uninterrupted one")
 
 
 def _remove_unfinished_run(out_path, log):
@@ -529,7 +562,7 @@ def _log_compile_time(module, optimizer, device, log):
     post = optimizer.register_step_post_hook(after_step)
 
 
-def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print):
+def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print, fresh_optimizer=False):
     """Train a Siamese network with `settings` (a TrainingSettings) on the train folder; returns the
     best validation metrics. Writes into out_path: best.pth, last.pth, epoch_N.pth, args.json (the
     settings, beside `record`: what else describes the run, such as its folders), metrics.csv and
@@ -538,11 +571,13 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
     train and val are folders or scanned `ImageFolder`s. Without val nothing is validated: no
     epoch is picked, best.pth is not written, and last.pth (with the weight average under --ema)
     is the final model; the returned metrics are then {'epoch': None}. Under torchrun the main
-    process returns them and the others None, so that what the run found is reported once."""
+    process returns them and the others None, so that what the run found is reported once.
+    fresh_optimizer: resume a checkpoint without optimiser or schedule state (check_resumable)."""
     context = distributed.setup(settings.device)
     device = context.device
     recorded, settings = settings.to_dict(), _for_device(settings, device, log if context.is_main else None)
     checkpoint = load_checkpoint(resume) if resume else None
+    check_resumable(checkpoint, resume, fresh_optimizer=fresh_optimizer, log=log if context.is_main else None)
     run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
     _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
     data = _read_data(settings, train, val)
