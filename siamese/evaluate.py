@@ -217,7 +217,7 @@ def training_overlap(pairs, trials, known):
         return overlap, None
     return overlap, (f"warning: {len(shared)} of the {len(paths)} images scored are images this model was trained on "
                      f"(the same file content as its training images, such as '{shared[0][0]}'): these figures do "
-                     f"not measure unseen images; evaluate on a folder the training did not use")
+                     f"not measure unseen images alone")
 
 
 def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None, log=print, training_images=None):
