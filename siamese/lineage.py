@@ -4,6 +4,10 @@ path relative to the derived file's folder and by content hash (the `siamese.der
 in the ONNX metadata or ENGINE.json). A runtime refuses a derived file whose source lies where
 it says but is no longer the file it was made from (exported again since); a derived file
 deployed without its sources runs as it is. No torch here (and ONNX only to list stale files).
+
+The same content hash names an image wherever training and evaluation ask whether two images
+are one (content_keys): a validation image that is a training image under another name, an
+evaluated image the model was trained on.
 """
 
 import hashlib
@@ -35,7 +39,14 @@ KEY_BYTES = 8
 def content_keys(paths):
     """Each file's key (bytes of KEY_BYTES), in the order of `paths`: the same image under two
     names (a copy, a link, a class folder linked in from elsewhere) has one key."""
-    return [_sha256(path).digest()[:KEY_BYTES] for path in paths]
+    keys = []
+    for path in paths:
+        try:
+            keys.append(_sha256(path).digest()[:KEY_BYTES])
+        except OSError as error:  # removed or made unreadable since the folder was scanned
+            raise UserError(f"cannot read image '{path}' ({error.strerror}); check that it is there and readable, "
+                            f"then run the command again") from None
+    return keys
 
 
 def shared_content(paths, known):

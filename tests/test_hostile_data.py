@@ -289,6 +289,9 @@ def test_content_keys_know_a_file_by_its_bytes_not_its_name(tmp_path):
     known = dict(zip(content_keys([a, c]), [a, c]))
     assert shared_content([b, copy, link], known) == [(copy, a), (link, a)]
     assert shared_content([copy], set(content_keys([a]))) == [(copy, keys[0])]
+    os.remove(copy)  # gone since the scan: one line naming it
+    with pytest.raises(UserError, match=f"cannot read image '{copy}' \\(No such file or directory\\)"):
+        content_keys([a, copy])
 
 
 def _renamed_classes(root, prefix):
