@@ -25,7 +25,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     settings = EvaluationSettings.from_namespace(args)
-    from siamese.checkpoint import load_model
+    from siamese.checkpoint import load_model, training_keys
     from siamese.distributed import configure_cuda, resolve_device
     from siamese.evaluate import run_evaluation
     from siamese.predict import TorchPredictor
@@ -36,7 +36,8 @@ def main(argv=None):
     predictor = TorchPredictor(model, device=device, batch_size=settings.batch_size, workers=settings.workers,
                                amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     run_evaluation(predictor, settings, calibrated_threshold=checkpoint.get("threshold"),
-                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]})
+                   extra={"checkpoint": args.checkpoint, "backbone": checkpoint["config"]["backbone"]},
+                   training_images=training_keys(checkpoint))
     return 0
 
 

@@ -37,6 +37,9 @@ def get_args_parser():
                         "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
     add_out_option(p, "folder for checkpoints and logs", required=True)
     p.add_argument("--resume", default=None, type=str, help="continue from this last.pth")
+    p.add_argument("--fresh-optimizer", action="store_true",
+                   help="with --resume of a checkpoint that holds no optimizer or scheduler state: continue with a "
+                        "fresh one (Adam's moments and the schedule restart; refused without this option)")
     add_options(p)
     return p
 
@@ -76,7 +79,7 @@ def main(argv=None):
     record = {"train_path": args.train_path, "val_path": args.val_path, "out_path": args.out_path,
               "resume": args.resume, "config": args.config}
     best = fit(settings, train=train_path, val=args.val_path, out_path=args.out_path, resume=args.resume,
-               record=record)
+               record=record, fresh_optimizer=args.fresh_optimizer)
     if best is None:  # another process of a torchrun run: the main one reports
         return 0
     if best.get("epoch") is not None:

@@ -1,10 +1,14 @@
 """The one checkpoint format: a plain dict that loads with torch.load(weights_only=True).
 
-{format_version, config, model, optimizer, scheduler, scaler, epoch, threshold, metrics, args}
+{format_version, config, model, optimizer, scheduler, scaler, epoch, threshold, metrics, args,
+run_id, training_images}
 `config` rebuilds the network with no flags. With a weight average (train.py --ema), `model` is
 the averaged network, `training_model` the one the optimizer steps and `average_steps` the
-average's step count, for --resume. Files are written to a temporary name and
-renamed, so an interrupted save never leaves a half-written checkpoint.
+average's step count, for --resume. `training_images` (uint8, N x lineage.KEY_BYTES, sorted)
+holds the content key of each training image, so that an evaluation can say when it scores
+images the model learned; checkpoints written before it lack it and load as ever. Files are
+written to a temporary name and renamed, so an interrupted save never leaves a half-written
+checkpoint.
 """
 
 import io
@@ -12,10 +16,12 @@ import math
 import os
 import threading
 
+import numpy as np
 import torch
 
 from .errors import UserError
 from .files import atomic_open, temporary_beside
+from .lineage import KEY_BYTES
 from .options import MAX_IMAGE_SIZE
 
 FORMAT_VERSION = 1
@@ -36,8 +42,8 @@ class CheckpointWriter:
     written in the background while the next epoch trains: write() waits for the previous
     write and raises its error, if any; close() waits for the last. Each file is written as
     atomic_save writes it, so a kill at any moment leaves every name whole (the earlier file or
-    the new one). The first name is written, the others become hard links to it (one write and
-    one sync for last.pth and best.pth; a copy where the file system has no links)."""
+    the new one). Each name is a file of its own (never a link to another): a file copied over
+    best.pth, or edited in place, leaves last.pth as it was."""
 
     def __init__(self):
         self._thread, self._error = None, None
@@ -51,17 +57,9 @@ class CheckpointWriter:
 
     def _write(self, buffer, paths):
         try:
-            with atomic_open(paths[0], "wb") as f:
-                f.write(buffer.getbuffer())
-            for path in paths[1:]:
-                with temporary_beside(path) as tmp:
-                    try:
-                        os.link(paths[0], tmp)
-                    except OSError:
-                        with atomic_open(path, "wb") as f:
-                            f.write(buffer.getbuffer())
-                        continue
-                    os.replace(tmp, path)
+            for path in paths:
+                with atomic_open(path, "wb") as f:
+                    f.write(buffer.getbuffer())
         except BaseException as error:  # raised in the training thread, at the next write or close
             self._error = error
 
@@ -75,15 +73,18 @@ class CheckpointWriter:
 
 
 def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None, threshold=None, metrics=None, args=None,
-                    average=None, classifier=None, run_id=None):
+                    average=None, classifier=None, run_id=None, training_images=None):
     """The checkpoint dict; its keyword arguments are its fields, one each. average: a
     model.WeightAverage; then `model` holds its averaged weights. classifier: the --class-loss
-    classifier, kept only to resume training (it is not part of the model)."""
+    classifier, kept only to resume training (it is not part of the model). training_images: the
+    training images' lineage.content_keys."""
     extra = {}
     if average is not None:
         extra = {"training_model": average.network.state_dict(), "average_steps": average.steps}
     if classifier is not None:
         extra["classifier"] = classifier.state_dict()
+    if training_images is not None:
+        extra["training_images"] = keys_tensor(training_images)
     return {
         "format_version": FORMAT_VERSION,
         "config": dict(model.config),
@@ -98,6 +99,23 @@ def make_checkpoint(*, model, epoch, optimizer=None, scheduler=None, scaler=None
         "run_id": run_id,
         **extra,
     }
+
+
+def keys_tensor(keys):
+    """Content keys (bytes of KEY_BYTES) as the checkpoint stores them: distinct, sorted, one row each."""
+    data = b"".join(sorted(set(keys)))
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy()).reshape(-1, KEY_BYTES)
+
+
+def training_keys(checkpoint):
+    """The set of content keys of the images a checkpoint was trained on, or None when it does
+    not record them (written before it did, or by the original toolkit)."""
+    recorded = checkpoint.get("training_images")
+    if not isinstance(recorded, torch.Tensor) or recorded.dtype != torch.uint8 or recorded.dim() != 2 \
+            or recorded.shape[1] != KEY_BYTES:
+        return None
+    data = recorded.contiguous().numpy().tobytes()
+    return {data[i:i + KEY_BYTES] for i in range(0, len(data), KEY_BYTES)}
 
 
 def _from_original(data):

@@ -29,7 +29,7 @@ import numpy as np
 from .baselines import BASELINES, RANKING_METRICS
 from .errors import UserError
 from .evaluate import (auc_intervals, baseline_evaluations, baseline_metrics, evaluate, intervals_line,
-                       unresolved_far_note)
+                       training_overlap, unresolved_far_note)
 from .files import atomic_open, check_not_inside, claim_folder, same_path, write_json
 from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
@@ -182,8 +182,10 @@ def _train_fold(cv, train_folder, *, name, label, record, log):
 
 
 def _score_fold(cv, test_folder, checkpoint_path):
-    """(pairs, one-shot trials, the model's Evaluation, the baselines' Evaluations) on the held-out classes."""
-    from .checkpoint import load_model
+    """(pairs, one-shot trials, the model's Evaluation, the baselines' Evaluations, a warning line
+    or None) on the held-out classes. When the checkpoint records its training images, the
+    metrics hold `training_overlap`, and the line says when held-out images are among them."""
+    from .checkpoint import load_model, training_keys
     from .distributed import configure_cuda, resolve_device
     from .predict import TorchPredictor
 
@@ -194,7 +196,7 @@ def _score_fold(cv, test_folder, checkpoint_path):
     shots = (one_shot_trials(test_folder, n_way=s.n_way, trials=s.trials, seed=s.eval_seed,
                              groups=test_groups if s.within_group else None) if s.n_way else None)
     device = resolve_device(cv.training.device)
-    model, _ = load_model(checkpoint_path, device=device)
+    model, checkpoint = load_model(checkpoint_path, device=device)
     # the same as stored with a fold trained here; other values with --trained-folds
     model.config.update({key: getattr(cv.training, key) for key in SCORING_SETTINGS})
     configure_cuda(device, cv.training.tf32)
@@ -202,7 +204,10 @@ def _score_fold(cv, test_folder, checkpoint_path):
                                channels_last=cv.training.channels_last, compile=cv.training.compile)
     result = evaluate(predictor, pairs,
                       trials=shots, progress=True)
-    return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True)
+    known, line = training_keys(checkpoint), None
+    if known is not None:  # held-out images that are copies of training images, under any name
+        result.metrics["training_overlap"], line = training_overlap(pairs, shots, known)
+    return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True), line
 
 
 def run_fold(cv, folder, held_out, *, name, record, log=print):
@@ -221,7 +226,9 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
     last, seconds = _train_fold(cv, train_folder, name=name, label=label,
                                 record={**record, "held_out": held_out}, log=log)
     log(f"{label}: scoring {len(test_folder)} held-out images")
-    pairs, shots, result, evaluations = _score_fold(cv, test_folder, last)
+    pairs, shots, result, evaluations, overlap_line = _score_fold(cv, test_folder, last)
+    if overlap_line:
+        log(f"{label}: {overlap_line}")
     baselines = baseline_metrics(pairs, evaluations=evaluations)
     thresholds = {"eer": result.metrics["eer_threshold"]}
     report_far = cv.scoring.report_far
@@ -235,6 +242,7 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
         "training_seconds": round(seconds, 1) if seconds is not None else None,
         **({"trained_in": os.path.abspath(last)} if cv.trained_folds else {}),
         "model": _fold_metrics(result), "thresholds": thresholds,
+        **{key: result.metrics[key] for key in ("training_overlap",) if key in result.metrics},
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baselines.items()},
     }

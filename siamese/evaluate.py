@@ -6,6 +6,7 @@ models use it on machines without PyTorch.
 """
 
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,11 +204,29 @@ def check_finite_scores(scores):
                         f"are broken (a diverged training run?): use an earlier checkpoint or train again")
 
 
-def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None, log=print):
+def training_overlap(pairs, trials, known):
+    """({'images': scored images that are training images, 'of': images scored}, a warning line or
+    None), with `known` the content keys of the model's training images (checkpoint.training_keys)."""
+    from .lineage import shared_content
+
+    paths = sorted({path for pair in pairs for path in (pair.left, pair.right)}
+                   | {path for trial in trials or () for path in (trial.query, *trial.candidates)})
+    shared = shared_content(paths, known)
+    overlap = {"images": len(shared), "of": len(paths)}
+    if not shared:
+        return overlap, None
+    return overlap, (f"warning: {len(shared)} of the {len(paths)} images scored are images this model was trained on "
+                     f"(the same file content as its training images, such as '{shared[0][0]}'): these figures do "
+                     f"not measure unseen images alone")
+
+
+def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None, log=print, training_images=None):
     """Everything eval.py and eval_tensorrt.py do once they have a predictor: the same pairs
     (a function of the files and the seed, or a given list), metrics, pictures, files; with
     `baselines`, the no-learning baselines on the same pairs and trials. `settings` is an
-    EvaluationSettings (its values already checked)."""
+    EvaluationSettings (its values already checked). With `training_images`, the content keys
+    of the model's training images, it says how many of the scored images are among them (also
+    in metrics.json: training_overlap)."""
     from .files import atomic_folder, check_not_inside, claim_beside, prepare_output_dir
     from .report import write_report
 
@@ -220,6 +239,9 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
     check_evaluation_out_path(out_path)
 
     folder, pairs, chosen, shots = evaluation_inputs(s, log=log)
+    overlap, overlap_line = training_overlap(pairs, shots, training_images) if training_images is not None else ({}, None)
+    if overlap_line:
+        print(overlap_line, file=sys.stderr, flush=True)  # now, before the scoring; and again beside the figures
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good
     with claim_beside(out_path, what="evaluation out path"):  # one evaluation at a time into a path
         result = evaluate(predictor, pairs, threshold=threshold, far=s.threshold_at_far, trials=shots, progress=True)
@@ -235,7 +257,8 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
 
             result.metrics["retrieval"], curve = retrieval_evaluation(predictor, folder, seed=seed, progress=True)
         details = {"classes": len(folder.classes), "threshold_source": source, "seed": seed,
-                   "pairs_file": pairs_file, "eval_pairs": chosen, **(extra or {})}
+                   "pairs_file": pairs_file, "eval_pairs": chosen, **(extra or {}),
+                   **({"training_overlap": overlap} if overlap else {})}
         # The result set appears as a whole, replacing an earlier evaluation's, or not at all.
         with atomic_folder(out_path) as staging:
             paths = write_report(result, staging, threshold=threshold, extra=details, max_pictures=s.max_pictures,
@@ -250,9 +273,9 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
         log(baselines_summary(result.metrics["baselines"], result.metrics))
     if s.retrieval:
         log(retrieval_summary(result.metrics["retrieval"]))
-    note = constant_scores_note(result.scores)
-    if note:
-        log(note)
+    for note in (constant_scores_note(result.scores), overlap_line):
+        if note:
+            log(note)
     log(f"wrote {paths['metrics']}, {paths['scores']}, " + (f"{paths['roc']}, " if "roc" in paths else "")
         + f"{paths['errors']} and {pictures_note(min(len(pairs), s.max_pictures if s.max_pictures is not None else len(pairs)), len(pairs))} in {paths['pictures']}/")
     return result

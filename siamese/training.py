@@ -31,6 +31,7 @@ from .metrics import threshold_at_far
 from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .image_cache import image_cache
 from .images import ImageFolder, scan_folder
+from .lineage import content_keys, shared_content
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
@@ -178,15 +179,48 @@ def _check_out_path(out_path, resume, run_id):
         path = os.path.join(out_path, name)
         if os.path.exists(path):
             break
-    if same_path(path, resume):
-        return
+    if not same_path(path, resume):
+        try:
+            theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
+        except Exception:
+            theirs = None
+        if theirs is None or theirs != run_id:
+            raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' "
+                            f"({', '.join(found)}); resume into the run's own folder or an empty one, so that "
+                            f"neither run is overwritten")
+    recorded = _recorded_run_id(out_path)
+    if recorded is not None and recorded != run_id:  # a checkpoint copied in from another run, even as last.pth
+        raise UserError(f"'{resume}' belongs to run {run_id}, but '{os.path.join(out_path, 'args.json')}' records run "
+                        f"{recorded}: the checkpoint comes from another run; continue it into a new folder (another "
+                        f"-o/--out), so that neither run is overwritten")
+
+
+def _recorded_run_id(out_path):
+    """The run_id that out_path's args.json records, or None (no args.json, or one from before run ids)."""
     try:
-        theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
-    except Exception:
-        theirs = None
-    if theirs is None or theirs != run_id:
-        raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' ({', '.join(found)}); "
-                        f"resume into the run's own folder or an empty one, so that neither run is overwritten")
+        with open(os.path.join(out_path, "args.json")) as f:
+            recorded = json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) else None
+
+
+def check_resumable(checkpoint, resume, *, fresh_optimizer=False, log=print):
+    """Refuse to resume a checkpoint without the optimiser's or the schedule's state (removed, or
+    a model of the original toolkit): Adam's moments and the learning rate would start afresh
+    while the epochs go on. With fresh_optimizer the run goes on, with a warning saying so.
+    checkpoint: the one to resume, or None for a new run."""
+    missing = [name for name in ("optimizer", "scheduler") if checkpoint is not None and not checkpoint.get(name)]
+    if not missing:
+        return
+    what, epoch = " and ".join(missing), checkpoint["epoch"] + 1
+    if not fresh_optimizer:
+        raise UserError(f"'{resume}' holds no {what} state (removed from it, or not written by train.py), so resuming "
+                        f"would restart the {what} (Adam's moments, the learning-rate schedule) at epoch {epoch}; "
+                        f"resume a last.pth that holds it, or pass --fresh-optimizer to continue with a fresh {what}")
+    if log is not None:
+        log(f"warning: '{resume}' holds no {what} state: --fresh-optimizer continues at epoch {epoch} with a fresh "
+            f"{what} (Adam's moments, the learning-rate schedule), so this run differs from an uninterrupted one")
 
 
 def _remove_unfinished_run(out_path, log):
@@ -214,8 +248,22 @@ def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
 @dataclass
 class _Data:
     train: ImageFolder
+    train_keys: list  # lineage.content_keys of the training images, recorded in the checkpoints
     val: ImageFolder | None = None
     val_pairs: list | None = None
+
+
+def check_disjoint(train, train_keys, val, *, shown=3):
+    """Refuse a validation folder that holds images of the training folder, known by their content
+    (the same folder twice, train/ and val/ both trained on, a class linked or copied into both):
+    best.pth and the threshold would be chosen on images the model learned."""
+    shared = shared_content(val.paths, dict(zip(train_keys, train.paths)))
+    if shared:
+        examples = ", ".join(f"'{path}' (as '{twin}')" if os.path.realpath(path) != os.path.realpath(twin)
+                             else f"'{path}'" for path, twin in shared[:shown])
+        raise UserError(f"validation folder '{val.root}' shares {len(shared)} of its {len(val)} images with the "
+                        f"training data (the same file content), such as {examples}: best.pth and the threshold would "
+                        f"be chosen on images the model learned; give a --val-path whose images are not in --train-path")
 
 
 def _read_data(settings, train, val):
@@ -225,17 +273,19 @@ def _read_data(settings, train, val):
         raise UserError("--threshold-at-far calibrates on the validation pairs: give --val-path, or for a final model "
                         "without one, --threshold with the one crossval.py --threshold-at-far found")
     train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
+    train_keys = content_keys(train.paths)
     if val is None:
-        return _Data(train)
+        return _Data(train, train_keys)
     # decoded whole: a truncated validation image is found now, not after the first epoch
     val = val if isinstance(val, ImageFolder) else scan_folder(val, what="validation folder", decode=True)
+    check_disjoint(train, train_keys, val)
     pairs = evaluation_pairs(val, seed=settings.seed, pairs_per_image=settings.val_pairs_per_image)
     same = sum(pair.same for pair in pairs)
     if same in (0, len(pairs)):  # no ROC-AUC to pick the best epoch by
         raise UserError(f"the {len(pairs)} validation pairs drawn from '{val.root}' are all "
                         f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
                         f"both kinds: add validation images or raise --val-pairs-per-image")
-    return _Data(train, val, pairs)
+    return _Data(train, train_keys, val, pairs)
 
 
 def _build_model(settings, checkpoint, resume, context, log):
@@ -466,7 +516,7 @@ def _finish_epoch(run, epoch, stats, best, *, predictor, data, folder, log):
     state = make_checkpoint(model=run.validated, average=run.average, epoch=epoch, optimizer=run.optimizer,
                             scheduler=run.scheduler, scaler=run.scaler, threshold=threshold,
                             metrics={"train": stats, "val": m, "best": best}, args=run.record,
-                            classifier=run.classifier, run_id=run.run_id)
+                            classifier=run.classifier, run_id=run.run_id, training_images=data.train_keys)
     every = run.settings.save_after > 0 and epoch % run.settings.save_after == 0
     # best.pth before last.pth, as ever: a run stopped between the two resumes at the epoch before
     folder.save(state, ["best.pth"] * improved + ["last.pth"] + [f"epoch_{epoch}.pth"] * every)
@@ -512,7 +562,7 @@ def _log_compile_time(module, optimizer, device, log):
     post = optimizer.register_step_post_hook(after_step)
 
 
-def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print):
+def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=print, fresh_optimizer=False):
     """Train a Siamese network with `settings` (a TrainingSettings) on the train folder; returns the
     best validation metrics. Writes into out_path: best.pth, last.pth, epoch_N.pth, args.json (the
     settings, beside `record`: what else describes the run, such as its folders), metrics.csv and
@@ -521,11 +571,13 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
     train and val are folders or scanned `ImageFolder`s. Without val nothing is validated: no
     epoch is picked, best.pth is not written, and last.pth (with the weight average under --ema)
     is the final model; the returned metrics are then {'epoch': None}. Under torchrun the main
-    process returns them and the others None, so that what the run found is reported once."""
+    process returns them and the others None, so that what the run found is reported once.
+    fresh_optimizer: resume a checkpoint without optimiser or schedule state (check_resumable)."""
     context = distributed.setup(settings.device)
     device = context.device
     recorded, settings = settings.to_dict(), _for_device(settings, device, log if context.is_main else None)
     checkpoint = load_checkpoint(resume) if resume else None
+    check_resumable(checkpoint, resume, fresh_optimizer=fresh_optimizer, log=log if context.is_main else None)
     run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
     _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
     data = _read_data(settings, train, val)

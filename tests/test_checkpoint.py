@@ -72,3 +72,44 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_the_training_images_are_recorded_compactly(tmp_path):
+    """The content keys of the training images, with or without a weight average, as one uint8
+    tensor that loads with weights_only; a checkpoint without them loads as ever."""
+    from siamese.checkpoint import training_keys
+    from siamese.model import WeightAverage
+
+    torch.manual_seed(0)
+    model = SiameseNetwork("resnet18", image_size=32)
+    keys = [bytes([i, 1, 2, 3, 4, 5, 6, 7]) for i in (5, 3, 5, 9)]
+    path = str(tmp_path / "c.pth")
+    atomic_save(make_checkpoint(model=model, epoch=1, average=WeightAverage(model, 0.9), training_images=keys), path)
+    raw = torch.load(path, weights_only=True)
+    assert raw["training_images"].dtype == torch.uint8 and raw["training_images"].shape == (3, 8)
+    assert training_keys(load_checkpoint(path)) == set(keys) and "training_model" in raw
+    atomic_save(make_checkpoint(model=model, epoch=1), path)
+    assert "training_images" not in torch.load(path, weights_only=True) and training_keys(load_checkpoint(path)) is None
+
+
+def test_each_checkpoint_name_is_a_file_of_its_own(tmp_path):
+    """best.pth, last.pth and epoch_N.pth are written as separate files: a file copied over one
+    of them, or one edited in place, leaves the others as they were."""
+    import shutil
+
+    from siamese.checkpoint import CheckpointWriter
+
+    names = [str(tmp_path / name) for name in ("best.pth", "last.pth", "epoch_2.pth")]
+    writer = CheckpointWriter()
+    writer.write({"format_version": 1, "epoch": 2, "optimizer": {"state": {}}}, names)
+    writer.wait()
+    assert len({os.stat(path).st_ino for path in names}) == 3 and all(os.stat(p).st_nlink == 1 for p in names)
+    other = str(tmp_path / "other.pth")
+    atomic_save({"format_version": 1, "epoch": 9, "optimizer": None}, other)
+    shutil.copyfile(other, names[0])  # cp other/best.pth run/best.pth: writes into the file at that name
+    assert torch.load(names[1], weights_only=True)["epoch"] == 2
+    state = torch.load(names[1], weights_only=True)
+    state["optimizer"] = None
+    torch.save(state, names[2])  # edited in place
+    assert torch.load(names[1], weights_only=True)["optimizer"] == {"state": {}}
+    assert sorted(os.listdir(tmp_path)) == ["best.pth", "epoch_2.pth", "last.pth", "other.pth"]

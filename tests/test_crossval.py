@@ -351,3 +351,19 @@ def test_more_repeats_continue_a_cross_validation_and_fewer_are_refused(tmp_path
     assert "4 of 4 folds (2 repeats of 2 folds)" in printed
     assert crossval.main([*args, "--repeats", "1"]) == 2
     assert "holds a cross-validation with other repeats" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_fold_says_when_held_out_images_are_copies_of_training_images(tmp_path, capsys):
+    """One image copied into every other class: whichever classes a fold holds out, two of its
+    held-out images have the content of a training image; the fold says so and records it."""
+    import shutil
+
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
+    for c in range(1, 6):
+        shutil.copyfile(os.path.join(data, "class_0", "img_00.png"), os.path.join(data, f"class_{c}", "copy.png"))
+    out = str(tmp_path / "cv")
+    assert _cv(data, out, "--fold", "1") == 0
+    assert "fold 1: warning: 2 of the 12 images scored are images this model was trained on" in capsys.readouterr().out
+    with open(os.path.join(out, "fold_1", "result.json")) as f:
+        assert json.load(f)["training_overlap"] == {"images": 2, "of": 12}

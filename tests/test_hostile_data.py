@@ -270,3 +270,91 @@ def test_crossval_states_how_many_pairs_its_figures_rest_on():
     assert pairs_line([{"pairs": 80, "positive_pairs": 44}, {"pairs": 90, "positive_pairs": 44}]) == (
         "each fold's figures rest on 80 to 90 held-out pairs, 36 to 46 of them different-class; too few to resolve "
         "FAR 0.001: it needs 1,000")
+
+
+# --- images known by their content: validation never on training images ------------------------
+
+
+def test_content_keys_know_a_file_by_its_bytes_not_its_name(tmp_path):
+    from siamese.lineage import content_keys, shared_content
+
+    root = make_folder(str(tmp_path / "d"), classes=2, per_class=3)
+    a, b, c = (os.path.join(root, "class_0", f"img_0{i}.png") for i in range(3))
+    copy, link = str(tmp_path / "copy.png"), str(tmp_path / "link.png")
+    with open(a, "rb") as f, open(copy, "wb") as g:
+        g.write(f.read())
+    os.symlink(a, link)
+    keys = content_keys([a, b, copy, link])
+    assert keys[0] == keys[2] == keys[3] != keys[1] and all(len(key) == 8 for key in keys)
+    known = dict(zip(content_keys([a, c]), [a, c]))
+    assert shared_content([b, copy, link], known) == [(copy, a), (link, a)]
+    assert shared_content([copy], set(content_keys([a]))) == [(copy, keys[0])]
+    os.remove(copy)  # gone since the scan: one line naming it
+    with pytest.raises(UserError, match=f"cannot read image '{copy}' \\(No such file or directory\\)"):
+        content_keys([a, copy])
+
+
+def _renamed_classes(root, prefix):
+    for name in os.listdir(root):
+        os.rename(os.path.join(root, name), os.path.join(root, prefix + name))
+    return root
+
+
+@pytest.mark.parametrize("case", ["same folder", "val among the training folders", "class linked in", "copied image"])
+def test_validation_on_training_images_is_refused(tmp_path, capsys, case):
+    """The same images under the validation and the training folders, by whatever names, would
+    choose best.pth and the threshold on images the model learned: refused before anything is
+    written, naming some of them and how many."""
+    import train
+    from conftest import TINY_TRAIN_ARGS
+
+    train_dir = make_folder(str(tmp_path / "train"), classes=3, seed=1)
+    val_dir = _renamed_classes(make_folder(str(tmp_path / "val"), classes=3, seed=2), "v")
+    train_paths, val = [train_dir], val_dir
+    if case == "same folder":
+        val, shared = train_dir, 18
+    elif case == "val among the training folders":
+        train_paths, shared = [train_dir, val_dir], 18
+    elif case == "class linked in":  # a class of the validation folder linked into the training one from outside
+        os.symlink(os.path.join(val_dir, "vclass_1"), os.path.join(train_dir, "class_9"))
+        shared = 6
+    else:  # one validation image copied into a training class under another name
+        with open(os.path.join(val_dir, "vclass_2", "img_03.png"), "rb") as f, \
+                open(os.path.join(train_dir, "class_0", "extra.png"), "wb") as g:
+            g.write(f.read())
+        shared = 1
+    out = str(tmp_path / "run")
+    assert train.main(["--train-path", *train_paths, "--val-path", val, "-o", out, "-e", "1", *TINY_TRAIN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert f"validation folder '{val}' shares {shared} of its 18 images with the training data" in err[0]
+    assert "such as '" in err[0] and not os.path.exists(out)
+
+
+def test_eval_says_when_it_scores_the_checkpoints_training_images(trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    import eval as eval_script
+
+    out = str(tmp_path / "on_train")
+    assert eval_script.main(["-v", tiny_dataset[0], "-o", out, "-c", trained_checkpoint, "--max-pictures", "0"]) == 0
+    captured = capsys.readouterr()
+    line = "warning: 24 of the 24 images scored are images this model was trained on"
+    assert line in captured.err and line in captured.out  # before the scoring, and beside the figures
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["training_overlap"] == {"images": 24, "of": 24}
+
+
+def test_the_checkpoint_records_its_training_images_compactly(trained_checkpoint, tiny_dataset):
+    import torch
+
+    from siamese.checkpoint import load_checkpoint, training_keys
+    from siamese.evaluate import training_overlap
+    from siamese.lineage import content_keys
+
+    checkpoint = load_checkpoint(trained_checkpoint)  # weights_only
+    assert checkpoint["training_images"].dtype == torch.uint8 and checkpoint["training_images"].shape == (24, 8)
+    known = training_keys(checkpoint)
+    assert known == set(content_keys(scan_folder(tiny_dataset[0]).paths))
+    val_pairs = evaluation_pairs(scan_folder(tiny_dataset[1]), seed=0)
+    assert training_overlap(val_pairs, None, known) == ({"images": 0, "of": 18}, None)
+    old = {k: v for k, v in checkpoint.items() if k != "training_images"}  # written before the record
+    assert training_keys(old) is None

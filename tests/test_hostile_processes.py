@@ -253,3 +253,82 @@ def test_a_setting_a_resumed_run_does_not_use_is_named(tiny_dataset, tmp_path, c
     out = capsys.readouterr().out
     assert "note: --learning-rate 0.01 is not used: the resumed run keeps its own 0.001" in out
     assert "--image-size" not in out  # unchanged settings are not named
+
+
+# --- --resume continues its own run, with its own optimiser, or says why not -----------------------
+
+
+def _copy_of_run(trained_checkpoint, tmp_path):
+    """A copy of the shared trained run (2 epochs, seed 3): its checkpoints, args.json and logs."""
+    import shutil
+
+    run = str(tmp_path / "run")
+    shutil.copytree(os.path.dirname(trained_checkpoint), run,
+                    ignore=lambda folder, names: [n for n in names if n.startswith(".") or n.endswith((".onnx", ".data"))])
+    return run
+
+
+def _resume(tiny_dataset, run, *extra):
+    train_dir, val_dir = tiny_dataset
+    return train.main(["--train-path", train_dir, "--val-path", val_dir, "-o", run, "-e", "3", "--seed", "3",
+                       *TINY_TRAIN_ARGS, "--resume", os.path.join(run, "last.pth"), *extra])
+
+
+def test_resuming_a_checkpoint_of_another_run_under_last_pth_is_refused(trained_checkpoint, tiny_dataset, tmp_path,
+                                                                      capsys):
+    """cp other/last.pth run/last.pth, then --resume run/last.pth: the run the folder records is
+    not the checkpoint's; continuing would mix the two and rewrite the folder's run_id."""
+    import json
+
+    import torch
+
+    run = _copy_of_run(trained_checkpoint, tmp_path)
+    last = os.path.join(run, "last.pth")
+    state = torch.load(last, weights_only=True)
+    own, state["run_id"] = state["run_id"], "f" * 32  # as another run's last.pth copied over it
+    torch.save(state, last)
+    capsys.readouterr()
+    assert _resume(tiny_dataset, run) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"'{last}' belongs to run {'f' * 32}" in lines[0], lines
+    assert f"records run {own}" in lines[0] and "new folder (another -o/--out)" in lines[0]
+    with open(os.path.join(run, "args.json")) as f:
+        assert json.load(f)["run_id"] == own
+
+
+@pytest.mark.parametrize("removed", [("optimizer",), ("scheduler",)])
+def test_resuming_without_the_optimiser_state_is_refused(trained_checkpoint, tiny_dataset, tmp_path, capsys, removed):
+    """Adam's moments and the schedule would restart silently: refused, naming what is missing and
+    the option that accepts it."""
+    import torch
+
+    run = _copy_of_run(trained_checkpoint, tmp_path)
+    last = os.path.join(run, "last.pth")
+    state = torch.load(last, weights_only=True)
+    state.update(dict.fromkeys(removed))
+    torch.save(state, last)
+    before = sorted(os.listdir(run))
+    capsys.readouterr()
+    assert _resume(tiny_dataset, run) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"'{last}' holds no {' and '.join(removed)} state" in lines[0], lines
+    assert "--fresh-optimizer" in lines[0] and sorted(os.listdir(run)) == before
+    assert torch.load(os.path.join(run, "best.pth"), weights_only=True)["optimizer"]  # best.pth kept its own
+
+
+@pytest.mark.slow
+def test_fresh_optimizer_resumes_with_a_warning(trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    import torch
+
+    run = _copy_of_run(trained_checkpoint, tmp_path)
+    last = os.path.join(run, "last.pth")
+    state = torch.load(last, weights_only=True)
+    state["optimizer"] = None
+    torch.save(state, last)
+    capsys.readouterr()
+    assert _resume(tiny_dataset, run, "--fresh-optimizer") == 0
+    out = capsys.readouterr().out
+    assert f"warning: '{last}' holds no optimizer state: --fresh-optimizer continues at epoch 3" in out
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 3 and resumed["optimizer"] and resumed["run_id"] == state["run_id"]
+    assert os.stat(last).st_nlink == 1  # a file of its own, whichever other names epoch 3 wrote

@@ -203,7 +203,7 @@ def test_an_out_path_inside_the_image_folder_is_refused(trained_checkpoint, tmp_
     for out in (data, os.path.join(data, "results")):
         assert eval_script.main(["-v", data, "-o", out, "-c", trained_checkpoint]) == 2
         assert "is inside the image folder" in _error_line(capsys)
-    other = make_folder(str(tmp_path / "other"), seed=3)
+    other = make_folder(str(tmp_path / "other"), seed=4)  # no image of data/ (that would be refused first)
     assert train.main(["--train_path", data, "--val_path", other, "-o", os.path.join(other, "run"),
                        *TINY_TRAIN_ARGS]) == 2
     assert "is inside the image folder" in _error_line(capsys)

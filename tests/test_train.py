@@ -250,7 +250,8 @@ def test_bad_input_is_one_clear_line(tiny_dataset, tmp_path, capsys, case, messa
         train_dir = make_folder(str(tmp_path / "single"), classes=3, per_class=1)
     elif case == "one_kind_of_validation_pair":  # 3 images: a seed where every pair drawn is different-class
         val_dir = make_folder(str(tmp_path / "small_val"), classes=2, per_class=1)
-        make_folder(str(tmp_path / "small_val"), classes=1, per_class=2, seed=1)  # class_0 gets a second image
+        # class_0 gets a second image (seed 2: none of them is a training image, which would be refused first)
+        make_folder(str(tmp_path / "small_val"), classes=1, per_class=2, seed=2)
         folder = scan_folder(val_dir)
         seed = next(s for s in range(100) if not any(p.same for p in evaluation_pairs(folder, seed=s)))
         extra = ["--seed", str(seed)]
