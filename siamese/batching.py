@@ -7,14 +7,16 @@ requests are embedded together. No torch here.
     features, similarities = future.result() # or: await asyncio.wrap_future(future)
     batcher.stop()                           # after the jobs queued before it
 
-The model thread takes a job, then more while the batch holds fewer than max_batch images and
-max_wait_ms has not passed since the first; every image of them is embedded in batches of up to
+The model thread takes a job, then more while the batch holds fewer than max_batch images,
+max_wait_ms has not passed since the first, and more are on their way (jobs queued, or requests
+being decoded inside `with batcher.coming():`), so that a request alone waits for nobody; every image of them is embedded in batches of up to
 max_batch, every pair of them scored by the head in one call. The queue is bounded: when it is
 full, submit raises QueueFull at once (the service answers 503 with Retry-After) instead of
 memory growing. The runtimes' sessions and engine contexts are only ever used from the model
 thread, which is never blocked on a client: requests are decoded before they are queued.
 """
 
+import contextlib
 import queue
 import threading
 import time
@@ -49,6 +51,7 @@ class Batcher:
         self.observe = observe or (lambda images: None)
         self.scorer, self.stopping = None, False
         self._ready, self._error = threading.Event(), None
+        self._coming, self._lock = 0, threading.Lock()
         self.thread = threading.Thread(target=self._main, name="model", daemon=True)
 
     def start(self):
@@ -64,6 +67,18 @@ class Batcher:
     def depth(self):
         """Jobs waiting in the queue."""
         return self.queue.qsize()
+
+    @contextlib.contextmanager
+    def coming(self):
+        """Around the decoding of a request and its submit(): a batch being gathered waits (up to
+        max_wait_ms) only while some job is queued or announced so."""
+        with self._lock:
+            self._coming += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._coming -= 1
 
     def submit(self, images, pairs=(), then=None):
         """Queue a job; its Future gives (features, similarities), or then()'s result."""
@@ -100,13 +115,14 @@ class Batcher:
 
     def _gather(self):
         """([jobs of the next batch], whether the stop came): the first job waits for as long as it
-        takes, the others until the batch is full or max_wait has passed since the first."""
+        takes, the others until the batch is full, max_wait has passed since the first, or none is
+        on its way."""
         first = self.queue.get()
         if first is _STOP:
             return [], True
         jobs, images = [first], len(first.images)
         deadline = time.monotonic() + self.max_wait
-        while images < self.max_batch:
+        while images < self.max_batch and (self._coming or not self.queue.empty()):
             try:
                 job = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:

@@ -119,8 +119,10 @@ class Served:
                          for name, data in uploads])
 
     async def _run(self, uploads, pairs=(), then=None):
-        images = await asyncio.to_thread(self.decode, uploads)
-        return await asyncio.wrap_future(self.batcher.submit(images, pairs, then))
+        with self.batcher.coming():  # a batch being gathered waits for this request
+            images = await asyncio.to_thread(self.decode, uploads)
+            future = self.batcher.submit(images, pairs, then)
+        return await asyncio.wrap_future(future)
 
     def _threshold(self, requested):
         if requested is None:
