@@ -184,7 +184,7 @@ def _train_fold(cv, train_folder, *, name, label, record, log):
 def _score_fold(cv, test_folder, checkpoint_path):
     """(pairs, one-shot trials, the model's Evaluation, the baselines' Evaluations) on the held-out classes."""
     from .checkpoint import load_model
-    from .distributed import configure_cuda, resolve_device
+    from .device import configure_cuda, resolve_device
     from .predict import TorchPredictor
 
     s = cv.scoring

@@ -13,7 +13,7 @@ def load_scorer(engine=None, checkpoint=None, *, batch_size=None, device="auto",
         model.require_parts()  # an older export without embedder and head: one line, before any work
         return model, model.threshold
     from .checkpoint import load_model
-    from .distributed import configure_cuda, resolve_device
+    from .device import configure_cuda, resolve_device
     from .predict import TorchPredictor
 
     device = resolve_device(device)
