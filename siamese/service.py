@@ -13,10 +13,12 @@ import json
 import math
 import os
 import time
+import warnings
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -252,6 +254,9 @@ def create_app(served, *, token=None, max_body_mb=20.0, metrics=None):
         yield
         served.stop()
 
+    # An upload over the decompression-bomb limit is refused on its header (load_image_bytes): not
+    # worth a warning in the log as well.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     metrics = metrics or Metrics()
     metrics.queue.set_function(lambda: served.batcher.depth)
     served.batcher.observe = metrics.batch.observe  # the size of each embedded batch
