@@ -445,7 +445,7 @@ def test_the_batcher_batches_waiting_jobs_and_refuses_when_full():
 def test_a_checkpoint_is_served_on_pytorch_with_the_answers_of_its_export(trained_checkpoint, onnx_model, tiny_dataset):
     import asyncio
 
-    from siamese.served import Served, ServeSettings
+    from siamese.served import NotAllowed, Served, ServeSettings
 
     a, b = (_image_bytes(p) for p in _images(tiny_dataset)[:2])
     answers = {}
@@ -453,6 +453,8 @@ def test_a_checkpoint_is_served_on_pytorch_with_the_answers_of_its_export(traine
         served = Served(ServeSettings(gallery=tiny_dataset[1], **model)).start()
         try:
             answers[name] = (asyncio.run(served.verify(a, b)), asyncio.run(served.identify(a, 3)), served.info())
+            with pytest.raises(NotAllowed):  # 403: started without --allow-enroll
+                asyncio.run(served.enroll("new", [a]))
         finally:
             served.stop()
     (verified, identified, info), (onnx_verified, onnx_identified, _) = answers["torch"], answers["onnx"]
