@@ -74,12 +74,13 @@ def main(argv=None):
                              shortlist=args.shortlist, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              queue=args.queue, device=args.device, amp=args.amp, compile=args.compile,
                              tf32=args.tf32)
-    listening = listen(args.host, args.port)  # a port in use: one line, before the model is loaded
-    served = Served(settings).start()
-    try:
-        run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening)
-    finally:
-        served.stop()
+    served = Served(settings)  # the settings and the gallery folder checked
+    with listen(args.host, args.port) as listening:  # a port in use: one line, before the model is loaded
+        served.start()
+        try:
+            run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening)
+        finally:
+            served.stop()
     return 0
 
 

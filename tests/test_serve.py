@@ -169,7 +169,7 @@ def test_identify_answers_as_identify_py(server, onnx_model, tiny_dataset, capsy
     import identify
 
     with server.client() as client:
-        for query in _images(tiny_dataset)[::5]:
+        for query in _images(tiny_dataset)[::9]:
             assert identify.main(["--gallery", server.gallery, "--query", query, "-m", onnx_model, "--json",
                                   "--top-k", "3"]) == 0
             expected = json.loads(capsys.readouterr().out)
@@ -397,6 +397,30 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(onnx_model, tiny_data
     assert running.process.wait(60) == 0
     running.log.close()
     assert "Traceback" not in running.output()
+
+
+# --- refusals at the start, in one line ------------------------------------------------------------
+
+def test_a_bad_start_is_one_line(onnx_model, tiny_dataset, tmp_path, capsys):
+    import serve
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cases = [(["-m", str(tmp_path / "missing.onnx")], "does not exist"),
+             (["-m", onnx_model, "--port", str(busy.getsockname()[1])], "cannot listen on"),
+             (["-m", onnx_model, "--token-file", str(empty)], "holds no token"),
+             (["-m", onnx_model, "--allow-enroll"], "give --gallery too"),
+             (["-m", onnx_model, "--gallery", str(tmp_path / "nowhere")], "does not exist")]
+    try:
+        for argv, message in cases:
+            assert serve.main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    finally:
+        busy.close()
 
 
 # --- the batcher and the checkpoint path, in this process ------------------------------------------
