@@ -16,7 +16,7 @@ from .batching import Batcher
 from .deployed import note
 from .enrollment import check_class_name, extension_of, write_class_images
 from .errors import UserError, check_at_least, check_between
-from .evaluate import resolve_threshold
+from .evaluate import DEFAULT_THRESHOLD, resolve_threshold
 from .files import claim_beside, sync_folder
 from .gallery import check_index_path, choose_shortlist, identify, load_gallery
 from .identification import match_rows
@@ -95,7 +95,9 @@ class Served:
 
         scorer, calibrated = load_scorer(s.engine, s.checkpoint, device=s.device, amp=s.amp, compile=s.compile,
                                          tf32=s.tf32)
-        self.threshold, self.threshold_source = resolve_threshold(s.threshold, calibrated)
+        self.threshold, _ = resolve_threshold(s.threshold, calibrated)
+        self.threshold_source = ("--threshold" if s.threshold is not None else "model" if calibrated is not None
+                                 else f"default {DEFAULT_THRESHOLD:g}")  # in a word, for the page
         self.preprocessing, self.runtime = scorer.preprocessing, RUNTIMES.get(type(scorer).__name__, "other")
         size = self.preprocessing.image_size
         warm = scorer.embed(np.zeros((min(s.max_batch, 8), 3, size, size), np.float32))

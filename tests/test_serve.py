@@ -158,6 +158,7 @@ def test_verify_answers_as_infer_tensorrt(server, onnx_model, tiny_dataset, caps
             got = client.post("/verify", files={"image1": _image_bytes(a), "image2": _image_bytes(b)}).json()
             assert got["similarity"] == pytest.approx(expected["similarity"], abs=1e-6)
             assert got["same"] == expected["same"] and got["threshold"] == expected["threshold"]
+            assert got["threshold_source"] == "model"  # in a word (the model stores one)
             as_json = client.post("/verify", json={"image1": base64.b64encode(_image_bytes(a)).decode(),
                                                    "image2": base64.b64encode(_image_bytes(b)).decode(),
                                                    "threshold": 0.25}).json()
