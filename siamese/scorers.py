@@ -3,13 +3,15 @@ export, its INT8 copy or a TensorRT engine, no torch) or a checkpoint (-c: PyTor
 then). identify.py and serve.py load their models here."""
 
 
-def load_scorer(engine=None, checkpoint=None, *, batch_size=None, device="auto", amp=False, compile=False, tf32=True):
+def load_scorer(engine=None, checkpoint=None, *, batch_size=None, device="auto", amp=False, compile=False, tf32=True,
+                busy_wait=True):
     """(scorer, the model's calibrated threshold or None). A deployed model must have its
-    embedder and head (checked here, in one line, before any work)."""
+    embedder and head (checked here, in one line, before any work); busy_wait: see
+    runtime.load_deployed_model."""
     if engine:
         from .runtime import load_deployed_model
 
-        model = load_deployed_model(engine, batch_size=batch_size)
+        model = load_deployed_model(engine, batch_size=batch_size, busy_wait=busy_wait)
         model.require_parts()  # an older export without embedder and head: one line, before any work
         return model, model.threshold
     from .checkpoint import load_model

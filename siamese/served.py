@@ -93,8 +93,9 @@ class Served:
         s = self.settings
         from .scorers import load_scorer
 
+        # Its threads sleep between calls: the same cores read, decode and answer the requests.
         scorer, calibrated = load_scorer(s.engine, s.checkpoint, device=s.device, amp=s.amp, compile=s.compile,
-                                         tf32=s.tf32)
+                                         tf32=s.tf32, busy_wait=False)
         self.threshold, _ = resolve_threshold(s.threshold, calibrated)
         self.threshold_source = ("--threshold" if s.threshold is not None else "model" if calibrated is not None
                                  else f"default {DEFAULT_THRESHOLD:g}")  # in a word, for the page
