@@ -17,7 +17,7 @@ from .deployed import note
 from .enrollment import check_class_name, extension_of, write_class_images
 from .errors import UserError, check_at_least, check_between
 from .evaluate import DEFAULT_THRESHOLD, resolve_threshold
-from .files import claim_beside, sync_folder
+from .files import claim_beside, inside, sync_folder
 from .gallery import check_index_path, choose_shortlist, identify, load_gallery
 from .identification import match_rows
 from .images import scan_folder
@@ -195,8 +195,10 @@ class Served:
         return {"class": name, "added": len(written), "images": len(gallery.paths), "classes": len(gallery.classes)}
 
     def gallery_file(self, relative):
-        """The gallery image at this path relative to the gallery, or None: only the gallery's own images."""
-        return self.files.get(relative)
+        """The gallery image at this path relative to the gallery, or None: only the images of the
+        gallery's scan that lie inside it (not through a link out of it)."""
+        path, gallery = self.files.get(relative), self.gallery
+        return path if path and gallery and inside(path, gallery.root) else None
 
     def info(self):
         s, g = self.settings, self.gallery

@@ -82,8 +82,12 @@ class Server:
 
 
 def _gallery_copy(tiny_dataset, where):
+    """A copy of the validation folder, with one image that is a link out of it."""
     gallery = str(where / "gallery")
     shutil.copytree(tiny_dataset[1], gallery)
+    outside = where / "outside.png"
+    shutil.copy(os.path.join(tiny_dataset[0], "class_0", "img_00.png"), outside)
+    os.symlink(outside, os.path.join(gallery, "class_0", "linked_out.png"))
     return gallery
 
 
@@ -258,6 +262,8 @@ def test_bad_input_is_a_4xx_of_one_line_and_the_server_goes_on(server, tiny_data
         assert _one_line_error(client.get("/gallery/../../../etc/passwd"), 404)
         assert _one_line_error(client.get("/gallery/%2e%2e/%2e%2e/etc/passwd"), 404)
         assert _one_line_error(client.get("/gallery/" + os.path.abspath(__file__)), 404)
+        assert _one_line_error(client.get("/gallery/class_0/linked_out.png"), 404)  # a link out of the gallery
+        assert client.get("/gallery/class_0/img_00.png").status_code == 200
         assert _one_line_error(client.get("/verify"), 405)
     assert sorted(os.listdir(server.gallery)) == before  # a refused enrollment wrote nothing
 
