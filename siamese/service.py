@@ -166,6 +166,22 @@ _KINDS = {"file": "one image", "files": "one or more images", "text": "a name", 
           "count": "a whole number of at least 1"}
 
 
+def request_body(path):
+    """The OpenAPI description of an endpoint's fields (for /docs), from FIELDS."""
+    def schema(kind, upload):
+        one = {"type": "string", "format": "binary"} if upload else {"type": "string", "format": "base64"}
+        return {"file": one, "files": {"type": "array", "items": one}, "text": {"type": "string"},
+                "number": {"type": "number", "minimum": 0, "maximum": 1},
+                "count": {"type": "integer", "minimum": 1}}[kind]
+
+    content = {}
+    for media, upload in (("multipart/form-data", True), ("application/json", False)):
+        fields = FIELDS[path]
+        content[media] = {"schema": {"type": "object", "properties": {n: schema(k, upload) for n, (k, _) in fields.items()},
+                                     "required": [n for n, (_, required) in fields.items() if required]}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
 async def _multipart(request):
     """{name: [('file', bytes) or ('text', str), ...]} of a multipart form."""
     form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
@@ -299,19 +315,19 @@ def _add_errors(app):
 
 
 def _add_routes(app, served, metrics):
-    @app.post("/verify")
+    @app.post("/verify", openapi_extra=request_body("/verify"))
     async def verify(request: Request):
         """Two images (image1, image2) -> similarity, verdict and the threshold used."""
         fields = await read_fields(request, "/verify")
         return await served.verify(fields["image1"], fields["image2"], fields.get("threshold"))
 
-    @app.post("/identify")
+    @app.post("/identify", openapi_extra=request_body("/identify"))
     async def identify(request: Request):
         """One image -> the top classes of the gallery, or 'unknown' (as identify.py answers)."""
         fields = await read_fields(request, "/identify")
         return await served.identify(fields["image"], fields.get("top_k"), fields.get("threshold"))
 
-    @app.post("/enroll")
+    @app.post("/enroll", openapi_extra=request_body("/enroll"))
     async def enroll(request: Request):
         """A class name and images -> added to the gallery (written and synced before the answer)."""
         if not served.settings.allow_enroll:  # before reading the images
@@ -319,7 +335,7 @@ def _add_routes(app, served, metrics):
         fields = await read_fields(request, "/enroll")
         return await served.enroll(fields["class"], fields["images"])
 
-    @app.post("/embed")
+    @app.post("/embed", openapi_extra=request_body("/embed"))
     async def embed(request: Request):
         """Images -> their features, for a search of one's own."""
         fields = await read_fields(request, "/embed")

@@ -197,6 +197,9 @@ def test_embed_and_info(server, tiny_dataset):
     with server.client() as client:
         answer = client.post("/embed", files=[("images", _image_bytes(p)) for p in paths]).json()
         info = client.get("/info").json()
+        assert client.get("/docs").status_code == 200
+        described = client.get("/openapi.json").json()["paths"]["/verify"]["post"]["requestBody"]["content"]
+        assert described["multipart/form-data"]["schema"]["required"] == ["image1", "image2"]
     assert len(answer["features"]) == 3 and answer["dim"] == len(answer["features"][0])
     assert info["model"] == "model.onnx" and info["runtime"] == "onnxruntime" and info["gallery"] and info["enroll"]
     assert info["max_batch"] == 8 and info["image_size"] == 32
