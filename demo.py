@@ -77,7 +77,8 @@ def main(argv=None):
     print(f"\ndemo done.\n  model:            {checkpoint}\n  training curves:  tensorboard --logdir {model_dir}/tensorboard"
           f"\n  evaluation:       {eval_dir}/metrics.json, roc.png, errors.png\n  pair pictures:    {eval_dir}/pairs/"
           f"\n  deployed model:   {onnx_path} (with model.embed.onnx and model.head.onnx)"
-          f"\n  identification:   {identify_dir}/matches.csv, pictures/")
+          f"\n  identification:   {identify_dir}/matches.csv, pictures/"
+          f"\n  as a service:     python serve.py -m {onnx_path} --gallery {train_dir}   (then http://127.0.0.1:8000/)")
     return 0
 
 

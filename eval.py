@@ -26,7 +26,7 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     settings = EvaluationSettings.from_namespace(args)
     from siamese.checkpoint import load_model, training_keys
-    from siamese.distributed import configure_cuda, resolve_device
+    from siamese.device import configure_cuda, resolve_device
     from siamese.evaluate import run_evaluation
     from siamese.predict import TorchPredictor
 

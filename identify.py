@@ -16,8 +16,8 @@ import os
 import sys
 
 from siamese.errors import cli
-from siamese.options import (BATCH, MAX_IMAGES, PICTURES, PROBABILITY, Number, add_model_option, add_out_option,
-                             add_pytorch_options, script_parser, whole)
+from siamese.options import (BATCH, PICTURES, PROBABILITY, SHORTLIST, TOP_K, add_model_option, add_out_option,
+                             add_pytorch_options, script_parser)
 
 def get_args_parser():
     p = script_parser(__doc__)
@@ -28,7 +28,7 @@ def get_args_parser():
     add_model_option(model)
     add_out_option(p, default=None,
                    help="folder for matches.csv, matches.json, pictures/ and the gallery index")
-    p.add_argument("--top-k", default=5, type=whole(1, 1000),
+    p.add_argument("--top-k", default=5, type=TOP_K,
                    help="classes listed per query (and any more that tie with the first)")
     p.add_argument("--threshold", default=None, type=PROBABILITY,
                    help="'unknown' when the best similarity is below this (default: the model's calibrated threshold, "
@@ -36,7 +36,7 @@ def get_args_parser():
     p.add_argument("--index", default=None, type=str,
                    help="the gallery index file (default: OUT/gallery_index.npz with -o, else none: the gallery is "
                         "embedded every time)")
-    p.add_argument("--shortlist", default="auto", type=Number(int, 0, MAX_IMAGES, word="auto"),
+    p.add_argument("--shortlist", default="auto", type=SHORTLIST,
                    help="gallery images proposed by FAISS (cosine of the features) for the head to re-rank; 0: the head "
                         "scores the whole gallery; auto: the whole gallery up to 20,000 images, else 200")
     p.add_argument("--json", action="store_true", help="print the matches as JSON instead of text")
@@ -44,25 +44,6 @@ def get_args_parser():
     add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
     p.add_argument("--batch-size", default=None, type=BATCH, help="images per batch when embedding")
     return p
-
-
-def load_scorer(args):
-    """(scorer for the gallery functions, calibrated threshold or None)."""
-    if args.engine:
-        from siamese.runtime import load_deployed_model
-
-        model = load_deployed_model(args.engine, batch_size=args.batch_size)
-        model.require_parts()  # an older export without embedder and head: one line, before any work
-        return model, model.threshold
-    from siamese.checkpoint import load_model
-    from siamese.distributed import configure_cuda, resolve_device
-    from siamese.predict import TorchPredictor
-
-    device = resolve_device(args.device)
-    network, checkpoint = load_model(args.checkpoint, device=device)
-    configure_cuda(device, args.tf32)
-    return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
-                          channels_last=args.channels_last, compile=args.compile), checkpoint.get("threshold")
 
 
 @cli
@@ -75,6 +56,7 @@ def main(argv=None):
     from siamese.identification import (PRINTED_QUERIES, check_identification_out_path, match_rows, print_matches,
                                         query_files, write_results)
     from siamese.images import scan_folder
+    from siamese.scorers import load_scorer
 
     check_at_least(args.top_k, 1, "--top-k")
     check_at_least(args.max_pictures, 0, "--max-pictures")
@@ -86,7 +68,9 @@ def main(argv=None):
         check_not_inside(args.out_path, [args.gallery, args.query])
         check_identification_out_path(args.out_path)
     check_index_path(args.index, [args.gallery, args.query])
-    model, calibrated = load_scorer(args)
+    model, calibrated = load_scorer(args.engine, args.checkpoint, batch_size=args.batch_size, device=args.device,
+                                    amp=args.amp, compile=args.compile, tf32=args.tf32,
+                                    channels_last=args.channels_last)
     threshold, source = resolve_threshold(args.threshold, calibrated)
     index = args.index or (os.path.join(args.out_path, "gallery_index.npz") if args.out_path else None)
     if args.out_path:

@@ -16,7 +16,7 @@ import time
 import torch
 
 from common import data_folder, report
-from siamese.distributed import autocast, resolve_device
+from siamese.device import autocast, resolve_device
 from siamese.evaluate import evaluate
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork

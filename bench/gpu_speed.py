@@ -19,7 +19,7 @@ import time
 import torch
 
 from common import data_folder, report
-from siamese import distributed
+from siamese import device as devices
 from siamese.data import ImageFiles, TrainingPairs, loader_options, training_loader
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork
@@ -56,7 +56,7 @@ def train_step(model, batch, size, device, amp):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
-        with distributed.autocast(device, amp):
+        with devices.autocast(device, amp):
             logits = model(x[:batch], x[batch:])
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -87,7 +87,7 @@ def ceilings(args, device):
             print(f"({name}: compiling and timing took {time.perf_counter() - start:.0f} s)")
     model = network(args.size, device).eval()
     images = torch.randn(args.embed_batch, 3, args.size, args.size, device=device).to(memory_format=torch.channels_last)
-    with torch.inference_mode(), distributed.autocast(device, True):
+    with torch.inference_mode(), devices.autocast(device, True):
         out["ceiling embed bf16"] = rate(lambda: model.scoring_features(images), args.embed_batch, args.steps, device)
     return out
 
@@ -161,8 +161,8 @@ def main():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=bool(env("COMPILE", 1)))
     p.add_argument("--out", default=env("OUT", "bench/results/gpu") + "/speed.json")
     args = p.parse_args()
-    device = distributed.resolve_device(args.device)
-    distributed.configure_cuda(device)
+    device = devices.resolve_device(args.device)
+    devices.configure_cuda(device)
     train_path, val_path = data_folder(f"{args.data}:train"), data_folder(f"{args.data}:val")
     folder = scan_folder(train_path)
     paths = (folder.paths * (args.images // len(folder.paths) + 1))[:args.images]

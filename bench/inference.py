@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from common import ROOT, data_folder, report
-from siamese.distributed import autocast
+from siamese.device import autocast
 from siamese.export import deployed_module, export_onnx
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork

@@ -17,7 +17,8 @@ import torch
 from common import data_folder, report
 from siamese.batch_augment import augments_on_device, on_device
 from siamese.data import Augmentation, TrainingPairs, training_loader
-from siamese.distributed import Context, autocast, grad_scaler, resolve_device
+from siamese.device import autocast, grad_scaler, resolve_device
+from siamese.distributed import Context
 from siamese.image_cache import image_cache
 from siamese.images import scan_folder
 from siamese.model import SiameseNetwork

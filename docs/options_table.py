@@ -12,7 +12,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("split", "train", "crossval", "eval", "identify", "torch_to_onnx", "onnx_to_int8", "onnx_to_trt",
-           "infer_tensorrt", "eval_tensorrt", "demo")
+           "infer_tensorrt", "eval_tensorrt", "serve", "demo")
 
 
 def _cell(text):

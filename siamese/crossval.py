@@ -186,7 +186,7 @@ def _score_fold(cv, test_folder, checkpoint_path):
     or None) on the held-out classes. When the checkpoint records its training images, the
     metrics hold `training_overlap`, and the line says when held-out images are among them."""
     from .checkpoint import load_model, training_keys
-    from .distributed import configure_cuda, resolve_device
+    from .device import configure_cuda, resolve_device
     from .predict import TorchPredictor
 
     s = cv.scoring

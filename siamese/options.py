@@ -302,6 +302,8 @@ EPOCHS = whole(1, MAX_EPOCHS)
 TRIALS = whole(1, MAX_TRIALS)
 WORKERS = whole(0, MAX_WORKERS)
 PICTURES = whole(0, MAX_IMAGES)
+TOP_K = whole(1, 1_000)  # classes listed per query (identify.py, serve.py)
+SHORTLIST = Number(int, 0, MAX_IMAGES, word="auto")  # gallery images FAISS proposes to the head
 # The oldest opset torch.onnx's exporter implements: it exports 18 and converts to the others,
 # down with a warning and often not at all (resnet18 failed at 7, 9 and 13; export.py refuses it).
 MIN_OPSET = 18

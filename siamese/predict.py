@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import ImageFiles, loader_options
-from .distributed import amp_dtype, autocast, channels_last_for, compile_module
+from .device import amp_dtype, autocast, channels_last_for, compile_module
 from .errors import check_batch_size
 from .export import fingerprint
 from .images import cpu_images_per_batch
@@ -29,12 +29,12 @@ def default_batch_size(device, image_size):
 
 
 class TorchPredictor:
-    """amp: autocast in distributed.amp_dtype (bfloat16 on CPUs and Ampere or newer GPUs);
+    """amp: autocast in device.amp_dtype (bfloat16 on CPUs and Ampere or newer GPUs);
     channels_last: None for the device's best (on GPUs only); compile: torch.compile the
     embedder (each batch padded to the batch size, so one shape compiles once; the compile time
     is printed on stderr); cache_images: keep the decoded batches of the last call for a next
     call with the same paths (training's validation, every epoch), up to CACHE_BYTES. TF32 and
-    cuDNN's set-up: distributed.configure_cuda."""
+    cuDNN's set-up: device.configure_cuda."""
 
     embeds = True
 
@@ -104,10 +104,21 @@ class TorchPredictor:
         self.model.eval()
         chunks = []
         for images in tqdm(self._batches(paths), desc="features", unit="batch", disable=not progress, leave=False):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            with self._autocast():
-                chunks.append(self._features(images).float().cpu().numpy())
+            chunks.append(self._embed_batch(images))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.scoring_dim), np.float32)
+
+    @torch.inference_mode()
+    def embed(self, images):
+        """(N, 3, H, W) float32 preprocessed images (numpy) -> (N, D) features, as the deployed models' embed."""
+        self.model.eval()
+        chunks = [self._embed_batch(torch.as_tensor(images[i:i + self.batch_size]))
+                  for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.scoring_dim), np.float32)
+
+    def _embed_batch(self, images):
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with self._autocast():
+            return self._features(images).float().cpu().numpy()
 
     @torch.inference_mode()
     def score_features(self, features1, features2):

@@ -21,6 +21,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import device as devices
 from . import distributed
 from .batch_augment import augments_on_device, on_device
 from .checkpoint import CheckpointWriter, build_checkpoint_model, load_checkpoint, make_checkpoint
@@ -96,7 +97,7 @@ def train_one_epoch(model, loader, optimizer, *, scaler, settings, context, prog
     class_steps = 0
     start = time.perf_counter()
     for batch in loader:
-        with distributed.autocast(device, amp):
+        with devices.autocast(device, amp):
             logits, label, weight, class_logits, classes = _forward_batch(model, batch, device=device,
                                                                           memory_format=memory_format)
         per_pair = binary_cross_entropy_with_logits(logits.float(), label, reduction="none")
@@ -360,7 +361,7 @@ def _optimisation(settings, train_model, device, checkpoint, validating):
     """Optimiser, schedule, gradient scaler and the best validation so far (as resumed)."""
     optimizer = torch.optim.Adam(train_model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = make_scheduler(optimizer, settings.lr_schedule, settings.epochs)
-    scaler = distributed.grad_scaler(device, settings.amp)
+    scaler = devices.grad_scaler(device, settings.amp)
     best = {"auc": -1.0} if validating else {"epoch": None}
     if checkpoint is not None:
         for name, part in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
@@ -535,14 +536,14 @@ def _for_device(settings, device, log):
     choice is known to work there (--amp, --compile): one line before anything is written.
     Sets up cuDNN and TF32 on a GPU."""
     if settings.amp:
-        distributed.amp_dtype(device)
-        if device.type == "cpu" and not distributed.cpu_has_bfloat16() and log is not None:
+        devices.amp_dtype(device)
+        if device.type == "cpu" and not devices.cpu_has_bfloat16() and log is not None:
             log("note: --amp on this CPU: it has no bfloat16 instructions (avx512_bf16, amx_bf16), "
                 "so mixed precision will likely run slower than without --amp")
     if settings.compile:
-        distributed.check_compile(device)
-    distributed.configure_cuda(device, settings.tf32)
-    return dataclasses.replace(settings, channels_last=distributed.channels_last_for(device, settings.channels_last))
+        devices.check_compile(device)
+    devices.configure_cuda(device, settings.tf32)
+    return dataclasses.replace(settings, channels_last=devices.channels_last_for(device, settings.channels_last))
 
 
 def _log_compile_time(module, optimizer, device, log):
@@ -596,7 +597,7 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
                record=dict(record or {}, **recorded, ran_on=str(device), world_size=context.world_size,
                            run_id=run_id))
     if settings.compile:
-        run.train_model = distributed.compile_module(train_model, device, log=log if context.is_main else None)
+        run.train_model = devices.compile_module(train_model, device, log=log if context.is_main else None)
         _log_compile_time(run.train_model, optimizer, device, log if context.is_main else None)
     predictor = TorchPredictor(run.validated, device=device, batch_size=settings.eval_batch_size,
                                workers=settings.workers, amp=settings.amp, channels_last=settings.channels_last,

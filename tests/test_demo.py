@@ -19,6 +19,12 @@ def test_the_demo_trains_evaluates_exports_infers_and_identifies(tmp_path, capsy
         assert os.path.isfile(os.path.join(out, path)), path
     metrics = json.load(open(os.path.join(out, "eval", "metrics.json")))
     assert metrics["one_shot"]["n_way"] == 5 and 0.5 < metrics["auc"] <= 1.0  # one epoch already tells digits apart
+    # it ends with the one command that serves the demo model
+    served = next(line for line in printed.splitlines() if "python serve.py" in line)
+    import serve
+
+    args = serve.get_args_parser().parse_args(served.split("python serve.py", 1)[1].split("(")[0].split())
+    assert os.path.samefile(args.engine, os.path.join(out, "model.onnx")) and os.path.isdir(args.gallery)
 
 
 def test_a_bad_option_is_refused_before_the_images_are_written(tmp_path, capsys):

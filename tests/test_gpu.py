@@ -143,19 +143,19 @@ def _cuda_train(tiny_dataset, out, *extra):
 
 @needs_cuda
 def test_cuda_set_up_bfloat16_tf32_and_channels_last_from_ampere_on():
-    from siamese import distributed
+    from siamese import device as devices
 
     modern = torch.cuda.get_device_capability() >= (8, 0)
-    assert distributed.amp_dtype("cuda") == (torch.bfloat16 if modern else torch.float16)
-    assert distributed.grad_scaler("cuda", True).is_enabled() is not modern
-    assert distributed.configure_cuda("cuda", True) is modern and torch.backends.cudnn.benchmark
-    assert distributed.channels_last_for("cuda")
+    assert devices.amp_dtype("cuda") == (torch.bfloat16 if modern else torch.float16)
+    assert devices.grad_scaler("cuda", True).is_enabled() is not modern
+    assert devices.configure_cuda("cuda", True) is modern and torch.backends.cudnn.benchmark
+    assert devices.channels_last_for("cuda")
 
 
 @needs_cuda
 def test_cuda_compiled_training_keeps_plain_checkpoints_and_compiled_embedding_matches(tiny_dataset, trained_checkpoint,
                                                                                       tmp_path, capsys):
-    from siamese import distributed
+    from siamese import device as devices
     from siamese.checkpoint import load_model
     from siamese.images import scan_folder
     from siamese.predict import TorchPredictor
@@ -169,7 +169,7 @@ def test_cuda_compiled_training_keeps_plain_checkpoints_and_compiled_embedding_m
     assert np.isfinite(state["metrics"]["train"]["loss"])
     model = load_model(trained_checkpoint, device="cuda")[0]
     paths = scan_folder(tiny_dataset[1]).paths
-    distributed.configure_cuda("cuda", tf32=False)
+    devices.configure_cuda("cuda", tf32=False)
     eager = TorchPredictor(model, device="cuda").embed_paths(paths)
     compiled = TorchPredictor(model, device="cuda", compile=True, batch_size=8).embed_paths(paths)
     np.testing.assert_allclose(compiled, eager, rtol=1e-3, atol=1e-3)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN_ARGS
-from siamese import distributed
+from siamese import device as devices
 from siamese.errors import UserError
 
 
@@ -26,23 +26,23 @@ def _train(tiny_dataset, out, *extra):
                                                ((8, 6), torch.bfloat16), ((7, 5), torch.float16),
                                                ((6, 1), torch.float16)])
 def test_amp_computes_in_bfloat16_from_ampere_on_and_float16_before(capability, dtype):
-    assert distributed.amp_dtype("cuda", capability) == dtype
-    assert distributed.amp_dtype("cpu") == torch.bfloat16
+    assert devices.amp_dtype("cuda", capability) == dtype
+    assert devices.amp_dtype("cpu") == torch.bfloat16
 
 
 def test_amp_on_a_gpu_without_half_precision_is_one_line():
     with pytest.raises(UserError, match="--amp.*compute capability 5.0.*without --amp"):
-        distributed.amp_dtype("cuda:0", (5, 0))
+        devices.amp_dtype("cuda:0", (5, 0))
 
 
 @pytest.mark.parametrize("capability, scaled", [((9, 0), False), ((7, 0), True)])
 def test_only_float16_steps_through_a_gradient_scaler(monkeypatch, capability, scaled):
     asked = {}
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: asked.setdefault("enabled", enabled))
-    distributed.grad_scaler("cuda", True, capability)
+    devices.grad_scaler("cuda", True, capability)
     assert asked["enabled"] is scaled
     asked.clear()
-    distributed.grad_scaler("cuda", False, capability)
+    devices.grad_scaler("cuda", False, capability)
     assert asked["enabled"] is False
 
 
@@ -59,12 +59,12 @@ def _flags():
 
 def test_tf32_and_cudnn_benchmark_on_ampere_and_newer_unless_turned_off(cuda_flags):
     torch.backends.cudnn.benchmark = torch.backends.cuda.matmul.allow_tf32 = False
-    assert distributed.configure_cuda("cpu", True) is False and _flags()[0] is False  # a CPU: nothing changes
-    assert distributed.configure_cuda("cuda", True, capability=(9, 0)) is True
+    assert devices.configure_cuda("cpu", True) is False and _flags()[0] is False  # a CPU: nothing changes
+    assert devices.configure_cuda("cuda", True, capability=(9, 0)) is True
     assert _flags() == (True, True, True)
-    assert distributed.configure_cuda("cuda", False, capability=(9, 0)) is False
+    assert devices.configure_cuda("cuda", False, capability=(9, 0)) is False
     assert _flags() == (True, False, False)
-    assert distributed.configure_cuda("cuda", True, capability=(7, 5)) is False  # no TF32 before Ampere
+    assert devices.configure_cuda("cuda", True, capability=(7, 5)) is False  # no TF32 before Ampere
     assert _flags() == (True, False, False)
 
 
@@ -72,9 +72,9 @@ def test_channels_last_is_the_default_on_gpus_only():
     from train import parse_args
     from siamese.settings import TrainingSettings
 
-    assert distributed.channels_last_for("cuda") and distributed.channels_last_for("cuda:1")
-    assert not distributed.channels_last_for("cpu")
-    assert not distributed.channels_last_for("cuda", False) and distributed.channels_last_for("cpu", True)
+    assert devices.channels_last_for("cuda") and devices.channels_last_for("cuda:1")
+    assert not devices.channels_last_for("cpu")
+    assert not devices.channels_last_for("cuda", False) and devices.channels_last_for("cpu", True)
     base = ["--train-path", "x", "-o", "y"]
     assert TrainingSettings.from_namespace(parse_args(base)).channels_last is None
     assert TrainingSettings.from_namespace(parse_args(base + ["--no-channels-last"])).channels_last is False

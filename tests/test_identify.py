@@ -259,7 +259,7 @@ def test_a_tie_for_the_first_place_names_no_class(tmp_path, capsys, monkeypatch,
     """All four classes at 0.558307: identify.py answered the first by name, verdict 'match'."""
     gallery = make_folder(str(tmp_path / "gallery"), classes=4, per_class=2)
     query = os.path.join(gallery, "class_2", "img_00.png")
-    monkeypatch.setattr(identify, "load_scorer", lambda args: (_Tied(0.558307), None))
+    monkeypatch.setattr("siamese.scorers.load_scorer", lambda *args, **kwargs: (_Tied(0.558307), None))
     out = str(tmp_path / "out")
     assert identify.main(["--gallery", gallery, "--query", query, "-c", "unused.pth", "-o", out, "--top-k",
                           str(top_k), "--threshold", "0.5"]) == 0

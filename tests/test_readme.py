@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("train", "eval", "torch_to_onnx", "onnx_to_trt", "onnx_to_int8", "infer_tensorrt", "eval_tensorrt", "demo",
-           "crossval", "identify", "split")
+           "crossval", "identify", "split", "serve")
 
 
 def _readme():

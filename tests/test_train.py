@@ -10,7 +10,7 @@ import torch
 
 import train
 from conftest import ROOT, TINY_TRAIN_ARGS, make_folder
-from siamese.distributed import cpu_has_bfloat16
+from siamese.device import cpu_has_bfloat16
 from siamese.images import scan_folder
 from siamese.pairs import evaluation_pairs
 
@@ -121,13 +121,13 @@ def test_amp_on_cpu_trains_in_bfloat16_and_keeps_float32_weights():
 
 
 def test_amp_on_a_cpu_without_bfloat16_says_it_will_be_slow(tmp_path, monkeypatch):
-    from siamese import distributed
+    from siamese import device
     from siamese.errors import UserError
     from siamese.settings import TrainingSettings
     from siamese.training import fit
 
     lines = []
-    monkeypatch.setattr(distributed, "cpu_has_bfloat16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_bfloat16", lambda: False)
     with pytest.raises(UserError):  # stops at the missing folder, after the note
         fit(TrainingSettings(device="cpu", amp=True), train=str(tmp_path / "missing"), val=str(tmp_path / "missing"),
             out_path=str(tmp_path / "out"), log=lines.append)
