@@ -45,25 +45,6 @@ def get_args_parser():
     return p
 
 
-def load_scorer(args):
-    """(scorer for the gallery functions, calibrated threshold or None)."""
-    if args.engine:
-        from siamese.runtime import load_deployed_model
-
-        model = load_deployed_model(args.engine, batch_size=args.batch_size)
-        model.require_parts()  # an older export without embedder and head: one line, before any work
-        return model, model.threshold
-    from siamese.checkpoint import load_model
-    from siamese.distributed import configure_cuda, resolve_device
-    from siamese.predict import TorchPredictor
-
-    device = resolve_device(args.device)
-    network, checkpoint = load_model(args.checkpoint, device=device)
-    configure_cuda(device, args.tf32)
-    return TorchPredictor(network, device=device, batch_size=args.batch_size, workers=4, amp=args.amp,  # 4 decoders on a GPU
-                          compile=args.compile), checkpoint.get("threshold")
-
-
 @cli
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
@@ -74,6 +55,7 @@ def main(argv=None):
     from siamese.identification import (PRINTED_QUERIES, check_identification_out_path, match_rows, print_matches,
                                         query_files, write_results)
     from siamese.images import scan_folder
+    from siamese.scorers import load_scorer
 
     check_at_least(args.top_k, 1, "--top-k")
     check_at_least(args.max_pictures, 0, "--max-pictures")
@@ -85,7 +67,8 @@ def main(argv=None):
         check_not_inside(args.out_path, [args.gallery, args.query])
         check_identification_out_path(args.out_path)
     check_index_path(args.index, [args.gallery, args.query])
-    model, calibrated = load_scorer(args)
+    model, calibrated = load_scorer(args.engine, args.checkpoint, batch_size=args.batch_size, device=args.device,
+                                    amp=args.amp, compile=args.compile, tf32=args.tf32)
     threshold, source = resolve_threshold(args.threshold, calibrated)
     index = args.index or (os.path.join(args.out_path, "gallery_index.npz") if args.out_path else None)
     if args.out_path:

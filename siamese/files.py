@@ -266,6 +266,16 @@ def atomic_open(path, mode="w", **kwargs):
         raise
 
 
+def sync_folder(path):
+    """fsync a folder, so that the names renamed or created in it survive a power cut too (a file's
+    own fsync keeps its data, not its name)."""
+    handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
 def _json_safe(value):
     """NaN and infinity are not JSON: they become null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -5,6 +5,7 @@ the arrays the trained model saw.
 """
 
 import functools
+import io
 import math
 import os
 import stat
@@ -305,8 +306,25 @@ def load_image(path, *, size_hint=None):
     reason = not_a_file(path)
     if reason:
         raise UserError(f"image '{path}' {reason}; give an image file")
+    return _decode(path, f"image '{path}'", "remove or replace the file", size_hint=size_hint)
+
+
+def load_image_bytes(data, *, name="image", size_hint=None, max_pixels=None):
+    """An image sent as bytes (an upload) as 8-bit RGB, decoded exactly as load_image decodes a
+    file; a UserError names it (`name`) when it is not an image, is truncated, or has more than
+    max_pixels pixels (default: Pillow's decompression-bomb limit, refused here rather than warned
+    of), which is checked on the header, before any pixel is decoded."""
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
+    return _decode(io.BytesIO(data), f"image '{name}'", "send another image", size_hint=size_hint, max_pixels=limit)
+
+
+def _decode(source, shown, advice, *, size_hint=None, max_pixels=None):
+    """A path or a file object -> 8-bit RGB; what cannot be decoded is a UserError naming `shown`."""
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            if max_pixels and img.width * img.height > max_pixels:
+                raise UserError(f"{shown} is {img.width} x {img.height} pixels, more than the {max_pixels:,} decoded "
+                                f"safely; resize it first")
             if size_hint and img.format == "JPEG":
                 img.draft("RGB", (size_hint, size_hint))
             img.load()
@@ -316,9 +334,11 @@ def load_image(path, *, size_hint=None):
     except UserError:
         raise
     except Image.DecompressionBombError as error:
-        raise UserError(f"image '{path}' is too large to decode safely ({error}); resize it first") from None
+        raise UserError(f"{shown} is too large to decode safely ({error}); resize it first") from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"cannot read {shown}: it is not an image of a format Pillow reads; {advice}") from None
     except Exception as error:
-        raise UserError(f"cannot read image '{path}' ({type(error).__name__}: {error}); remove or replace the file") from None
+        raise UserError(f"cannot read {shown} ({type(error).__name__}: {error}); {advice}") from None
 
 
 @dataclass(frozen=True)
@@ -362,3 +382,7 @@ class Preprocessing:
 
     def load(self, path):
         return self(load_image(path, size_hint=self.image_size))
+
+    def load_bytes(self, data, *, name="image", max_pixels=None):
+        """The same transform of an image sent as bytes (see load_image_bytes)."""
+        return self(load_image_bytes(data, name=name, size_hint=self.image_size, max_pixels=max_pixels))

@@ -104,10 +104,21 @@ class TorchPredictor:
         self.model.eval()
         chunks = []
         for images in tqdm(self._batches(paths), desc="features", unit="batch", disable=not progress, leave=False):
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            with self._autocast():
-                chunks.append(self._features(images).float().cpu().numpy())
+            chunks.append(self._embed_batch(images))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.model.scoring_dim), np.float32)
+
+    @torch.inference_mode()
+    def embed(self, images):
+        """(N, 3, H, W) float32 preprocessed images (numpy) -> (N, D) features, as the deployed models' embed."""
+        self.model.eval()
+        chunks = [self._embed_batch(torch.as_tensor(images[i:i + self.batch_size]))
+                  for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.model.scoring_dim), np.float32)
+
+    def _embed_batch(self, images):
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        with self._autocast():
+            return self._features(images).float().cpu().numpy()
 
     @torch.inference_mode()
     def score_features(self, features1, features2):

@@ -1,0 +1,87 @@
+"""Serve a model over HTTP: verify pairs, identify images against a gallery, enroll new images,
+embed images; requests arriving together are batched. A page to try it is at http://HOST:PORT/.
+
+Example:
+    python serve.py -m runs/exp1/model.onnx --gallery data/train --port 8000
+    curl -F image1=@a.png -F image2=@b.png http://127.0.0.1:8000/verify
+
+The model is whatever -m takes elsewhere (an ONNX export, its INT8 copy, a TensorRT engine), or a
+checkpoint with -c (on PyTorch). One thread owns the model; the images of concurrent requests are
+embedded together, up to --max-batch images or --max-wait-ms. The endpoints: docs/deployment.md
+(Service), and /docs on the running service. SIGTERM or Ctrl-C answers the requests in flight,
+then exits.
+"""
+
+from siamese.errors import cli
+from siamese.options import (PROBABILITY, POSITIVE, Number, add_model_option, add_pytorch_options, at_least,
+                             script_parser)
+
+
+def get_args_parser():
+    p = script_parser(__doc__)
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("-c", "--checkpoint", type=str, help="a .pth written by train.py (runs on PyTorch)")
+    add_model_option(model)
+    p.add_argument("--gallery", default=None, type=str,
+                   help="folder of known entities (ROOT/ClassName/image) for /identify and /enroll (default: none)")
+    p.add_argument("--index", default=None, type=str,
+                   help="the gallery index file: its features are reused at the next start, and enrollments update "
+                        "it (default: none; the gallery is embedded at each start)")
+    p.add_argument("--allow-enroll", action="store_true", help="let /enroll add images to the gallery folder")
+    p.add_argument("--host", default="127.0.0.1", type=str, help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", default=8000, type=Number(int, 0, 65535), help="port to listen on (0: any free one)")
+    p.add_argument("--token-file", default=None, type=str,
+                   help="file holding a token: every request but /healthz and /readyz then needs 'Authorization: "
+                        "Bearer TOKEN' (default: none)")
+    p.add_argument("--threshold", default=None, type=PROBABILITY,
+                   help="'same' (and a known class) at or above this (default: the model's, else 0.5)")
+    p.add_argument("--top-k", default=5, type=at_least(1), help="classes /identify lists")
+    p.add_argument("--shortlist", default="auto", type=Number(int, 0, word="auto"),
+                   help="gallery images proposed by FAISS for the head to re-rank, as identify.py --shortlist")
+    p.add_argument("--max-batch", default=32, type=at_least(1), help="images embedded together at most")
+    p.add_argument("--max-wait-ms", default=2.0, type=Number(float, 0, 10_000),
+                   help="how long the first request of a batch waits for others to join it")
+    p.add_argument("--queue", default=256, type=at_least(1),
+                   help="requests waiting for the model at most; beyond, 503 with Retry-After")
+    p.add_argument("--max-body-mb", default=20.0, type=POSITIVE, help="a request body over this is refused (413)")
+    add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
+    return p
+
+
+def read_token(path):
+    from siamese.errors import UserError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read --token-file '{path}' ({getattr(error, 'strerror', None) or error}); give a "
+                        f"readable text file holding the token") from None
+    if not token or any(c.isspace() for c in token):
+        raise UserError(f"--token-file '{path}' holds no token (or one with spaces); write one word in it")
+    return token
+
+
+@cli
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    from siamese.served import Served, ServeSettings
+    from siamese.service import create_app, listen, run_server
+
+    token = read_token(args.token_file) if args.token_file else None
+    settings = ServeSettings(engine=args.engine, checkpoint=args.checkpoint, gallery=args.gallery, index=args.index,
+                             allow_enroll=args.allow_enroll, threshold=args.threshold, top_k=args.top_k,
+                             shortlist=args.shortlist, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             queue=args.queue, device=args.device, amp=args.amp, compile=args.compile,
+                             tf32=args.tf32)
+    listening = listen(args.host, args.port)  # a port in use: one line, before the model is loaded
+    served = Served(settings).start()
+    try:
+        run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening)
+    finally:
+        served.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

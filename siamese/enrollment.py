@@ -1,0 +1,68 @@
+"""Adding images to a gallery folder as the service's /enroll does: a class name that is a safe
+folder name, and image files written so that an enrollment that was answered survives a kill (or
+a power cut) the next instant. No torch here."""
+
+import io
+import os
+import unicodedata
+import uuid
+
+from PIL import Image
+
+from .errors import UserError
+from .files import atomic_open, inside, sync_folder
+from .images import IMAGE_EXTENSIONS
+
+MAX_NAME_BYTES = 200  # below the 255 of common file systems, with room for a temporary name
+# Names Windows keeps for devices (a gallery may be copied there), with or without an extension.
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def check_class_name(name):
+    """The class name, or a UserError: a folder name of its own (no '/', '\\', '..' or control
+    characters, not hidden, not reserved), as the gallery's scan reads it back."""
+    if not isinstance(name, str) or not name.strip():
+        raise UserError("give the class a name (the field 'class')")
+    shown = repr(name[:60])
+    if any(c in name for c in "/\\") or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        raise UserError(f"class {shown} holds a slash, a backslash or a control character; give a plain name")
+    if name.startswith(".") or name != name.strip() or name.endswith("."):
+        raise UserError(f"class {shown} starts with a dot, or starts or ends with a space or ends with a dot (a hidden "
+                        f"or unreadable folder name); give a plain name")
+    if name.split(".")[0].upper() in RESERVED:
+        raise UserError(f"class {shown} is a name reserved for devices on some systems; give another name")
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise UserError(f"class name of {len(name.encode('utf-8'))} bytes is too long; give at most {MAX_NAME_BYTES}")
+    return name
+
+
+def extension_of(data):
+    """The file extension for image bytes already decoded once ('.png' for a PNG), one the scan reads."""
+    with Image.open(io.BytesIO(data)) as img:
+        image_format = img.format
+    preferred = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+    if image_format in preferred:
+        return preferred[image_format]
+    found = sorted(ext for ext, fmt in Image.EXTENSION.items() if fmt == image_format and ext in IMAGE_EXTENSIONS)
+    if not found:
+        raise UserError(f"images in the {image_format} format cannot be kept in a gallery; send PNG or JPEG")
+    return found[0]
+
+
+def write_class_images(root, name, images):
+    """Write images [(bytes, extension)] into root/name (created if new), each file whole and
+    synced, and the folders' entries synced too; the written paths, as the scan spells them."""
+    folder = os.path.join(root, check_class_name(name))
+    if os.path.lexists(folder) and (not os.path.isdir(folder) or os.path.islink(folder) or not inside(folder, root)):
+        raise UserError(f"class '{name}' is not a folder of the gallery (a file or a link there); give another name")
+    if not os.path.isdir(folder):
+        os.mkdir(folder)
+        sync_folder(root)
+    written = []
+    for data, extension in images:
+        path = os.path.join(folder, f"enrolled-{uuid.uuid4().hex[:16]}{extension}")
+        with atomic_open(path, "wb") as f:  # synced, then renamed into place
+            f.write(data)
+        written.append(path)
+    sync_folder(folder)
+    return written

@@ -1,0 +1,388 @@
+"""The service's HTTP face (FastAPI, served by uvicorn): the routes, decoding a request's fields
+(multipart uploads or base64 in JSON), the bearer token, the body limit, errors as one line of
+JSON, and the Prometheus metrics. What is answered is served.py's; the contract is in
+docs/deployment.md (Service).
+
+    app = create_app(Served(ServeSettings(engine="model.onnx")).start(), token=None, max_body_mb=20)
+"""
+
+import base64
+import binascii
+import hmac
+import json
+import math
+import os
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
+
+from .batching import QueueFull
+from .errors import UserError, user_message
+from .served import NoGallery, NotAllowed
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+OPEN = ("/healthz", "/readyz", "/", "/static/", "/docs", "/openapi.json")  # no token needed: no data in them
+MAX_FILES = 64  # images of one request
+# The fields of each endpoint: kind (file, files, text, number, count) and whether it is required.
+FIELDS = {
+    "/verify": {"image1": ("file", True), "image2": ("file", True), "threshold": ("number", False)},
+    "/identify": {"image": ("file", True), "top_k": ("count", False), "threshold": ("number", False)},
+    "/enroll": {"class": ("text", True), "images": ("files", True)},
+    "/embed": {"images": ("files", True)},
+}
+
+
+class RequestError(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+class BodyTooLarge(RequestError):
+    def __init__(self, limit):
+        super().__init__(413, f"the request body is over the {limit / 2**20:g} MiB this service takes (--max-body-mb); "
+                              f"send smaller or fewer images")
+
+
+def error_response(status, message, headers=None):
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("siamese_requests", "requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("siamese_request_seconds", "time to answer a request", ["endpoint"],
+                                 registry=self.registry,
+                                 buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5, 10))
+        self.batch = Histogram("siamese_batch_images", "images embedded together in one call", registry=self.registry,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.queue = Gauge("siamese_queue_depth", "jobs waiting for the model", registry=self.registry)
+
+    def endpoint(self, path):
+        """The label of a path: the endpoint, or 'other' (unknown routes do not make new labels)."""
+        if path in FIELDS or path in ("/", "/info", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+            return path
+        for prefix in ("/gallery/", "/static/"):
+            if path.startswith(prefix):
+                return prefix.rstrip("/")
+        return "other"
+
+
+class Gate:
+    """ASGI middleware in front of every route: the token, the body limit (on the declared length
+    at once, and on the bytes as they arrive), and the metrics of each request."""
+
+    def __init__(self, app, *, token, max_body, metrics):
+        self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, endpoint = time.perf_counter(), [500], self.metrics.endpoint(scope["path"])
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal:
+                await refusal(scope, receive, sending)
+            else:
+                await self.app(scope, self._limited(receive), sending)
+        finally:
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+    def _refusal(self, scope):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        if self.token and not (path in OPEN or path.startswith("/static/")):
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return error_response(401, "this service needs its token: send the header 'Authorization: Bearer "
+                                           "<token>'", {"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return error_response(413, BodyTooLarge(self.max_body))
+        return None
+
+    def _limited(self, receive):
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        return limited
+
+
+# --- decoding a request --------------------------------------------------------------------------
+
+async def read_fields(request, path):
+    """The fields of a request to `path` as {name: value}: bytes for a file, a list of bytes for
+    files, a str or a float or an int; anything missing, extra or of the wrong kind is a 400."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        raw = await _multipart(request)
+    elif kind == "application/json":
+        raw = _json_fields(await request.body())
+    else:
+        raise RequestError(415, f"{path} takes multipart/form-data (file uploads) or application/json (images in "
+                                f"base64), not '{kind or 'no content type'}'")
+    spec = FIELDS[path]
+    extra = sorted(set(raw) - set(spec))
+    if extra:
+        raise RequestError(400, f"{path} has no field '{extra[0][:40]}'; its fields are {', '.join(spec)}")
+    fields = {}
+    for name, (kind, required) in spec.items():
+        if name not in raw:
+            if required:
+                raise RequestError(400, f"{path} needs the field '{name}' ({_KINDS[kind]})")
+            continue
+        fields[name] = _field(path, name, kind, raw[name])
+    return fields
+
+
+_KINDS = {"file": "one image", "files": "one or more images", "text": "a name", "number": "a number from 0 to 1",
+          "count": "a whole number of at least 1"}
+
+
+async def _multipart(request):
+    """{name: [('file', bytes) or ('text', str), ...]} of a multipart form."""
+    form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+    try:
+        raw = {}
+        for name, value in form.multi_items():
+            item = ("file", await value.read()) if isinstance(value, UploadFile) else ("text", value)
+            raw.setdefault(name, []).append(item)
+        return raw
+    finally:
+        await form.close()
+
+
+def _json_fields(body):
+    """{name: [('json', value)]} of a JSON object."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "the body is not valid JSON; send a JSON object of the fields") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "the body is JSON but not an object; send {\"field\": value, ...}")
+    return {name: [("json", value)] for name, value in data.items()}
+
+
+def _field(path, name, kind, items):
+    """One field's value from its items, checked against its kind."""
+    wrong = RequestError(400, f"{path}: the field '{name}' must be {_KINDS[kind]}")
+    if kind == "files":
+        if len(items) == 1 and items[0][0] == "json":
+            items = [("json", v) for v in items[0][1]] if isinstance(items[0][1], list) else [("bad", None)]
+        if not items or len(items) > MAX_FILES:
+            raise RequestError(400, f"{path}: the field '{name}' takes 1 to {MAX_FILES} images")
+        return [_image(path, name, item, wrong) for item in items]
+    if len(items) != 1:
+        raise RequestError(400, f"{path}: the field '{name}' is given {len(items)} times; give it once")
+    source, value = items[0]
+    if kind == "file":
+        return _image(path, name, items[0], wrong)
+    if source == "file" or (source == "json" and kind == "text" and not isinstance(value, str)):
+        raise wrong
+    if kind == "text":
+        return value
+    return _number(value, kind, wrong)
+
+
+def _image(path, name, item, wrong):
+    source, value = item
+    if source == "file":
+        return value
+    if source == "json" and isinstance(value, str):
+        if value.startswith("data:") and "," in value:  # a data URL, as a browser's FileReader gives
+            value = value.split(",", 1)[1]
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"{path}: the field '{name}' is not base64; send the image's bytes in base64 "
+                                    f"(or upload it as multipart/form-data)") from None
+    raise wrong
+
+
+def _number(value, kind, wrong):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise wrong
+    try:
+        number = float(value)
+    except ValueError:
+        raise wrong from None
+    if not math.isfinite(number) or (kind == "number" and not 0 <= number <= 1):
+        raise wrong
+    if kind == "count":
+        if number != int(number) or number < 1:
+            raise wrong
+        return int(number)
+    return number
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+def create_app(served, *, token=None, max_body_mb=20.0, metrics=None):
+    """The FastAPI app over a started Served; its lifespan's end stops the model thread after the
+    queued work (uvicorn has then answered the requests in flight)."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        served.stop()
+
+    metrics = metrics or Metrics()
+    metrics.queue.set_function(lambda: served.batcher.depth)
+    served.batcher.observe = metrics.batch.observe  # the size of each embedded batch
+    app = FastAPI(title="Siamese service", lifespan=lifespan,
+                  description="Verify pairs, identify against a gallery, enroll, embed (docs/deployment.md, Service)")
+    _add_errors(app)
+    _add_routes(app, served, metrics)
+    app.add_middleware(Gate, token=token, max_body=int(max_body_mb * 2**20), metrics=metrics)
+    return app
+
+
+def _add_errors(app):
+    """Every error is one line of JSON: {"error": "..."}; none of these writes a traceback."""
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, error):
+        return error_response(error.status, str(error), error.headers)
+
+    @app.exception_handler(UserError)
+    async def user_error(request, error):
+        status = 403 if isinstance(error, NotAllowed) else 409 if isinstance(error, NoGallery) else 400
+        return error_response(status, user_message(error))
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request, error):
+        return error_response(503, f"the service is busy ({error}); try again in a second", {"Retry-After": "1"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error):
+        if error.status_code == 404:
+            return error_response(404, f"there is no {request.url.path[:100]!r} here; the endpoints are listed at /docs")
+        if error.status_code == 405:
+            return error_response(405, f"{request.url.path[:100]} does not take {request.method}; see /docs",
+                                  error.headers)
+        return error_response(error.status_code, error.detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, error):
+        return error_response(400, "the request does not fit the endpoint; see /docs")
+
+
+def _add_routes(app, served, metrics):
+    @app.post("/verify")
+    async def verify(request: Request):
+        """Two images (image1, image2) -> similarity, verdict and the threshold used."""
+        fields = await read_fields(request, "/verify")
+        return await served.verify(fields["image1"], fields["image2"], fields.get("threshold"))
+
+    @app.post("/identify")
+    async def identify(request: Request):
+        """One image -> the top classes of the gallery, or 'unknown' (as identify.py answers)."""
+        fields = await read_fields(request, "/identify")
+        return await served.identify(fields["image"], fields.get("top_k"), fields.get("threshold"))
+
+    @app.post("/enroll")
+    async def enroll(request: Request):
+        """A class name and images -> added to the gallery (written and synced before the answer)."""
+        if not served.settings.allow_enroll:  # before reading the images
+            raise NotAllowed("enrollment is off; start serve.py with --allow-enroll to add images to the gallery")
+        fields = await read_fields(request, "/enroll")
+        return await served.enroll(fields["class"], fields["images"])
+
+    @app.post("/embed")
+    async def embed(request: Request):
+        """Images -> their features, for a search of one's own."""
+        fields = await read_fields(request, "/embed")
+        return await served.embed(fields["images"])
+
+    _add_pages(app, served, metrics)
+
+
+def _add_pages(app, served, metrics):
+    @app.get("/info")
+    async def info():
+        return served.info()
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not served.ready:
+            return error_response(503, "not ready: the model is loading or the service is stopping")
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/gallery/{relative:path}")
+    async def gallery_image(relative: str):
+        path = served.gallery_file(relative)
+        if path is None:
+            raise HTTPException(404)
+        return FileResponse(path)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+# --- running it ----------------------------------------------------------------------------------
+
+def listen(host, port):
+    """A socket bound to host:port, or a UserError naming them."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as error:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port} ({getattr(error, 'strerror', None) or error}); give another "
+                        f"--port (or --host)") from None
+    return sock
+
+
+def run_server(app, sock, *, graceful_s=60):
+    """Serve app on the socket with uvicorn until SIGTERM or Ctrl-C; the requests in flight are
+    answered first (for up to graceful_s), and it returns, rather than dying of the signal as
+    uvicorn does by raising it again once stopped."""
+    import uvicorn
+
+    class Graceful(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals = []  # stopped as asked: nothing to raise again
+
+    Graceful(uvicorn.Config(app, timeout_graceful_shutdown=graceful_s)).run(sockets=[sock])
