@@ -178,3 +178,18 @@ def test_enroll_adds_a_class_to_the_gallery(server, browser):
     assert _text(browser, "error") == ""
     assert _text(browser, "enroll-result").startswith("Added 2 image(s) to newcomer")
     _wait(browser, lambda d: f"{classes + 1} classes" in d.find_element(By.ID, "info").text)
+
+
+def test_a_tie_names_the_tied_classes(server, browser):
+    """A copy of the best match enrolled under another class ties with it exactly."""
+    _open(browser, server.url)
+    query = _image(server.gallery, "class_0", 3)
+    with server.client() as client:
+        best = client.post("/identify", files=_files(image=query)).json()["matches"][0]
+        copy = _files(images=os.path.join(server.gallery, best["gallery_image"]))
+        assert client.post("/enroll", data={"class": "twin"}, files=copy).status_code == 200
+        expected = client.post("/identify", files=_files(image=query)).json()
+    assert expected["tie"] and expected["verdict"] == "tie"
+    _upload(browser, {"image": query}, "identify-button", "identify-result")
+    shown = _text(browser, "identify-verdict")
+    assert shown.startswith("tie between ") and set(shown[len("tie between "):].split(", ")) == {best["class"], "twin"}
