@@ -397,3 +397,65 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(onnx_model, tiny_data
     assert running.process.wait(60) == 0
     running.log.close()
     assert "Traceback" not in running.output()
+
+
+# --- the batcher and the checkpoint path, in this process ------------------------------------------
+
+class _SlowScorer:
+    """embed: the row sums as one feature, after waiting for `gate`; score: their difference."""
+
+    def __init__(self, gate):
+        self.gate, self.batches = gate, []
+
+    def embed(self, images):
+        self.gate.wait(10)
+        self.batches.append(len(images))
+        return images.reshape(len(images), -1).sum(axis=1, keepdims=True)
+
+    def score_features(self, f1, f2):
+        return (f1 - f2).reshape(-1)
+
+
+def test_the_batcher_batches_waiting_jobs_and_refuses_when_full():
+    import threading
+
+    from siamese.batching import Batcher, QueueFull
+
+    gate = threading.Event()
+    scorer = _SlowScorer(gate)
+    batcher = Batcher(lambda: scorer, max_batch=4, max_wait_ms=0, queue_size=3)
+    batcher.start()
+    try:
+        jobs = [batcher.submit(np.full((1, 1, 1, 1), i, np.float32)) for i in range(1)]  # taken by the thread
+        time.sleep(0.2)
+        jobs += [batcher.submit(np.full((2, 1, 1, 1), i, np.float32), [(0, 1)]) for i in range(1, 4)]
+        with pytest.raises(QueueFull):  # three wait, the fourth is refused at once
+            batcher.submit(np.zeros((1, 1, 1, 1), np.float32))
+        gate.set()
+        results = [job.result(10) for job in jobs]
+    finally:
+        batcher.stop()
+    assert scorer.batches == [1, 4, 2]  # the waiting jobs' six images went in batches of up to four
+    for i, (features, similarities) in enumerate(results[1:], 1):
+        assert features.tolist() == [[i], [i]] and similarities.tolist() == [0.0]
+    with pytest.raises(QueueFull):  # stopped: refused
+        batcher.submit(np.zeros((1, 1, 1, 1), np.float32))
+
+
+def test_a_checkpoint_is_served_on_pytorch_with_the_answers_of_its_export(trained_checkpoint, onnx_model, tiny_dataset):
+    import asyncio
+
+    from siamese.served import Served, ServeSettings
+
+    a, b = (_image_bytes(p) for p in _images(tiny_dataset)[:2])
+    answers = {}
+    for name, model in (("torch", dict(checkpoint=trained_checkpoint, device="cpu")), ("onnx", dict(engine=onnx_model))):
+        served = Served(ServeSettings(gallery=tiny_dataset[1], **model)).start()
+        try:
+            answers[name] = (asyncio.run(served.verify(a, b)), asyncio.run(served.identify(a, 3)), served.info())
+        finally:
+            served.stop()
+    (verified, identified, info), (onnx_verified, onnx_identified, _) = answers["torch"], answers["onnx"]
+    assert info["runtime"] == "torch" and info["model"] == "best.pth"
+    assert verified["similarity"] == pytest.approx(onnx_verified["similarity"], abs=1e-5)
+    assert [m["class"] for m in identified["matches"]] == [m["class"] for m in onnx_identified["matches"]]
