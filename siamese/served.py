@@ -18,7 +18,7 @@ from .enrollment import check_class_name, extension_of, write_class_images
 from .errors import UserError, check_at_least, check_between
 from .evaluate import DEFAULT_THRESHOLD, resolve_threshold
 from .files import claim_beside, inside, sync_folder
-from .gallery import check_index_path, choose_shortlist, identify, load_gallery
+from .gallery import check_index_path, choose_shortlist, identify, load_gallery, verdict
 from .identification import match_rows
 from .images import scan_folder
 
@@ -165,12 +165,10 @@ class Served:
         matches = [{"rank": r["rank"], "class": r["class"], "similarity": r["similarity"],
                     "gallery_image": os.path.relpath(r["gallery_image"], gallery.root),
                     "thumbnail": "/gallery/" + quote(os.path.relpath(r["gallery_image"], gallery.root))} for r in rows]
-        best = results[0]
-        known = rows[0]["verdict"] != "unknown"
-        tie = known and (len(best) > 1 and best[1].similarity == best[0].similarity or rows[0]["verdict"] == "tie")
-        verdict = "tie" if tie else rows[0]["class"] if known else "unknown"
-        return {"verdict": verdict, "tie": bool(tie), "threshold": threshold, "threshold_source": source,
-                "matches": matches}
+        kind, labels = verdict(results[0], threshold)  # identify.py's one rule
+        called = gallery.classes[labels[0]] if kind == "match" else kind
+        return {"verdict": called, "tie": kind == "tie", "tied": [gallery.classes[label] for label in labels] if
+                kind == "tie" else [], "threshold": threshold, "threshold_source": source, "matches": matches}
 
     async def enroll(self, name, images):
         if not self.settings.allow_enroll:
