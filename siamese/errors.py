@@ -7,7 +7,7 @@ import os
 import re
 import sys
 
-from .interrupts import INTERRUPTED, inside_main
+from .interrupts import inside_main, interrupted_line
 
 
 class UserError(Exception):
@@ -137,7 +137,7 @@ def cli(main):
             return 2
         except KeyboardInterrupt:
             _close_progress_bars()
-            print(INTERRUPTED, file=sys.stderr)
+            print(interrupted_line(), file=sys.stderr)
             return 130
 
     return wrapper

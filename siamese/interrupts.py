@@ -6,7 +6,14 @@ import _signal
 import os
 import sys
 
-INTERRUPTED = "interrupted; files written before are intact (a training run continues with --resume)"
+INTERRUPTED = "interrupted; files written before are intact"
+_HOW_TO_GO_ON = {"train.py": " (the run continues with --resume)", "crossval.py": " (the same command continues it)"}
+
+
+def interrupted_line():
+    """The one line of a Ctrl-C, with how to go on for the scripts that can."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+    return INTERRUPTED + _HOW_TO_GO_ON.get(os.path.basename(script), "")
 _TOOLKIT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state = {"mains": 0, "pid": None}  # scripts' main functions running now (demo.py runs others in its own)
 
@@ -22,7 +29,7 @@ def _interrupted(signum, frame):
             stream.flush()
         except Exception:  # a closed or broken stream: the line below is written around it
             pass
-    os.write(2, f"{INTERRUPTED}\n".encode())
+    os.write(2, f"{interrupted_line()}\n".encode())
     os._exit(130)
 
 
