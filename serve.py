@@ -12,6 +12,8 @@ embedded together, up to --max-batch images or --max-wait-ms. The endpoints: doc
 then exits.
 """
 
+import argparse
+
 from siamese.errors import cli
 from siamese.options import (BATCH, PROBABILITY, SHORTLIST, TOP_K, Number, add_model_option, add_pytorch_options,
                              script_parser, whole)
@@ -44,6 +46,8 @@ def get_args_parser():
     p.add_argument("--queue", default=256, type=whole(1, 100_000),
                    help="requests waiting for the model at most; beyond, 503 with Retry-After")
     p.add_argument("--max-body-mb", default=20.0, type=Number(float, 0, 4096, above=True), help="a request body over this is refused (413)")
+    p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="a line per request on stderr (--no-access-log: none; /metrics still counts them)")
     add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
     return p
 
@@ -78,7 +82,8 @@ def main(argv=None):
     with listen(args.host, args.port) as listening:  # a port in use: one line, before the model is loaded
         served.start()
         try:
-            run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening)
+            run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening,
+                       access_log=args.access_log)
         finally:
             served.stop()
     return 0

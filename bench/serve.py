@@ -61,7 +61,8 @@ def start_server(args):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, os.path.join(ROOT, "serve.py"), "-m", args.model, "--port", str(port),
-               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--access-log" if args.access_log else "--no-access-log"]
     if args.gallery:
         command += ["--gallery", args.gallery]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,6 +156,7 @@ def main():
     p.add_argument("--max-batch", default=32, type=int)
     p.add_argument("--max-wait-ms", default=2.0, type=float)
     p.add_argument("--soak", action="store_true", help="one in ten requests malformed; 5xx and resident memory")
+    p.add_argument("--access-log", action="store_true", help="the server logs a line per request (default: off, as behind a proxy that logs)")
     p.add_argument("--out", default=None, help="JSON results (default: bench/results/serve[_soak].json)")
     args = p.parse_args()
     if not os.path.isfile(args.model):

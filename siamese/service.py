@@ -397,10 +397,10 @@ def listen(host, port):
     return sock
 
 
-def run_server(app, sock, *, graceful_s=60):
+def run_server(app, sock, *, graceful_s=60, access_log=True):
     """Serve app on the socket with uvicorn until SIGTERM or Ctrl-C; the requests in flight are
     answered first (for up to graceful_s), and it returns, rather than dying of the signal as
-    uvicorn does by raising it again once stopped."""
+    uvicorn does by raising it again once stopped. access_log: a line per request on stderr."""
     import uvicorn
 
     class Graceful(uvicorn.Server):
@@ -408,4 +408,4 @@ def run_server(app, sock, *, graceful_s=60):
             super().handle_exit(sig, frame)
             self._captured_signals = []  # stopped as asked: nothing to raise again
 
-    Graceful(uvicorn.Config(app, timeout_graceful_shutdown=graceful_s)).run(sockets=[sock])
+    Graceful(uvicorn.Config(app, timeout_graceful_shutdown=graceful_s, access_log=access_log)).run(sockets=[sock])
