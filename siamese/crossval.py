@@ -5,7 +5,11 @@ baselines on the same pairs, and report each figure's mean and spread over the f
 Each fold is a training run of its own in OUT/fold_K/ (resumable from its last.pth); its result
 is OUT/fold_K/result.json, written once the fold is scored, so an interrupted cross-validation
 continues where it stopped. OUT/plan.json fixes the folds and settings: a rerun with others is
-refused rather than mixed.
+refused rather than mixed. A fold's folder is reused by what it was made from, never by its name:
+its result.json and checkpoint record the fold's identity (`fold_identity`: digests of the
+settings, its classes, a digest of its images' content), checked before either is reused, and
+result.json the SHA-256 of the checkpoint it scored, so that a fold copied in from a run with
+other options or data, or a checkpoint changed since, is refused rather than averaged in.
 
 Choosing settings by the folds' figures makes those figures flatter the choice. With an outer
 holdout (OUT/plan.json's `holdout`), those classes are in no fold: the folds choose, and the
@@ -19,6 +23,7 @@ training again: `trained_folds` takes each fold's model from an earlier cross-va
 same plan otherwise, and scores it with this plan's scoring settings into this OUT.
 """
 
+import hashlib
 import json
 import os
 import time
@@ -31,6 +36,7 @@ from .errors import UserError
 from .evaluate import (auc_intervals, baseline_evaluations, baseline_metrics, evaluate, intervals_line,
                        training_overlap, unresolved_far_note)
 from .files import atomic_open, check_not_inside, claim_folder, same_path, write_json
+from .lineage import content_keys, sha256_of
 from .metrics import threshold_at_far
 from .pairs import all_pairs, evaluation_pairs, one_shot_trials
 from .settings import TrainingSettings, flag
@@ -47,6 +53,46 @@ THRESHOLD_FARS = (1e-2, 1e-3)  # each fold records the thresholds that give thes
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+# What a fold's identity holds, by what a mismatch is called; its model depends on all but 'settings'
+# (which adds the scoring settings, which --trained-folds may change).
+IDENTITY = {"settings": "settings", "training_settings": "settings", "train_classes": "classes",
+            "held_out": "classes", "images": "images"}
+MODEL_IDENTITY = ("training_settings", "train_classes", "held_out", "images")
+
+
+def _digest(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def fold_identity(cv, folder, held_out, keys):
+    """What one fold is made from, as its result.json and checkpoint record it: a digest of the
+    plan's settings that change its figures ('settings'), one of those that change its model
+    ('training_settings': all but SCORING_SETTINGS and the scoring entries), its training and
+    held-out classes, and one digest over the sorted (class, content key) of its images. `keys`
+    maps each image path to its lineage.content_keys key. Settings at their defaults are left out,
+    so that a setting the toolkit gains later changes no earlier fold's identity."""
+    defaults = TrainingSettings().to_dict()
+    training = {k: v for k, v in cv.plan["training"].items() if k not in defaults or v != defaults[k]}
+    model = {k: v for k, v in training.items() if k not in SCORING_SETTINGS}
+    images = sorted(f"{folder.classes[label]}/{keys[path].hex()}" for path, label in zip(folder.paths, folder.labels))
+    return {"settings": _digest({"training": training, **cv.scoring.plan_entries()}),
+            "training_settings": _digest(model), "train_classes": sorted(set(folder.classes) - set(held_out)),
+            "held_out": sorted(held_out), "images": _digest(images)}
+
+
+def check_identity(recorded, identity, *, fold_dir, what, keys=tuple(IDENTITY)):
+    """A UserError unless `recorded` (the fold_identity a fold's `what` records; None when it
+    records none) is `identity` in `keys`; the line names the fold folder and what differs."""
+    if not isinstance(recorded, dict):
+        raise UserError(f"'{fold_dir}' has a {what} from before folds recorded what they were made from; remove "
+                        f"'{fold_dir}' to train that fold again")
+    differs = [name for name in dict.fromkeys(IDENTITY[k] for k in keys if recorded.get(k) != identity[k])]
+    if differs:
+        raise UserError(f"'{fold_dir}' holds a {what} made with other {' and '.join(differs)} than this "
+                        f"cross-validation; remove '{fold_dir}' to train that fold again, or run with the options "
+                        f"and data it was made with")
 
 
 def _plan_differences(earlier, plan, *, ignore=()):
@@ -162,13 +208,19 @@ def make_plan(data, repeat_folds, holdout, training, scoring):
 
 def _train_fold(cv, train_folder, *, name, label, record, log):
     """Train (or continue) the run OUT/`name`; returns (its last.pth, seconds spent training, or
-    None when it was trained already)."""
+    None when it was trained already). A last.pth there already must be this fold's: its
+    record's fold_identity is checked first."""
     from .checkpoint import load_checkpoint
     from .training import fit
 
     training, fold_dir = cv.training, os.path.join(cv.out_path, name)
     last = os.path.join(cv.trained_folds or cv.out_path, name, "last.pth")
-    done_epochs = load_checkpoint(last)["epoch"] if os.path.exists(last) else 0
+    done_epochs = 0
+    if os.path.exists(last):
+        checkpoint = load_checkpoint(last)
+        check_identity((checkpoint.get("args") or {}).get("fold_identity"), record["fold_identity"],
+                       fold_dir=os.path.dirname(last), what="checkpoint (last.pth)", keys=MODEL_IDENTITY)
+        done_epochs = checkpoint["epoch"]
     if cv.trained_folds and done_epochs < training.epochs:
         raise UserError(f"{label} of --trained-folds '{cv.trained_folds}' is not trained to its {training.epochs} "
                         f"epochs yet; finish it there first (crossval.py with its options)")
@@ -210,30 +262,58 @@ def _score_fold(cv, test_folder, checkpoint_path):
     return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True), line
 
 
-def run_fold(cv, folder, held_out, *, name, record, log=print):
+def _thresholds(result, report_far):
+    """The thresholds that give the EER and the false accept rates THRESHOLD_FARS and report_far."""
+    thresholds = {"eer": result.metrics["eer_threshold"]}
+    for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
+        thresholds[f"far_{far:g}"] = threshold_at_far(result.scores, result.labels, far)["threshold"]
+    return thresholds
+
+
+def scored_result(cv, name, identity):
+    """OUT/`name`/result.json's result, or None when the fold is not scored yet; a UserError when
+    it is not this fold's (its fold_identity differs or is missing), or when the checkpoint it
+    scored is there but no longer the file it scored (checkpoint_sha256)."""
+    fold_dir = os.path.join(cv.out_path, name)
+    path = os.path.join(fold_dir, "result.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        result = _read_json(path)
+    except (OSError, ValueError):
+        raise UserError(f"'{path}' is not a readable fold result; remove '{fold_dir}' to train that fold again") from None
+    check_identity(result.get("fold_identity") if isinstance(result, dict) else None, identity,
+                   fold_dir=fold_dir, what="result.json")
+    checkpoint = result.get("trained_in") or os.path.join(fold_dir, "last.pth")
+    if os.path.exists(checkpoint) and sha256_of(checkpoint) != result.get("checkpoint_sha256"):
+        raise UserError(f"'{checkpoint}' has changed since '{path}' scored it; remove '{fold_dir}' to train that "
+                        f"fold again, or put back the checkpoint it scored")
+    return result
+
+
+def run_fold(cv, folder, held_out, *, name, record, keys, log=print):
     """Train (or continue) the run OUT/`name` on `folder`'s classes but `held_out`, and score the
     held-out classes; returns its result dict (`record` and the figures), also written to
     OUT/`name`/result.json. It records the thresholds that give the EER and the false accept rates
-    THRESHOLD_FARS and the scoring's report_far on the held-out pairs."""
+    THRESHOLD_FARS and the scoring's report_far on the held-out pairs, the fold's identity
+    (fold_identity, from `keys`: each image path's content key) and the scored checkpoint's SHA-256."""
     fold_dir = os.path.join(cv.out_path, name)
     result_path = os.path.join(fold_dir, "result.json")
     label = name.replace(os.sep, " ").replace("_", " ")
-    if os.path.exists(result_path):
+    identity = fold_identity(cv, folder, held_out, keys)
+    done = scored_result(cv, name, identity)
+    if done is not None:
         log(f"{label}: already scored ({result_path})")
-        return _read_json(result_path)
+        return done
     kept = [name for name in folder.classes if name not in set(held_out)]
     train_folder, test_folder = folder.subset(kept), folder.subset(held_out)
     last, seconds = _train_fold(cv, train_folder, name=name, label=label,
-                                record={**record, "held_out": held_out}, log=log)
+                                record={**record, "held_out": held_out, "fold_identity": identity}, log=log)
     log(f"{label}: scoring {len(test_folder)} held-out images")
     pairs, shots, result, evaluations, overlap_line = _score_fold(cv, test_folder, last)
     if overlap_line:
         log(f"{label}: {overlap_line}")
     baselines = baseline_metrics(pairs, evaluations=evaluations)
-    thresholds = {"eer": result.metrics["eer_threshold"]}
-    report_far = cv.scoring.report_far
-    for far in sorted({*THRESHOLD_FARS, *([report_far] if report_far else [])}, reverse=True):
-        thresholds[f"far_{far:g}"] = threshold_at_far(result.scores, result.labels, far)["threshold"]
     fold_result = {
         **record, "held_out": sorted(held_out),
         "held_out_groups": sorted({cv.groups[name] for name in test_folder.classes}),
@@ -241,8 +321,9 @@ def run_fold(cv, folder, held_out, *, name, record, log=print):
         "positive_pairs": int(sum(p.same for p in pairs)), "trials": len(shots) if shots else 0,
         "training_seconds": round(seconds, 1) if seconds is not None else None,
         **({"trained_in": os.path.abspath(last)} if cv.trained_folds else {}),
-        "model": _fold_metrics(result), "thresholds": thresholds,
+        "model": _fold_metrics(result), "thresholds": _thresholds(result, cv.scoring.report_far),
         **{key: result.metrics[key] for key in ("training_overlap",) if key in result.metrics},
+        "fold_identity": identity, "checkpoint_sha256": sha256_of(last),
         "baselines": {name: {k: (v["accuracy"] if k == "one_shot" else v) for k, v in metrics.items()}
                       for name, metrics in baselines.items()},
     }
@@ -442,14 +523,16 @@ def check_against(against, plan):
     return _read_json(os.path.join(against, "crossval.json"))
 
 
-def _scored_folds(cv):
-    """The result dicts of the inner folds scored so far, and the outer run's (or None)."""
-    names = [fold_name(repeat, index) for repeat in range(1, len(cv.repeat_folds) + 1)
-             for index in range(1, len(cv.repeat_folds[0]) + 1)]
-    done = [_read_json(path) for path in (os.path.join(cv.out_path, name, "result.json") for name in names)
-            if os.path.exists(path)]
-    outer_path = os.path.join(cv.out_path, OUTER, "result.json")
-    return done, (_read_json(outer_path) if os.path.exists(outer_path) else None)
+def _scored_folds(cv, inner, keys):
+    """The result dicts of the inner folds scored so far, and the outer run's (or None), each
+    checked to be the fold of this cross-validation (scored_result)."""
+    done = []
+    for repeat, folds in enumerate(cv.repeat_folds, start=1):
+        for index, held_out in enumerate(folds, start=1):
+            name = fold_name(repeat, index)
+            done.append(scored_result(cv, name, fold_identity(cv, inner, held_out, keys)))
+    outer = scored_result(cv, OUTER, fold_identity(cv, cv.folder, cv.holdout, keys)) if cv.holdout else None
+    return [result for result in done if result is not None], outer
 
 
 def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against=None, log=print):
@@ -470,15 +553,16 @@ def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against
     runs = [(repeat, index) for repeat in range(1, len(cv.repeat_folds) + 1)
             for index in range(1, len(cv.repeat_folds[0]) + 1)
             if only_repeat in (None, repeat) and only_fold in (None, index)]
+    keys = dict(zip(cv.folder.paths, content_keys(cv.folder.paths)))  # what each fold's images are
     with claim_folder(cv.out_path, what="cross-validation out path"):  # one cross-validation at a time per path
         check_plan(cv.out_path, cv.plan, log=log)
         if outer:
-            run_fold(cv, cv.folder, list(cv.holdout), name=OUTER, record={"outer": True}, log=log)
+            run_fold(cv, cv.folder, list(cv.holdout), name=OUTER, record={"outer": True}, keys=keys, log=log)
         else:
             for repeat, index in runs:
                 run_fold(cv, inner, cv.repeat_folds[repeat - 1][index - 1], name=fold_name(repeat, index),
-                         record={"fold": index, "repeat": repeat}, log=log)
-    done, outer_result = _scored_folds(cv)
+                         record={"fold": index, "repeat": repeat}, keys=keys, log=log)
+        done, outer_result = _scored_folds(cv, inner, keys)
     total = len(cv.repeat_folds) * len(cv.repeat_folds[0])
     if not done:
         log(f"no inner fold scored yet in '{cv.out_path}'")

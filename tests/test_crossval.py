@@ -367,3 +367,87 @@ def test_a_fold_says_when_held_out_images_are_copies_of_training_images(tmp_path
     assert "fold 1: warning: 2 of the 12 images scored are images this model was trained on" in capsys.readouterr().out
     with open(os.path.join(out, "fold_1", "result.json")) as f:
         assert json.load(f)["training_overlap"] == {"images": 2, "of": 12}
+
+
+def _fold_cv(data, out, **training):
+    """A CrossValidation of `data` (3 folds) into `out`, as crossval.py builds it, and its images' keys."""
+    from siamese.crossval import CrossValidation, FoldScoring, make_plan
+    from siamese.lineage import content_keys
+    from siamese.settings import TrainingSettings
+
+    folder = scan_folder(data)
+    folds = [class_folds(folder.classes, folder.classes, folds=3, seed=0)]
+    settings, scoring = TrainingSettings(**training), FoldScoring()
+    cv = CrossValidation(folder, {c: c for c in folder.classes}, folds, out, settings, scoring,
+                         plan=make_plan([data], folds, [], settings, scoring))
+    return cv, dict(zip(folder.paths, content_keys(folder.paths)))
+
+
+def test_a_fold_result_is_reused_only_for_the_settings_classes_and_images_it_was_made_from(tmp_path):
+    """result.json records the fold's identity and its checkpoint's SHA-256; a fold folder of other
+    settings, classes or images, with a changed checkpoint, or from before the record, is refused."""
+    from siamese.crossval import fold_identity, scored_result
+    from siamese.lineage import sha256_of
+
+    data, out = make_folder(str(tmp_path / "data"), classes=6, per_class=3), str(tmp_path / "cv")
+    cv, keys = _fold_cv(data, out)
+    held_out = cv.repeat_folds[0][0]
+    identity = fold_identity(cv, cv.folder, held_out, keys)
+    assert identity["train_classes"] == sorted(set(cv.folder.classes) - set(held_out))
+    fold_dir = tmp_path / "cv" / "fold_1"
+    fold_dir.mkdir(parents=True)
+    (fold_dir / "last.pth").write_bytes(b"the scored model")
+    result = {"fold": 1, "fold_identity": identity, "checkpoint_sha256": sha256_of(str(fold_dir / "last.pth"))}
+    (fold_dir / "result.json").write_text(json.dumps(result))
+    assert scored_result(cv, "fold_1", identity) == result
+    assert scored_result(cv, "fold_2", fold_identity(cv, cv.folder, cv.repeat_folds[0][1], keys)) is None
+    other, _ = _fold_cv(data, out, dropout=0.3, seed=5)
+    with pytest.raises(UserError, match=r"fold_1' holds a result.json made with other settings than .*remove "):
+        scored_result(cv, "fold_1", fold_identity(other, cv.folder, held_out, keys))
+    with pytest.raises(UserError, match="made with other classes than"):
+        scored_result(cv, "fold_1", fold_identity(cv, cv.folder, cv.repeat_folds[0][1], keys))
+    changed = dict(keys, **{cv.folder.paths[0]: b"\0" * 8})  # one image's content other than it was
+    with pytest.raises(UserError, match="made with other images than"):
+        scored_result(cv, "fold_1", fold_identity(cv, cv.folder, held_out, changed))
+    (fold_dir / "last.pth").write_bytes(b"another model")
+    with pytest.raises(UserError, match="last.pth' has changed since .*result.json' scored it"):
+        scored_result(cv, "fold_1", identity)
+    del result["fold_identity"]
+    (fold_dir / "result.json").write_text(json.dumps(result))
+    with pytest.raises(UserError, match="from before folds recorded what they were made from; remove"):
+        scored_result(cv, "fold_1", identity)
+
+
+@pytest.mark.slow
+def test_a_fold_copied_from_a_run_of_other_options_or_data_is_refused(tmp_path, capsys):
+    """Folds run apart with --fold K and copied together: one made with other options or on other
+    data is refused, naming its folder and what differs, and nothing is averaged; removed, it is
+    trained again."""
+    import shutil
+
+    data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
+    other_data = make_folder(str(tmp_path / "other"), classes=6, per_class=5, seed=3)
+    os.rename(os.path.join(other_data, "class_5"), os.path.join(other_data, "class_9"))
+    out, fold_1 = str(tmp_path / "cv"), os.path.join(str(tmp_path / "cv"), "fold_1")
+    assert _cv(data, out, "--fold", "2") == 0
+    for name, args in (("cv_options", [data, "--dropout", "0.3", "--seed", "5"]), ("cv_other", [other_data])):
+        assert _cv(args[0], str(tmp_path / name), "--fold", "1", *args[1:]) == 0
+    capsys.readouterr()
+    shutil.copytree(str(tmp_path / "cv_options" / "fold_1"), fold_1)
+    assert _cv(data, out) == 2
+    err = capsys.readouterr().err
+    assert f"'{fold_1}' holds a result.json made with other settings than this cross-validation" in err
+    assert json.load(open(os.path.join(out, "crossval.json")))["folds_done"] == 1  # fold 2's summary, as it was
+    os.remove(os.path.join(fold_1, "result.json"))  # its model alone: not continued either
+    assert _cv(data, out, "--fold", "1") == 2
+    assert f"'{fold_1}' holds a checkpoint (last.pth) made with other settings than" in capsys.readouterr().err
+    shutil.rmtree(fold_1)
+    shutil.copytree(str(tmp_path / "cv_other" / "fold_1"), fold_1)
+    assert _cv(data, out, "--fold", "2") == 2  # the summary reads every fold's result
+    assert "made with other classes and images than" in capsys.readouterr().err
+    shutil.rmtree(fold_1)
+    assert _cv(data, out) == 0
+    assert "3 of 3 folds" in capsys.readouterr().out
+    shutil.copyfile(os.path.join(out, "fold_2", "last.pth"), os.path.join(fold_1, "last.pth"))
+    assert _cv(data, out) == 2
+    assert "last.pth' has changed since" in capsys.readouterr().err
