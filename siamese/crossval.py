@@ -258,7 +258,7 @@ def _score_fold(cv, test_folder, checkpoint_path):
                       trials=shots, progress=True)
     known, line = training_keys(checkpoint), None
     if known is not None:  # held-out images that are copies of training images, under any name
-        result.metrics["training_overlap"], line = training_overlap(pairs, shots, known)
+        result.metrics["training_overlap"], line = training_overlap(pairs, shots, known, folder=test_folder)
     return pairs, shots, result, baseline_evaluations(pairs, trials=shots, progress=True), line
 
 

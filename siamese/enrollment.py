@@ -49,6 +49,21 @@ def extension_of(data):
     return found[0]
 
 
+def check_new_content(folder, name, images):
+    """Refuse, before anything is written, an image [(bytes, extension)] sent for class `name` whose
+    bytes are an image of another class of the gallery (`folder`, its scan): one image cannot be
+    of two classes, and the scan refuses a gallery that holds one (a copy within the class is
+    set aside by the scan)."""
+    from .content import bytes_key
+
+    owner = {key: folder.classes[label] for key, label in zip(folder.image_keys(), folder.labels)}
+    for i, (data, _) in enumerate(images):
+        other = owner.get(bytes_key(data))
+        if other is not None and other != name:
+            raise UserError(f"images[{i}] is already an image of class '{other}' (the same bytes); one image cannot be "
+                            f"of two classes: send another image, or enroll it to '{other}'")
+
+
 def write_class_images(root, name, images):
     """Write images [(bytes, extension)] into root/name (created if new), each file whole and
     synced, and the folders' entries synced too; the written paths, as the scan spells them."""

@@ -204,14 +204,15 @@ def check_finite_scores(scores):
                         f"are broken (a diverged training run?): use an earlier checkpoint or train again")
 
 
-def training_overlap(pairs, trials, known):
+def training_overlap(pairs, trials, known, *, folder=None):
     """({'images': scored images that are training images, 'of': images scored}, a warning line or
-    None), with `known` the content keys of the model's training images (checkpoint.training_keys)."""
-    from .lineage import shared_content
+    None), with `known` the content keys of the model's training images (checkpoint.training_keys);
+    the keys of `folder`'s images (the scan of the scored folder) are its scan's, not hashed again."""
+    from .content import content_keys, shared_content
 
     paths = sorted({path for pair in pairs for path in (pair.left, pair.right)}
                    | {path for trial in trials or () for path in (trial.query, *trial.candidates)})
-    shared = shared_content(paths, known)
+    shared = shared_content(paths, known, keys=folder.keys_for(paths) if folder is not None else content_keys(paths))
     overlap = {"images": len(shared), "of": len(paths)}
     if not shared:
         return overlap, None
@@ -239,7 +240,8 @@ def run_evaluation(predictor, settings, *, calibrated_threshold=None, extra=None
     check_evaluation_out_path(out_path)
 
     folder, pairs, chosen, shots = evaluation_inputs(s, log=log)
-    overlap, overlap_line = training_overlap(pairs, shots, training_images) if training_images is not None else ({}, None)
+    overlap, overlap_line = (training_overlap(pairs, shots, training_images, folder=folder)
+                             if training_images is not None else ({}, None))
     if overlap_line:
         print(overlap_line, file=sys.stderr, flush=True)  # now, before the scoring; and again beside the figures
     prepare_output_dir(os.path.dirname(os.path.abspath(out_path)))  # only once the inputs are known to be good

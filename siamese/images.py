@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .content import content_keys
 from .errors import UserError
 
 # On a CPU, the backbone ran fastest with batches of about this many pixels, whose activations
@@ -42,15 +43,29 @@ def is_image_file(name):
 
 @dataclass(frozen=True)
 class ImageFolder:
-    """A scanned ROOT/ClassName/image tree: sorted classes and (path, class index) samples."""
+    """A scanned ROOT/ClassName/image tree: sorted classes and (path, class index) samples, and
+    each image's content key (content.content_keys; None where the folder was not hashed)."""
 
     root: str
     classes: list
     paths: list
     labels: list
+    keys: list = None
 
     def __len__(self):
         return len(self.paths)
+
+    def image_keys(self):
+        """The content keys of the images, in order: the scan's, so no image is hashed twice."""
+        return list(self.keys) if self.keys is not None else content_keys(self.paths)
+
+    def keys_for(self, paths, known=None):
+        """The content keys of `paths`: the scan's for its images (by absolute path), any other
+        file hashed once and added to `known` ({absolute path: key}, made from the scan if None)."""
+        known = dict(zip(map(os.path.abspath, self.paths), self.image_keys())) if known is None else known
+        todo = sorted({os.path.abspath(p) for p in paths} - known.keys())
+        known.update(zip(todo, content_keys(todo)))
+        return [known[os.path.abspath(p)] for p in paths]
 
     def images_by_class(self):
         groups = [[] for _ in self.classes]
@@ -66,13 +81,15 @@ class ImageFolder:
             raise ValueError(f"classes not in the folder: {sorted(unknown)}")
         names = [name for name in self.classes if name in keep]
         new_label = {self.classes.index(name): i for i, name in enumerate(names)}
-        kept = [(path, new_label[label]) for path, label in zip(self.paths, self.labels) if label in new_label]
-        return ImageFolder(self.root, names, [p for p, _ in kept], [label for _, label in kept])
+        kept = [i for i, label in enumerate(self.labels) if label in new_label]
+        return ImageFolder(self.root, names, [self.paths[i] for i in kept], [new_label[self.labels[i]] for i in kept],
+                           None if self.keys is None else [self.keys[i] for i in kept])
 
 
 def merge_folders(folders):
     """One folder of the classes of several (train/ and val/ together, for cross-validation);
-    a class name found in two of them is the user's error, since the classes would merge."""
+    a class name found in two of them is the user's error, since the classes would merge, and so
+    is an image of one folder's class whose content is an image of another's (distinct_content)."""
     if len(folders) == 1:
         return folders[0]
     seen = {}
@@ -82,16 +99,47 @@ def merge_folders(folders):
                 raise UserError(f"class '{name}' is in both '{seen[name]}' and '{folder.root}'; give folders whose "
                                 f"classes differ, or rename one of them")
             seen[name] = folder.root
-    classes, paths, labels = [], [], []
+    classes, paths, labels, keys = [], [], [], []
     for folder in folders:
         paths += folder.paths
         labels += [label + len(classes) for label in folder.labels]
         classes += folder.classes
+        keys += folder.image_keys()
     order = sorted(range(len(classes)), key=lambda c: classes[c])  # classes sorted by name, as a scan gives them
     rank = {c: i for i, c in enumerate(order)}
-    samples = sorted(zip(paths, labels), key=lambda s: (rank[s[1]], s[0]))
-    return ImageFolder(os.path.commonpath([f.root for f in folders]), [classes[c] for c in order],
-                       [p for p, _ in samples], [rank[label] for _, label in samples])
+    samples = sorted(zip(paths, labels, keys), key=lambda s: (rank[s[1]], s[0]))
+    merged = ImageFolder(os.path.commonpath([f.root for f in folders]), [classes[c] for c in order],
+                         [p for p, _, _ in samples], [rank[label] for _, label, _ in samples], [k for _, _, k in samples])
+    return distinct_content(merged, where="the folders " + ", ".join(f"'{f.root}'" for f in folders))
+
+
+def distinct_content(folder, *, where, shown=3):
+    """`folder` with each content once per class (known by content keys): an image whose bytes are
+    another image's of its class is set aside (a pair of the two would pair an image with itself),
+    the first by sorted path kept, and one warning line says how many; an image whose bytes are an
+    image's of another class is refused (its labels contradict each other: a pair of the two would
+    be a "different" pair of one image). `where` names the folder(s) in the lines."""
+    first, kept, aside, clashes = {}, [], [], []
+    for index, key in enumerate(folder.keys):
+        if key not in first:
+            first[key] = index
+            kept.append(index)
+        else:
+            (aside if folder.labels[first[key]] == folder.labels[index] else clashes).append((index, first[key]))
+    paths = folder.paths
+    if clashes:
+        examples = ", ".join(f"'{paths[i]}' (as '{paths[j]}')" for i, j in clashes[:shown])
+        raise UserError(f"{where}: {len(clashes)} image(s) have the content (the same bytes) of an image of another "
+                        f"class, such as {examples}: one image cannot be of two classes, and its pairs would be "
+                        f"scored or trained on as different; remove the copies, or merge the classes if they are one")
+    if not aside:
+        return folder
+    examples = ", ".join(f"'{paths[i]}' (of '{paths[j]}')" for i, j in aside[:shown])
+    print(f"warning: {where}: set aside {len(aside)} image(s) that are copies (the same bytes) of another image of "
+          f"their class, such as {examples}; each content is read once, as its first file by sorted path",
+          file=sys.stderr, flush=True)
+    return ImageFolder(folder.root, folder.classes, [paths[i] for i in kept], [folder.labels[i] for i in kept],
+                       [folder.keys[i] for i in kept])
 
 
 def scan_folder(root, *, what="image folder", check_images=True, decode=False, for_pairs=True):
@@ -99,7 +147,9 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
 
     A pair model needs two classes and at least one class with two images (for_pairs; a gallery
     of known entities needs only images). Each image's header is opened, so a corrupt or
-    mislabelled file is named before any work starts.
+    mislabelled file is named before any work starts. Each image is hashed once (its content key,
+    kept in the folder): copies within a class are read once, copies across classes refused
+    (distinct_content).
     """
     if not root or not os.path.exists(root):
         raise UserError(f"{what} '{root}' does not exist; give a folder laid out as ROOT/ClassName/image.png")
@@ -124,7 +174,8 @@ def scan_folder(root, *, what="image folder", check_images=True, decode=False, f
         print(line, file=sys.stderr, flush=True)
     if not paths:
         raise UserError(f"{what} '{root}' holds no images; expected ROOT/ClassName/image.png with one folder per class")
-    folder = ImageFolder(root, classes, paths, labels)
+    folder = distinct_content(ImageFolder(root, classes, paths, labels, content_keys(paths)), where=f"{what} '{root}'")
+    paths = folder.paths
     if for_pairs:
         for line in layout_warnings(folder, what=what):
             print(line, file=sys.stderr, flush=True)

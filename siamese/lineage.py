@@ -5,9 +5,9 @@ in the ONNX metadata or ENGINE.json). A runtime refuses a derived file whose sou
 it says but is no longer the file it was made from (exported again since); a derived file
 deployed without its sources runs as it is. No torch here (and ONNX only to list stale files).
 
-The same content hash names an image wherever training and evaluation ask whether two images
-are one (content_keys): a validation image that is a training image under another name, an
-evaluated image the model was trained on.
+The same content hash (content.py) names an image wherever training and evaluation ask whether
+two images are one (content_keys): a validation image that is a training image under another
+name, an evaluated image the model was trained on, two copies in one folder.
 """
 
 import hashlib
@@ -15,51 +15,11 @@ import json
 import os
 import sys
 
+from .content import KEY_BYTES, content_keys, sha256_of, shared_content  # noqa: F401 (known here too)
 from .contract import PART_NAMES, export_holding
 from .errors import UserError
 
 KEY = "siamese.derived_from"
-
-
-def _sha256(path):
-    """The SHA-256 of the file's bytes, read once in blocks (hashlib.file_digest is Python 3.11+)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest
-
-
-def sha256_of(path):
-    """The SHA-256 of a file's bytes (hex): what the toolkit knows a file by wherever it decides that
-    two files are the same (a derived file's sources, the model files and images of a gallery
-    index, training and evaluated images), never its name, size or time."""
-    return _sha256(path).hexdigest()
-
-
-# An image's key: the first bytes of its content's SHA-256. 8 bytes tell 20,000 training images
-# from 20,000 evaluated ones with a chance of a false match of about 1 in 10^10.
-KEY_BYTES = 8
-
-
-def content_keys(paths):
-    """Each file's key (bytes of KEY_BYTES), in the order of `paths`: the same image under two
-    names (a copy, a link, a class folder linked in from elsewhere) has one key."""
-    keys = []
-    for path in paths:
-        try:
-            keys.append(_sha256(path).digest()[:KEY_BYTES])
-        except OSError as error:  # removed or made unreadable since the folder was scanned
-            raise UserError(f"cannot read image '{path}' ({error.strerror}); check that it is there and readable, "
-                            f"then run the command again") from None
-    return keys
-
-
-def shared_content(paths, known):
-    """[(path, what it shares its content with)] for each file among `paths` whose content key is
-    in `known`: a dict {key: a file of that content} (then that file), or a set of keys (then the key)."""
-    return [(path, known[key] if isinstance(known, dict) else key)
-            for path, key in zip(paths, content_keys(paths)) if key in known]
 
 
 def content_digest(paths):

@@ -215,13 +215,13 @@ def read_pairs_csv(csv_path, root, folder=None):
 
     The shared datasets' pairs.csv lists paths like `val/Class/img.png` relative to the
     dataset folder; paths relative to the validation folder itself work too. Refused, with the
-    line: a row of other than three columns, an image paired with itself or a pair listed twice
-    (either would count in every metric), and, where both images lie in class folders of
-    `folder` (root's scan), a `same` that their folders contradict.
+    line: a row of other than three columns, an image paired with itself (or with a copy of
+    itself: images are known by their content) or a pair listed twice (either would count in
+    every metric), and, where both images lie in class folders of `folder` (root's scan), a
+    `same` that their folders contradict.
     """
-    from .images import check_image
-
     label = {os.path.abspath(p): c for p, c in zip(folder.paths, folder.labels)} if folder else {}
+    known = dict(zip(label, folder.image_keys())) if folder else {}  # the scan's keys: no image hashed twice
     pairs, seen = [], {}
     for line, row in _pair_rows(csv_path):
         where = f"pair list '{csv_path}' line {line}"
@@ -229,12 +229,15 @@ def read_pairs_csv(csv_path, root, folder=None):
             raise UserError(f"{where}: expected three columns 'left,right,same' with same 0 or 1, got {','.join(row)!r}")
         left, right = (_resolve(csv_path, line, rel, root) for rel in row[:2])
         same = row[2].strip() == "1"
-        key = tuple(sorted(os.path.realpath(p) for p in (left, right)))
+        key = tuple(sorted(_content_key(path, known) for path in (left, right)))
         if key[0] == key[1]:
-            raise UserError(f"{where} pairs image '{row[0].strip()}' with itself, which any model calls the same; "
-                            f"remove the line")
+            raise UserError(f"{where} pairs image '{row[0].strip()}' with "
+                            + ("itself" if os.path.realpath(left) == os.path.realpath(right) else
+                               f"'{row[1].strip()}', a copy of it (the same file content)")
+                            + ", which any model calls the same; remove the line")
         if key in seen:  # it would count twice in every metric
-            raise UserError(f"{where} repeats the pair of line {seen[key]}; list each pair once")
+            raise UserError(f"{where} repeats the pair of line {seen[key]} (the same two images, known by their "
+                            f"content); list each pair once")
         classes = [label.get(os.path.abspath(p)) for p in (left, right)]
         if None not in classes and (classes[0] == classes[1]) != same:
             names = [folder.classes[c] for c in classes]
@@ -245,11 +248,25 @@ def read_pairs_csv(csv_path, root, folder=None):
         pairs.append(Pair(left, right, same))
     if not pairs:
         raise UserError(f"pair list '{csv_path}' has no pairs")
+    from .images import check_image
+
     for path in sorted({p for pair in pairs for p in (pair.left, pair.right)}):
         check_image(path)  # before anything is written
     if len({p.same for p in pairs}) < 2:
         raise UserError(f"pair list '{csv_path}' has only {'same' if pairs[0].same else 'different'}-class pairs; metrics need both")
     return pairs
+
+
+def _content_key(path, known):
+    """A pair list image's content key: its scan's, or hashed now and kept in `known`."""
+    from .content import content_keys
+    from .images import check_image
+
+    path = os.path.abspath(path)
+    if path not in known:
+        check_image(path)  # a file, and an image: a FIFO is never read
+        known[path] = content_keys([path])[0]
+    return known[path]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .batching import Batcher
 from .deployed import note
-from .enrollment import check_class_name, extension_of, write_class_images
+from .enrollment import check_class_name, check_new_content, extension_of, write_class_images
 from .errors import UserError, check_at_least, check_between
 from .evaluate import DEFAULT_THRESHOLD, resolve_threshold
 from .files import claim_beside, inside, sync_folder
@@ -184,11 +184,13 @@ class Served:
         time, and the index claimed against other commands writing it."""
         index = self.settings.index
         with self.enrolling, claim_beside(index, what="gallery index") if index else contextlib.nullcontext():
+            check_new_content(self.folder, name, images)
             written = write_class_images(self.gallery.root, name, images)
             known = dict(zip(self.gallery.paths, self.gallery.features))
             known.update(zip(written, features))
             folder = scan_folder(self.gallery.root, what="gallery folder", for_pairs=False)
             gallery = load_gallery(folder, _Known(self, known), index_path=index, log=note)
+            self.folder = folder
             if index:
                 sync_folder(os.path.dirname(os.path.abspath(index)))
             self._use(gallery)

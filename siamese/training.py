@@ -32,7 +32,7 @@ from .metrics import threshold_at_far
 from .files import atomic_open, check_not_inside, claim_folder, same_path
 from .image_cache import image_cache
 from .images import ImageFolder, scan_folder
-from .lineage import content_keys, shared_content
+from .content import shared_content
 from .model import AllPairs, SiameseNetwork, WeightAverage
 from .pairs import evaluation_pairs
 from .predict import TorchPredictor
@@ -249,7 +249,7 @@ def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
 @dataclass
 class _Data:
     train: ImageFolder
-    train_keys: list  # lineage.content_keys of the training images, recorded in the checkpoints
+    train_keys: list  # content.content_keys of the training images, recorded in the checkpoints
     val: ImageFolder | None = None
     val_pairs: list | None = None
 
@@ -258,7 +258,7 @@ def check_disjoint(train, train_keys, val, *, shown=3):
     """Refuse a validation folder that holds images of the training folder, known by their content
     (the same folder twice, train/ and val/ both trained on, a class linked or copied into both):
     best.pth and the threshold would be chosen on images the model learned."""
-    shared = shared_content(val.paths, dict(zip(train_keys, train.paths)))
+    shared = shared_content(val.paths, dict(zip(train_keys, train.paths)), keys=val.image_keys())
     if shared:
         examples = ", ".join(f"'{path}' (as '{twin}')" if os.path.realpath(path) != os.path.realpath(twin)
                              else f"'{path}'" for path, twin in shared[:shown])
@@ -274,7 +274,7 @@ def _read_data(settings, train, val):
         raise UserError("--threshold-at-far calibrates on the validation pairs: give --val-path, or for a final model "
                         "without one, --threshold with the one crossval.py --threshold-at-far found")
     train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
-    train_keys = content_keys(train.paths)
+    train_keys = train.image_keys()  # the scan's: each image is hashed once
     if val is None:
         return _Data(train, train_keys)
     # decoded whole: a truncated validation image is found now, not after the first epoch

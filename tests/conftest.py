@@ -14,7 +14,10 @@ TINY_TRAIN_ARGS = ["--weights", "none", "--image-size", "32", "--batch-size", "8
 
 
 def make_folder(root, classes=3, per_class=6, size=24, seed=0):
-    """A real little image set: each class is a shape of its own colour, drawn at random places."""
+    """A real little image set: each class is a shape of its own colour, drawn at random places.
+    A corner pixel holds the class, the image and the seed, so no two images of the folders
+    (those of other seeds too) are the same file content, which the folder scan would refuse
+    across classes and set aside within one."""
     rng = np.random.default_rng(seed)
     shapes = ["ellipse", "rectangle", "polygon", "line", "cross"]
     colours = [(220, 40, 40), (40, 160, 40), (40, 60, 220), (200, 160, 20), (150, 40, 160)]
@@ -39,6 +42,7 @@ def make_folder(root, classes=3, per_class=6, size=24, seed=0):
             else:
                 draw.line(box, fill=colour, width=2)
                 draw.line([box[0], box[3], box[2], box[1]], fill=colour, width=2)
+            img.putpixel((0, 0), (c % 256, i % 256, 100 + seed % 156))
             img.save(os.path.join(folder, f"img_{i:02d}.png"))
     return root
 

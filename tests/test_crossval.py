@@ -105,9 +105,9 @@ def test_all_pairs_is_every_unordered_pair(tiny_folder):
 
 
 def test_one_shot_trials_within_a_group_draw_every_class_from_one_group(tmp_path):
-    for alphabet in ("Greek", "Latin", "Runic"):
-        for c in range(4):
-            make_folder(str(tmp_path / "tmp"), classes=1, per_class=3, seed=c)
+    for a, alphabet in enumerate(("Greek", "Latin", "Runic")):
+        for c in range(4):  # a seed of its own: one image in two classes would be refused
+            make_folder(str(tmp_path / "tmp"), classes=1, per_class=3, seed=4 * a + c)
             os.rename(tmp_path / "tmp" / "class_0", tmp_path / f"{alphabet}_character{c:02d}")
     folder = scan_folder(str(tmp_path))
     groups = class_groups(folder.classes, regex=r"(.+)_character\d+$")
@@ -130,7 +130,7 @@ def test_one_shot_trials_within_a_group_draw_every_class_from_one_group(tmp_path
 def test_merged_folders_refuse_a_class_in_both(tmp_path):
     a = scan_folder(make_folder(str(tmp_path / "a"), classes=2))
     with pytest.raises(UserError, match="class 'class_0' is in both"):
-        merge_folders([a, scan_folder(make_folder(str(tmp_path / "b"), classes=2))])
+        merge_folders([a, scan_folder(make_folder(str(tmp_path / "b"), classes=2, seed=1))])  # other images
     os.rename(tmp_path / "b" / "class_0", tmp_path / "b" / "other")
     os.rename(tmp_path / "b" / "class_1", tmp_path / "b" / "another")
     merged = merge_folders([a, scan_folder(str(tmp_path / "b"))])

@@ -358,3 +358,117 @@ def test_the_checkpoint_records_its_training_images_compactly(trained_checkpoint
     assert training_overlap(val_pairs, None, known) == ({"images": 0, "of": 18}, None)
     old = {k: v for k, v in checkpoint.items() if k != "training_images"}  # written before the record
     assert training_keys(old) is None
+
+
+# --- copies within one folder set: one image is one image, whatever its names --------------------
+
+
+def _copy(source, target):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(source, "rb") as f, open(target, "wb") as g:
+        g.write(f.read())
+    return target
+
+
+def test_the_test_folders_hold_no_two_images_of_one_content(tmp_path):
+    """Tiny drawn images often coincide (the same shape at the same place); the generator marks
+    each with its class, number and seed, so tests' folders never hold copies by chance."""
+    from siamese.content import content_keys
+
+    paths = []
+    for seed in (0, 1, 2):
+        root = make_folder(str(tmp_path / f"s{seed}"), classes=6, per_class=10, size=12, seed=seed)
+        paths += scan_folder(root).paths
+    assert len(paths) == 180 and len(set(content_keys(paths))) == 180
+
+
+def test_a_copy_within_a_class_is_set_aside_once_with_one_line(tmp_path, capsys):
+    root = make_folder(str(tmp_path / "val"))
+    _copy(os.path.join(root, "class_1", "img_01.png"), os.path.join(root, "class_1", "copy1.png"))
+    _copy(os.path.join(root, "class_1", "img_02.png"), os.path.join(root, "class_1", "sub", "zz.png"))
+    folder = scan_folder(root)
+    assert len(folder) == 18 and os.path.join(root, "class_1", "copy1.png") in folder.paths  # first by sorted path
+    assert os.path.join(root, "class_1", "img_01.png") not in folder.paths
+    assert len(folder.keys) == 18 and len(set(folder.keys)) == 18
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: image folder '{root}': set aside 2 image(s) that are copies")
+    assert not any(pair.left == pair.right for pair in evaluation_pairs(folder, seed=0, pairs_per_image=5))
+
+
+@pytest.mark.parametrize("how", ["copied class", "one copied image", "gallery"])
+def test_one_content_in_two_classes_is_refused(tmp_path, how):
+    """A class copied under a new name (cp -r s1 s1copy), or one image in two classes: its pairs
+    would be scored or trained on as different pairs of one image, and a gallery would tie."""
+    import shutil
+
+    root = make_folder(str(tmp_path / "val"))
+    if how == "copied class":
+        shutil.copytree(os.path.join(root, "class_0"), os.path.join(root, "class_0copy"))
+    else:
+        _copy(os.path.join(root, "class_0", "img_03.png"), os.path.join(root, "class_2", "new.png"))
+    count = 6 if how == "copied class" else 1
+    with pytest.raises(UserError) as raised:
+        scan_folder(root, what="gallery folder" if how == "gallery" else "validation folder",
+                    for_pairs=how != "gallery")
+    line = str(raised.value)
+    assert "\n" not in line and f"{count} image(s) have the content (the same bytes) of an image of another class" in line
+    assert "such as '" in line and "remove the copies, or merge the classes" in line
+
+
+def test_training_folders_whose_classes_are_renamed_copies_are_refused(tmp_path, capsys):
+    """train.py --train-path d/train tcopy, tcopy a copy of d/train with its classes renamed."""
+    import shutil
+
+    import train
+    from conftest import TINY_TRAIN_ARGS
+
+    train_dir = make_folder(str(tmp_path / "train"), classes=3, seed=1)
+    copy = _renamed_classes(shutil.copytree(train_dir, str(tmp_path / "tcopy")), "t")
+    out = str(tmp_path / "run")
+    assert train.main(["--train-path", train_dir, copy, "-o", out, "-e", "1", *TINY_TRAIN_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert f"the folders '{train_dir}', '{copy}': 18 image(s) have the content" in err[0] and not os.path.exists(out)
+
+
+def _pair_list(path, line):
+    with open(path, "w") as f:
+        f.write("left,right,same\nclass_0/img_00.png,class_1/img_00.png,0\n" + line + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("where", ["inside the class", "beside the folder"])
+def test_a_pair_list_pairing_an_image_with_its_copy_is_refused_with_the_line(tmp_path, where):
+    root = make_folder(str(tmp_path / "val"))
+    name = "class_2/copy1.png" if where == "inside the class" else "copy1.png"
+    _copy(os.path.join(root, "class_2", "img_01.png"), os.path.join(str(tmp_path) if name == "copy1.png" else root, name))
+    csv_path = _pair_list(tmp_path / "pairs.csv", f"class_2/img_01.png,{name},1")
+    with pytest.raises(UserError, match=f"line 3 pairs image 'class_2/img_01.png' with '{name}', a copy of it "
+                                        f"\\(the same file content\\)"):
+        read_pairs_csv(csv_path, root, scan_folder(root))
+
+
+def test_a_pair_list_repeating_a_pair_through_a_copy_is_refused(tmp_path):
+    root = make_folder(str(tmp_path / "val"))
+    _copy(os.path.join(root, "class_2", "img_01.png"), str(tmp_path / "copy1.png"))
+    csv_path = _pair_list(tmp_path / "pairs.csv", "class_0/img_00.png,copy1.png,0\nclass_2/img_01.png,class_0/img_00.png,0")
+    with pytest.raises(UserError, match="line 4 repeats the pair of line 3"):
+        read_pairs_csv(csv_path, root, scan_folder(root))
+
+
+def test_an_evaluation_hashes_each_image_once(tmp_path, monkeypatch):
+    """The scan's content keys serve the pair list and the training-overlap count: no image is
+    read for its hash twice."""
+    import siamese.content as content
+    from siamese.evaluate import evaluation_inputs, training_overlap
+
+    root = make_folder(str(tmp_path / "val"))
+    csv_path = _pair_list(tmp_path / "pairs.csv", "class_2/img_01.png,class_2/img_02.png,1")
+    hashed, sha256 = [], content._sha256
+    monkeypatch.setattr(content, "_sha256", lambda path: hashed.append(os.path.abspath(path)) or sha256(path))
+    for pairs_file in (None, csv_path):
+        hashed.clear()
+        settings = EvaluationSettings(val_path=root, out_path=str(tmp_path / "out"), pairs_file=pairs_file)
+        folder, pairs, _, shots = evaluation_inputs(settings, log=lambda line: None)
+        training_overlap(pairs, shots, set(), folder=folder)
+        assert len(hashed) == len(set(hashed)) == 18

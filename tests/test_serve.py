@@ -187,9 +187,13 @@ def test_identify_answers_as_identify_py(server, onnx_model, tiny_dataset, capsy
             assert got["threshold"] == expected["threshold"]
             assert got["verdict"] == (expected["matches"][0]["class"] if expected["matches"][0]["verdict"] == "match"
                                       else "unknown")
-            thumbnail = client.get(got["matches"][0]["thumbnail"])
-            assert thumbnail.status_code == 200 and thumbnail.content == \
-                _image_bytes(os.path.join(server.gallery, got["matches"][0]["gallery_image"]))
+            for match in got["matches"]:  # the image linked in from outside the gallery has no thumbnail
+                thumbnail = client.get(match["thumbnail"])
+                if match["gallery_image"] == os.path.join("class_0", "linked_out.png"):
+                    assert thumbnail.status_code == 404
+                else:
+                    assert thumbnail.status_code == 200 and thumbnail.content == \
+                        _image_bytes(os.path.join(server.gallery, match["gallery_image"]))
 
 
 def test_embed_and_info(server, tiny_dataset):
@@ -335,8 +339,15 @@ def test_the_token(server):
 
 # --- enrollment ----------------------------------------------------------------------------------
 
+def _new_images(tiny_dataset):
+    """Images that are not in the gallery (a copy of the validation folder, with the first training
+    image linked in): enrolling a gallery image under another class is refused."""
+    folder = tiny_dataset[0]
+    return [os.path.join(folder, c, f) for c in sorted(os.listdir(folder))[1:] for f in sorted(os.listdir(os.path.join(folder, c)))]
+
+
 def test_concurrent_enrollments_are_all_kept(server, tiny_dataset, onnx_model, tmp_path):
-    paths = _images(tiny_dataset)
+    paths = _new_images(tiny_dataset)
     with server.client() as client:
         classes = client.get("/info").json()["classes"]
 
@@ -354,6 +365,17 @@ def test_concurrent_enrollments_are_all_kept(server, tiny_dataset, onnx_model, t
         assert len(os.listdir(os.path.join(server.gallery, f"new_{i}"))) == 2
 
 
+def test_enrolling_a_gallery_image_under_another_class_is_refused(server, tiny_dataset):
+    """One image cannot be of two classes: refused before anything is written (the gallery's scan
+    would refuse the gallery at the next start)."""
+    copy = _image_bytes(os.path.join(server.gallery, "class_1", "img_02.png"))
+    before = sorted(os.listdir(server.gallery))
+    with server.client() as client:
+        answer = client.post("/enroll", files={"images": copy}, data={"class": "copied"})
+    assert _one_line_error(answer, 400) and "already an image of class 'class_1'" in answer.json()["error"]
+    assert sorted(os.listdir(server.gallery)) == before
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -362,9 +384,9 @@ def test_an_answered_enrollment_survives_kill_9(onnx_model, tiny_dataset, tmp_pa
 
     gallery = _gallery_copy(tiny_dataset, tmp_path)
     first = _start(tmp_path, onnx_model, gallery)
-    image = _image_bytes(_images(tiny_dataset)[0])
+    images = [_image_bytes(path) for path in _new_images(tiny_dataset)[:2]]
     with first.client() as client:
-        answer = client.post("/enroll", json={"class": "kept", "images": [base64.b64encode(image).decode()] * 2})
+        answer = client.post("/enroll", json={"class": "kept", "images": [base64.b64encode(i).decode() for i in images]})
         first.process.send_signal(signal.SIGKILL)  # the next instant
     assert answer.status_code == 200
     first.process.wait(30)
