@@ -48,6 +48,12 @@ class ImageFolder:
     classes: list
     paths: list
     labels: list
+    parts: tuple = ()  # the folders merged into this one (merge_folders); root is their common parent
+
+    @property
+    def folders(self):
+        """The folders the images were read from: the parts merged, or the root."""
+        return list(self.parts) or [self.root]
 
     def __len__(self):
         return len(self.paths)
@@ -67,7 +73,7 @@ class ImageFolder:
         names = [name for name in self.classes if name in keep]
         new_label = {self.classes.index(name): i for i, name in enumerate(names)}
         kept = [(path, new_label[label]) for path, label in zip(self.paths, self.labels) if label in new_label]
-        return ImageFolder(self.root, names, [p for p, _ in kept], [label for _, label in kept])
+        return ImageFolder(self.root, names, [p for p, _ in kept], [label for _, label in kept], self.parts)
 
 
 def merge_folders(folders):
@@ -91,7 +97,8 @@ def merge_folders(folders):
     rank = {c: i for i, c in enumerate(order)}
     samples = sorted(zip(paths, labels), key=lambda s: (rank[s[1]], s[0]))
     return ImageFolder(os.path.commonpath([f.root for f in folders]), [classes[c] for c in order],
-                       [p for p, _ in samples], [rank[label] for _, label in samples])
+                       [p for p, _ in samples], [rank[label] for _, label in samples],
+                       tuple(part for f in folders for part in f.folders))
 
 
 def scan_folder(root, *, what="image folder", check_images=True, decode=False, for_pairs=True):
