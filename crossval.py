@@ -24,14 +24,14 @@ run's --flip-average and --shift-average.
 """
 
 from siamese.errors import UserError, cli
-from siamese.options import (FAR, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, SEED, Number, Several, add_out_option, script_parser,
-                             whole)
+from siamese.options import (FAR, MAX_CLASSES, MAX_PAIRS_PER_IMAGE, SEED, Number, Several, add_out_option, folder_path,
+                             script_parser, whole)
 from siamese.settings import ONE_SHOT_OPTIONS, EvaluationSettings, TrainingSettings, add_options
 
 
 def get_args_parser():
     p = script_parser(__doc__)
-    p.add_argument("--data", required=True, action=Several, type=str,
+    p.add_argument("--data", required=True, action=Several, type=folder_path,
                    help="one or more folders in the ROOT/ClassName/image layout, their classes taken together")
     add_out_option(p, "folder for the folds and the report", required=True)
     p.add_argument("--folds", default=5, type=whole(2, 1000), help="number of folds of held-out classes")

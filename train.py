@@ -20,7 +20,7 @@ tensorboard --logdir runs/exp1) into the out path.
 
 import os
 
-from siamese.options import Several, add_out_option, script_parser
+from siamese.options import Several, add_out_option, folder_path, script_parser
 from siamese.errors import UserError, cli
 from siamese.settings import TrainingSettings, add_options, read_run_record
 
@@ -29,10 +29,10 @@ def get_args_parser():
     p = script_parser(__doc__)
     p.add_argument("--config", default=None, type=str,
                    help="args.json of an earlier run: train with its folders and settings (flags given here override them)")
-    p.add_argument("--train-path", "--train_path", dest="train_path", default=None, action=Several, type=str,
+    p.add_argument("--train-path", "--train_path", dest="train_path", default=None, action=Several, type=folder_path,
                    help="training folder: ROOT/ClassName/image; several folders (given together or one --train-path "
                         "each) train on their classes together (required unless --config gives it)")
-    p.add_argument("--val-path", "--val_path", dest="val_path", default=None, type=str,
+    p.add_argument("--val-path", "--val_path", dest="val_path", default=None, type=folder_path,
                    help="validation folder in the same layout (classes not seen in training): picks best.pth and "
                         "calibrates the threshold; without it no epoch is picked and last.pth is the final model")
     add_out_option(p, "folder for checkpoints and logs", required=True)
@@ -83,8 +83,12 @@ def main(argv=None):
     if best is None:  # another process of a torchrun run: the main one reports
         return 0
     if best.get("epoch") is not None:
-        print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; "
-              f"checkpoints in {args.out_path}")
+        where = (f"checkpoints in {args.out_path}" if best["path"] == os.path.join(args.out_path, "best.pth") else
+                 f"its best.pth is {best['path']} (from before the resume); this run's checkpoints are in "
+                 f"{args.out_path}" if best["path"] else
+                 f"no best.pth holds it (it came before the resume; not written to {args.out_path}); this run's "
+                 f"checkpoints are in {args.out_path}")
+        print(f"best validation AUC {best['auc']:.4f} (EER {best['eer']:.2%}) at epoch {best['epoch']}; {where}")
     elif args.val_path is None:
         print(f"trained {settings.epochs} epochs without validation; the final model is {args.out_path}/last.pth")
     return 0

@@ -548,7 +548,7 @@ def cross_validate(cv, *, outer=False, only_fold=None, only_repeat=None, against
     if outer and not cv.holdout:
         raise UserError("--outer scores the classes kept out by --holdout-classes; give --holdout-classes too")
     earlier = check_against(against, cv.plan) if against else None
-    check_not_inside(cv.out_path, [cv.folder.root])  # before anything is written (each fold's training checks it too)
+    check_not_inside(cv.out_path, cv.folder.folders)  # before anything is written (each fold's training checks it too)
     inner = cv.folder.subset([name for name in cv.folder.classes if name not in set(cv.holdout)])
     runs = [(repeat, index) for repeat in range(1, len(cv.repeat_folds) + 1)
             for index in range(1, len(cv.repeat_folds[0]) + 1)

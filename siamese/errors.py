@@ -61,11 +61,17 @@ def check_workers(workers, name="--workers"):
     """Loader processes: from 0 up to the usable CPU cores. More only compete for the same cores,
     and each holds its own copy of the dataset: thousands of them fill the memory before a batch."""
     check_at_least(workers, 0, name)
-    cores = usable_cpus()
-    if workers is not None and workers > cores:
-        raise UserError(f"{name} {workers} is more than the {cores} CPU core(s) this machine lets the command use; "
-                        f"give at most {cores} (more processes only compete for the same cores)")
+    if workers is not None and workers > usable_cpus():
+        raise UserError(f"{name} {more_than_cores(workers)}")
     return workers
+
+
+def more_than_cores(workers):
+    """What a --workers above the usable cores is told, after the option's name (the command line's,
+    or a file's key)."""
+    cores = usable_cpus()
+    return (f"must be at most the {cores} CPU core(s) this machine lets the command use, not {workers} (more "
+            f"processes only compete for the same cores)")
 
 
 # A UserError raised inside a DataLoader worker comes back with the worker's traceback

@@ -51,6 +51,12 @@ class ImageFolder:
     paths: list
     labels: list
     keys: list = None
+    parts: tuple = ()  # the folders merged into this one (merge_folders); root is their common parent
+
+    @property
+    def folders(self):
+        """The folders the images were read from: the parts merged, or the root."""
+        return list(self.parts) or [self.root]
 
     def __len__(self):
         return len(self.paths)
@@ -83,7 +89,7 @@ class ImageFolder:
         new_label = {self.classes.index(name): i for i, name in enumerate(names)}
         kept = [i for i, label in enumerate(self.labels) if label in new_label]
         return ImageFolder(self.root, names, [self.paths[i] for i in kept], [new_label[self.labels[i]] for i in kept],
-                           None if self.keys is None else [self.keys[i] for i in kept])
+                           None if self.keys is None else [self.keys[i] for i in kept], self.parts)
 
 
 def merge_folders(folders):
@@ -109,7 +115,8 @@ def merge_folders(folders):
     rank = {c: i for i, c in enumerate(order)}
     samples = sorted(zip(paths, labels, keys), key=lambda s: (rank[s[1]], s[0]))
     merged = ImageFolder(os.path.commonpath([f.root for f in folders]), [classes[c] for c in order],
-                         [p for p, _, _ in samples], [rank[label] for _, label, _ in samples], [k for _, _, k in samples])
+                         [p for p, _, _ in samples], [rank[label] for _, label, _ in samples], [k for _, _, k in samples],
+                         tuple(part for f in folders for part in f.folders))
     return distinct_content(merged, where="the folders " + ", ".join(f"'{f.root}'" for f in folders))
 
 
@@ -139,7 +146,7 @@ def distinct_content(folder, *, where, shown=3):
           f"their class, such as {examples}; each content is read once, as its first file by sorted path",
           file=sys.stderr, flush=True)
     return ImageFolder(folder.root, folder.classes, [paths[i] for i in kept], [folder.labels[i] for i in kept],
-                       [folder.keys[i] for i in kept])
+                       [folder.keys[i] for i in kept], folder.parts)
 
 
 def scan_folder(root, *, what="image folder", check_images=True, decode=False, for_pairs=True):

@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .errors import UserError
+from .errors import UserError, more_than_cores, usable_cpus
 
 HIDDEN_ALIASES = {"--out-path", "--engine", "-lr"}
 
@@ -147,6 +147,17 @@ class Several(argparse.Action):
         earlier = getattr(namespace, self.dest, None)
         kept = [] if earlier is None or earlier is self.default else list(earlier)
         setattr(namespace, self.dest, kept + list(values))
+
+
+def folder_path(text):
+    """The type of an option that names a folder of images: an empty path is refused (it would
+    read the current folder), on the command line and in a recorded run's args.json alike."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a folder's path, not {text!r}")
+    return text
+
+
+TEXT_TYPES = (None, str, folder_path)  # the types of the options that take text; every other takes a number
 
 
 _WHOLE = re.compile(r"[+-]?[0-9]+")
@@ -300,7 +311,19 @@ IMAGE_SIZE = whole(1, MAX_IMAGE_SIZE, unit="pixel")
 BATCH = whole(1, MAX_BATCH)  # images per batch when embedding, in every script
 EPOCHS = whole(1, MAX_EPOCHS)
 TRIALS = whole(1, MAX_TRIALS)
-WORKERS = whole(0, MAX_WORKERS)
+class _Workers(Number):
+    """Loader processes or threads: also at most the CPU cores this process may use, read where the
+    option is read (the command line, or a recorded run's args.json), as errors.check_workers
+    holds a value from code."""
+
+    def __call__(self, text):
+        value = super().__call__(text)
+        if value > usable_cpus():
+            raise argparse.ArgumentTypeError(more_than_cores(value))
+        return value
+
+
+WORKERS = _Workers(int, 0, MAX_WORKERS)
 PICTURES = whole(0, MAX_IMAGES)
 TOP_K = whole(1, 1_000)  # classes listed per query (identify.py, serve.py)
 SHORTLIST = Number(int, 0, MAX_IMAGES, word="auto")  # gallery images FAISS proposes to the head

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError, check_workers, default_workers
 from .options import (BATCH, CHANNELS_LAST_HELP, EPOCHS, FAR, IMAGE_SIZE, MAX_BATCH, MAX_CLASSES, MAX_PAIRS_PER_IMAGE,
-                      OFF_OR_FRACTION, PICTURES, PROBABILITY, SEED, TRIALS, WORKERS, Number, bounds_of, whole)
+                      OFF_OR_FRACTION, PICTURES, PROBABILITY, SEED, TEXT_TYPES, TRIALS, WORKERS, Number, bounds_of, whole)
 
 # The choices of some options, here rather than beside the code that reads them (data.py,
 # model.py), so that the scripts parse their options without importing PyTorch: a Ctrl-C in
@@ -339,7 +339,7 @@ def add_options(parser, skip=(), *, settings=TrainingSettings, only=None):
 # What args.json records beside the settings: the data and where the run went and ran. --config
 # takes the data from it; the rest describes that run only.
 RECORDED_DATA = ("train_path", "val_path")
-RECORDED_ONLY = ("out_path", "resume", "config", "ran_on", "world_size", "run_id", "fold", "repeat", "outer", "held_out")
+RECORDED_ONLY = ("out_path", "resume", "config", "earlier_train_path", "ran_on", "world_size", "run_id", "fold", "repeat", "outer", "held_out")
 
 
 class _Written(str):
@@ -370,14 +370,14 @@ def _recorded_value(action, value, where):
         raise UserError(f"{where} must be true or false, not {_shown(value)}")
     several = action.nargs in ("+", "*")
     items = value if several and isinstance(value, list) and value else [value]
-    number = action.type not in (None, str)
+    number = action.type not in TEXT_TYPES
     what = f"a number ({bounds_of(action.type)})" if number else "a string"
     read = []
     for item in items:
         if not isinstance(item, str) or isinstance(item, _Written) != number:
             raise UserError(f"{where} must be {what}{' or a list of them' if several else ''}, not {_shown(value)}")
         try:
-            item = action.type(str(item)) if number else str(item)
+            item = action.type(str(item)) if action.type not in (None, str) else str(item)
         except argparse.ArgumentTypeError as error:
             raise UserError(f"{where} {error}") from None
         if action.choices is not None and item not in action.choices:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from . import device as devices
 from . import distributed
 from .batch_augment import augments_on_device, on_device
-from .checkpoint import CheckpointWriter, build_checkpoint_model, load_checkpoint, make_checkpoint
+from .checkpoint import CheckpointWriter, build_checkpoint_model, load_checkpoint, make_checkpoint, training_keys
 from .data import Augmentation, TrainingImages, TrainingPairs, set_loader_epoch, training_loader
 from .errors import UserError
 from .evaluate import constant_scores_note, evaluate
@@ -167,9 +167,10 @@ def _checkpoints_in(out_path):
     return sorted(n for n in os.listdir(out_path) if CHECKPOINT_NAME.match(n)) if os.path.isdir(out_path) else []
 
 
-def _check_out_path(out_path, resume, run_id):
+def _check_out_path(out_path, resume, run_id, checkpoint=None):
     """Refuse an out path that holds another run's checkpoints: a new run never writes over a run,
-    and a resumed one continues only in its own folder or in one that holds no run."""
+    and a resumed one continues only in its own folder or in one that holds no run (checkpoint:
+    the resumed one, whose run the folder's best.pth must be)."""
     found = _checkpoints_in(out_path)
     if not found:
         return
@@ -181,10 +182,7 @@ def _check_out_path(out_path, resume, run_id):
         if os.path.exists(path):
             break
     if not same_path(path, resume):
-        try:
-            theirs = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
-        except Exception:
-            theirs = None
+        theirs = _checkpoint_run_id(path)
         if theirs is None or theirs != run_id:
             raise UserError(f"output folder '{out_path}' holds another training run than '{resume}' "
                             f"({', '.join(found)}); resume into the run's own folder or an empty one, so that "
@@ -194,6 +192,39 @@ def _check_out_path(out_path, resume, run_id):
         raise UserError(f"'{resume}' belongs to run {run_id}, but '{os.path.join(out_path, 'args.json')}' records run "
                         f"{recorded}: the checkpoint comes from another run; continue it into a new folder (another "
                         f"-o/--out), so that neither run is overwritten")
+    _check_best(out_path, resume, checkpoint)
+
+
+def _checkpoint_run_id(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
+    except Exception:
+        return None
+
+
+def _check_best(out_path, resume, checkpoint):
+    """Refuse to resume into a folder whose best.pth is another run's (copied in): it would be
+    kept, or replaced, as if it were this run's best epoch."""
+    best = os.path.join(out_path, "best.pth")
+    if checkpoint is None or not os.path.isfile(best) or same_path(best, resume):
+        return
+    if _checkpoint_run_id(best) != checkpoint.get("run_id"):
+        raise UserError(f"'{best}' belongs to another training run than '{resume}'; move it away, or resume into "
+                        f"another -o/--out, so that neither run is overwritten")
+
+
+def best_checkpoint(out_path, resume, run_id, best, start_epoch):
+    """The best.pth that holds the best epoch `best` names: this run's in out_path, or the
+    resumed run's (beside `resume`), or None where none holds it (the best epoch came before the
+    resume and its best.pth is not in either folder)."""
+    if best.get("epoch") is None:
+        return None
+    for folder in [out_path] + ([os.path.dirname(resume)] if resume else []):
+        path = os.path.join(folder, "best.pth")
+        if os.path.isfile(path) and (best["epoch"] >= start_epoch and folder == out_path
+                                     or _checkpoint_run_id(path) == run_id):
+            return path
+    return None
 
 
 def _recorded_run_id(out_path):
@@ -249,44 +280,50 @@ def _check_finite_training(stats, model, epoch, learning_rate, weight_decay):
 @dataclass
 class _Data:
     train: ImageFolder
-    train_keys: list  # content.content_keys of the training images, recorded in the checkpoints
+    train_keys: list  # content.content_keys of the training images (and the resumed run's), recorded in the checkpoints
     val: ImageFolder | None = None
     val_pairs: list | None = None
 
 
-def check_disjoint(train, train_keys, val, *, shown=3):
+def check_disjoint(train, train_keys, val, *, shown=3, earlier=(), resume=None):
     """Refuse a validation folder that holds images of the training folder, known by their content
     (the same folder twice, train/ and val/ both trained on, a class linked or copied into both):
-    best.pth and the threshold would be chosen on images the model learned."""
-    shared = shared_content(val.paths, dict(zip(train_keys, train.paths)), keys=val.image_keys())
+    best.pth and the threshold would be chosen on images the model learned. earlier: the content
+    keys that the resumed checkpoint `resume` records (images it learned before, in any folder)."""
+    known = dict.fromkeys(earlier, f"an image '{resume}' was trained on")
+    known.update(zip(train_keys, train.paths))
+    shared = shared_content(val.paths, known, keys=val.image_keys())
     if shared:
-        examples = ", ".join(f"'{path}' (as '{twin}')" if os.path.realpath(path) != os.path.realpath(twin)
+        examples = ", ".join(f"'{path}' ({twin})" if twin not in train.paths else
+                             f"'{path}' (as '{twin}')" if os.path.realpath(path) != os.path.realpath(twin)
                              else f"'{path}'" for path, twin in shared[:shown])
         raise UserError(f"validation folder '{val.root}' shares {len(shared)} of its {len(val)} images with the "
                         f"training data (the same file content), such as {examples}: best.pth and the threshold would "
                         f"be chosen on images the model learned; give a --val-path whose images are not in --train-path")
 
 
-def _read_data(settings, train, val):
+def _read_data(settings, train, val, *, earlier=(), resume=None):
     """The training folder, and the validation folder with its fixed pairs (folders or scanned
-    `ImageFolder`s: cross-validation passes subsets of classes)."""
+    `ImageFolder`s: cross-validation passes subsets of classes). earlier: the training images
+    that the resumed checkpoint records; the record written keeps them beside this run's."""
     if val is None and settings.threshold_at_far:
         raise UserError("--threshold-at-far calibrates on the validation pairs: give --val-path, or for a final model "
                         "without one, --threshold with the one crossval.py --threshold-at-far found")
     train = train if isinstance(train, ImageFolder) else scan_folder(train, what="training folder")
     train_keys = train.image_keys()  # the scan's: each image is hashed once
+    recorded = list(dict.fromkeys([*earlier, *train_keys]))  # every image the model was ever trained on, once
     if val is None:
-        return _Data(train, train_keys)
+        return _Data(train, recorded)
     # decoded whole: a truncated validation image is found now, not after the first epoch
     val = val if isinstance(val, ImageFolder) else scan_folder(val, what="validation folder", decode=True)
-    check_disjoint(train, train_keys, val)
+    check_disjoint(train, train_keys, val, earlier=earlier, resume=resume)
     pairs = evaluation_pairs(val, seed=settings.seed, pairs_per_image=settings.val_pairs_per_image)
     same = sum(pair.same for pair in pairs)
     if same in (0, len(pairs)):  # no ROC-AUC to pick the best epoch by
         raise UserError(f"the {len(pairs)} validation pairs drawn from '{val.root}' are all "
                         f"{'different-class' if same == 0 else 'same-class'} pairs; choosing the best epoch needs "
                         f"both kinds: add validation images or raise --val-pairs-per-image")
-    return _Data(train, train_keys, val, pairs)
+    return _Data(train, recorded, val, pairs)
 
 
 def _build_model(settings, checkpoint, resume, context, log):
@@ -355,6 +392,27 @@ def _kept_settings_notes(settings, checkpoint):
     return [f"note: {flag(name)} {getattr(settings, name)} is not used: the resumed run keeps its own "
             f"{recorded[name]} (start a new run, -o elsewhere, to change it)"
             for name in RESUMED_SETTINGS if name in recorded and recorded[name] != getattr(settings, name)]
+
+
+def _paths(value):
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _resumed_record(record, checkpoint, resume, log):
+    """The record of a run resumed on other training folders keeps the folders it trained on
+    before ('earlier_train_path'), as its checkpoints keep those images: args.json names every
+    folder the model learned from. Says so in a note, as a setting the resumed run does not use is named."""
+    recorded = (checkpoint or {}).get("args") or {}
+    now = _paths(record.get("train_path"))
+    earlier = [path for path in dict.fromkeys(_paths(recorded.get("earlier_train_path"))
+                                              + _paths(recorded.get("train_path"))) if path not in now]
+    if not earlier or checkpoint is None:
+        return record
+    if log is not None and set(_paths(recorded.get("train_path"))) != set(now):
+        log(f"note: '{resume}' was trained on {', '.join(map(repr, _paths(recorded.get('train_path'))))}; this run "
+            f"trains on {', '.join(map(repr, now))}: validation is checked against the images of both, and the "
+            f"checkpoints and args.json record both")
+    return dict(record, earlier_train_path=earlier)
 
 
 def _optimisation(settings, train_model, device, checkpoint, validating):
@@ -580,9 +638,9 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
     checkpoint = load_checkpoint(resume) if resume else None
     check_resumable(checkpoint, resume, fresh_optimizer=fresh_optimizer, log=log if context.is_main else None)
     run_id = (checkpoint or {}).get("run_id") or uuid.uuid4().hex  # which run a checkpoint belongs to
-    _check_out_path(out_path, resume, run_id)  # again once the folder is claimed: another run may have started
-    data = _read_data(settings, train, val)
-    check_not_inside(out_path, [data.train.root] + ([data.val.root] if data.val else []))
+    _check_out_path(out_path, resume, run_id, checkpoint)  # again once the folder is claimed: another run may start
+    data = _read_data(settings, train, val, earlier=training_keys(checkpoint or {}) or (), resume=resume)
+    check_not_inside(out_path, data.train.folders + (data.val.folders if data.val else []))
 
     model, start_epoch = _build_model(settings, checkpoint, resume, context, log)
     dataset, train_model = _training_set(settings, model, data.train, device, checkpoint, resume)
@@ -594,8 +652,8 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
         train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     run = _Run(settings, model, train_model, classifier, _weight_average(settings, model, checkpoint), optimizer,
                scheduler, scaler, run_id,
-               record=dict(record or {}, **recorded, ran_on=str(device), world_size=context.world_size,
-                           run_id=run_id))
+               record=dict(_resumed_record(record or {}, checkpoint, resume, log if context.is_main else None),
+                           **recorded, ran_on=str(device), world_size=context.world_size, run_id=run_id))
     if settings.compile:
         run.train_model = devices.compile_module(train_model, device, log=log if context.is_main else None)
         _log_compile_time(run.train_model, optimizer, device, log if context.is_main else None)
@@ -622,4 +680,4 @@ def fit(settings, *, train, val=None, out_path, resume=None, record=None, log=pr
         if folder is not None:
             folder.close()
         distributed.cleanup(context)
-    return best if context.is_main else None
+    return dict(best, path=best_checkpoint(out_path, resume, run_id, best, start_epoch)) if context.is_main else None

@@ -18,7 +18,7 @@ import torch_to_onnx
 import train
 from conftest import TINY_TRAIN_ARGS, make_folder
 from siamese.errors import UserError
-from siamese.options import HIDDEN_ALIASES
+from siamese.options import HIDDEN_ALIASES, TEXT_TYPES
 from siamese.settings import EvaluationSettings, TrainingSettings
 
 SCRIPTS = ("train", "eval", "crossval", "split", "torch_to_onnx", "onnx_to_int8", "onnx_to_trt", "infer_tensorrt",
@@ -44,7 +44,7 @@ def _number_options():
     found = []
     for script in SCRIPTS:
         for action in importlib.import_module(script).get_args_parser()._actions:
-            if action.option_strings and action.type is not None and action.type is not str:
+            if action.option_strings and action.type not in TEXT_TYPES:
                 found.append((script, _shown(action)[-1], action))
     return found
 

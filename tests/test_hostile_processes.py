@@ -17,7 +17,7 @@ import crossval
 import eval as eval_script
 import torch_to_onnx
 import train
-from conftest import ROOT, TINY_TRAIN_ARGS
+from conftest import ROOT, TINY_TRAIN_ARGS, make_folder
 from siamese.errors import UserError, usable_cpus
 from siamese.settings import EvaluationSettings, TrainingSettings
 from test_faults import _small_disk
@@ -88,7 +88,7 @@ def test_more_workers_than_cores_are_refused_in_one_line(script, tiny_dataset, t
                                                *TINY_TRAIN_ARGS, "--workers", workers])}[script]
     assert argv() == 2
     lines = _error_lines(capsys)
-    assert len(lines) == 1 and f"--workers {workers} is more than the {usable_cpus()} CPU core(s)" in lines[0], lines
+    assert len(lines) == 1 and f"--workers must be at most the {usable_cpus()} CPU core(s)" in lines[0], lines
     assert not os.path.exists(out)
 
 
@@ -97,9 +97,9 @@ def test_workers_up_to_the_cores_are_taken_and_no_more():
     assert TrainingSettings(workers=cores).workers == cores
     assert EvaluationSettings(val_path="v", out_path="o", workers=cores).workers == cores
     for workers in (cores + 1, 1000):  # above 1,024 the option's own bound refuses it
-        with pytest.raises(UserError, match=f"--workers {workers} is more than"):
+        with pytest.raises(UserError, match=f"--workers must be at most the {cores} CPU core.*, not {workers} "):
             TrainingSettings(workers=workers)
-        with pytest.raises(UserError, match=f"--workers {workers} is more than"):
+        with pytest.raises(UserError, match=f"--workers must be at most the {cores} CPU core.*, not {workers} "):
             EvaluationSettings(val_path="v", out_path="o", workers=workers)
 
 
@@ -332,3 +332,32 @@ def test_fresh_optimizer_resumes_with_a_warning(trained_checkpoint, tiny_dataset
     resumed = torch.load(last, weights_only=True)
     assert resumed["epoch"] == 3 and resumed["optimizer"] and resumed["run_id"] == state["run_id"]
     assert os.stat(last).st_nlink == 1  # a file of its own, whichever other names epoch 3 wrote
+
+
+# --- -o beside several image folders: each folder is checked, not their common parent ---------------
+
+def _two_folders(base):
+    first = make_folder(os.path.join(base, "a"), classes=2, seed=1)
+    second = make_folder(os.path.join(base, "b"), classes=2, seed=2)
+    for name in os.listdir(second):  # classes of their own: the two folders train together
+        os.rename(os.path.join(second, name), os.path.join(second, "other_" + name))
+    return first, second
+
+
+def test_train_out_beside_its_training_folders_is_taken_and_inside_one_refused(tmp_path, capsys):
+    first, second = _two_folders(str(tmp_path / "data"))
+    inside = os.path.join(second, "runs")
+    assert train.main(["--train-path", first, second, "-o", inside, "-e", "1", *TINY_TRAIN_ARGS]) == 2
+    lines = _error_lines(capsys)
+    assert len(lines) == 1 and f"is inside the image folder '{second}'" in lines[0], lines
+    out = str(tmp_path / "data" / "runs" / "x")  # under their common parent, in neither
+    assert train.main(["--train-path", first, second, "-o", out, "-e", "1", *TINY_TRAIN_ARGS]) == 0
+    assert os.path.isfile(os.path.join(out, "last.pth"))
+
+
+@pytest.mark.slow
+def test_crossval_out_beside_its_data_folders_is_taken(tmp_path, capsys):
+    first, second = _two_folders(str(tmp_path / "data"))
+    out = str(tmp_path / "data" / "cv")
+    assert crossval.main(["--data", first, second, "-o", out, "--folds", "2", "-e", "1", *TINY_TRAIN_ARGS]) == 0
+    assert not _error_lines(capsys)

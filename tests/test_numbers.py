@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, make_folder
 from siamese.errors import cli
-from siamese.options import Number, bounds_of, help_text
+from siamese.options import TEXT_TYPES, Number, bounds_of, help_text
 from siamese.options import shown_spellings as _shown
 from siamese.settings import RECORDED_DATA, RECORDED_ONLY, TrainingSettings
 
@@ -108,7 +108,7 @@ def number_options():
     for script in _scripts():
         parser = importlib.import_module(script).get_args_parser()
         for action in parser._actions:
-            if action.option_strings and action.type not in (None, str):
+            if action.option_strings and action.type not in TEXT_TYPES:
                 if action.default is not None:
                     action.type(str(action.default))  # what a type imports (--opset: onnx), imported once here
                 found.append((script, max(_shown(action), key=len), action, tuple(_minimal_argv(parser, script))))
@@ -420,7 +420,7 @@ def test_the_readme_commands_parse_and_validate_on_one_cpu_core(tmp_path):
     refused = [(script, " ".join(argv), err) for script, argv, status, err in report["ran"] if status != 0]
     assert len(report["ran"]) > 30 and not refused, refused
     status, err = report["given"]  # a number the user gave is still held to the cores
-    assert status == 2 and "--workers 2 is more than the 1 CPU core(s)" in err
+    assert status == 2 and "--workers must be at most the 1 CPU core(s) this machine lets the command use, not 2" in err
 
 
 @pytest.mark.slow

@@ -338,3 +338,62 @@ def test_an_edited_onnx_file_is_one_line(onnx_model, tiny_dataset, tmp_path, cap
     image = os.path.join(tiny_dataset[1], "class_0", "img_00.png")
     assert infer_tensorrt.main(["--image1", image, "--image2", image, "--engine", path]) == 2
     assert message in _error_line(capsys)
+
+
+# --- a resumed run: the images it learned before, and its best.pth -------------------------------
+
+@pytest.mark.slow
+def test_a_resume_on_other_folders_never_validates_on_what_it_learned_and_records_both(tiny_dataset, tmp_path,
+                                                                                       capsys):
+    from siamese.checkpoint import training_keys
+    from siamese.lineage import content_keys
+
+    train_dir, val_dir = tiny_dataset
+    run = str(tmp_path / "run")
+    assert _train(tiny_dataset, run, "-e", "1") == 0
+    before = _contents(run)
+    capsys.readouterr()
+    resume = ["-o", run, "--resume", os.path.join(run, "last.pth"), *TINY_TRAIN_ARGS, "-e", "2"]
+    assert train.main(["--train-path", val_dir, "--val-path", train_dir, *resume]) == 2  # swapped: train/ was learned
+    line = _error_line(capsys)
+    assert f"validation folder '{train_dir}' shares" in line and "was trained on" in line
+    assert _contents(run) == before
+    other = make_folder(str(tmp_path / "other"), classes=3, size=26, seed=5)
+    assert train.main(["--train-path", val_dir, "--val-path", other, *resume]) == 0
+    assert f"was trained on '{train_dir}'" in capsys.readouterr().out  # the note
+    images = [os.path.join(parent, name) for folder in tiny_dataset for parent, _, names in os.walk(folder)
+              for name in names]
+    for name in ("last.pth", "best.pth"):
+        checkpoint = torch.load(os.path.join(run, name), weights_only=True)
+        if checkpoint["epoch"] == 2:
+            assert training_keys(checkpoint) == set(content_keys(images))  # both folders
+    record = json.load(open(os.path.join(run, "args.json")))
+    assert record["train_path"] == [val_dir] and record["earlier_train_path"] == [train_dir]
+    assert eval_script.main(["-v", train_dir, "-c", os.path.join(run, "last.pth"), "-o", str(tmp_path / "ev"),
+                             "--device", "cpu", "--workers", "0"]) == 0
+    assert "training images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_resume_checks_the_folders_best_pth_and_says_where_the_best_is(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    a, b, c, e = (str(tmp_path / name) for name in "abce")
+    assert _train(tiny_dataset, a, "-e", "2") == 0
+    assert _train(tiny_dataset, b, "-e", "1", "--seed", "4") == 0
+    shutil.copytree(a, c)
+    shutil.copy(os.path.join(b, "best.pth"), os.path.join(c, "best.pth"))  # another run's best.pth
+    before = _contents(c)
+    capsys.readouterr()
+    assert _train(tiny_dataset, c, "-e", "3", "--resume", os.path.join(c, "last.pth")) == 2
+    assert "best.pth' belongs to another training run" in _error_line(capsys)
+    assert _contents(c) == before
+    # into a new folder: the summary names the best.pth that holds the best epoch
+    assert _train(tiny_dataset, e, "-e", "3", "--resume", os.path.join(a, "last.pth")) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    best_epoch = torch.load(os.path.join(e, "last.pth"), weights_only=True)["metrics"]["best"]["epoch"]
+    if best_epoch == 3:
+        assert summary.endswith(f"checkpoints in {e}") and os.path.isfile(os.path.join(e, "best.pth"))
+    else:
+        assert f"its best.pth is {os.path.join(a, 'best.pth')}" in summary, summary
+        assert not os.path.exists(os.path.join(e, "best.pth"))

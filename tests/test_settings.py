@@ -81,6 +81,9 @@ def test_config_reruns_a_recorded_run_exactly(tiny_dataset, tmp_path, capsys):
     ("missing", "does not exist"),
     ({"epochs": 1}, "give --train-path"),
     ({"train_path": "x", "epochs": 0}, "args.json': epochs must be at least 1, not 0"),
+    ({"train_path": "x", "workers": 1000}, "args.json': workers must be at most the"),  # the cores, as given
+    ({"train_path": [""]}, "args.json': train_path must be a folder's path, not ''"),  # not the current folder
+    ({"train_path": "x", "val_path": " "}, "args.json': val_path must be a folder's path, not ' '"),
 ])
 def test_a_bad_config_is_one_line(tmp_path, capsys, record, message):
     path = tmp_path / "args.json"
@@ -91,6 +94,16 @@ def test_a_bad_config_is_one_line(tmp_path, capsys, record, message):
     assert train.main(["--config", str(path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("argv", [["--train-path", ""], ["--train-path", "x", "--val-path", ""]])
+def test_an_empty_folder_path_is_refused(tmp_path, capsys, argv):
+    assert train.main([*argv, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "-path must be a folder's path, not ''" in err[0], err
+    assert crossval.main(["--data", "", "-o", str(tmp_path / "out")]) == 2
+    assert "--data must be a folder's path, not ''" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "out")
 
 
