@@ -92,8 +92,11 @@ def test_batch_augmentation_draws_from_the_per_image_distributions(tmp_path, aug
     of 0.075 between the two CDFs has a chance below 1e-4 when the distributions are the same)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    for name in ("a/0.png", "a/1.png", "b/0.png"):
-        _picture().save(tmp_path / name)
+    for i, name in enumerate(("a/0.png", "a/1.png", "b/0.png")):  # three images, only the first's pixels are used
+        picture = _picture()
+        if i:  # of distinct content: a copy in another class is refused
+            picture.putpixel((0, 0), (i, i, i))
+        picture.save(tmp_path / name)
     preprocessing = Preprocessing(image_size=32)
     dataset = TrainingImages(scan_folder(str(tmp_path)), preprocessing, seed=0, augmentation=augmentation)
     n = 2000
