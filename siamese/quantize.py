@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import INT8_TARGETS, int8_metadata, part_path
+from .contract import INT8_TARGETS, int8_metadata, new_export_id, part_path
 from .errors import UserError, shown_path
 from .files import atomic_open, disk_error
 from .images import scan_folder
@@ -231,10 +231,11 @@ def quantize_parts(model, written, calibration, quantization, *, log=print):
     q = quantization
     feeds = calibration_feeds(model, calibration, seed=q.seed)
     parts = {"pair": model.pair, "embed": model.parts[0], "head": model.parts[1]}
+    export_id = new_export_id()  # the copy's own: the parts of two copies (another seed) are not mixed
     for part in ("embed", "head", "pair"):
         source = part_path(model.path, part)
         metadata = int8_metadata(parts[part].metadata, target=q.target, calibration=os.path.abspath(q.calibration),
-                                 images=len(calibration), method=q.method)
+                                 images=len(calibration), method=q.method, export_id=export_id)
         metadata.update(derived_from(source, written[part], parts[part].metadata))  # refused once the source changes
         log(f"quantizing {source}")
         quantize_part(source, written[part], feeds[part], metadata, q)
