@@ -12,6 +12,7 @@ kept out of the calibration. No torch here.
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -120,17 +121,37 @@ def _activation_options(target):
 
 
 @contextlib.contextmanager
+def _output_discarded():
+    """Standard output and error sent to the null device, as Python objects (print, tqdm) and as
+    file descriptors (what native code writes), and restored after."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
 def _tool_quiet(scratch):
     """While ONNX Runtime's quantization tool runs: its temporaries in `scratch` (tempfile's default
-    folder), and its log kept off the terminal. It warns per tensor of what it handles itself, and
-    logs tracebacks of the failures it recovers from, or that end in the exception we report."""
+    folder), and its output kept off the terminal. It warns per tensor of what it handles itself,
+    logs tracebacks of the failures it recovers from, or that end in the exception we report, and
+    its histogram calibrators (percentile) print their progress."""
     root_log, quiet = logging.getLogger(), logging.NullHandler()
     level, system_temp = root_log.level, tempfile.tempdir
     root_log.setLevel(logging.ERROR)
     root_log.addHandler(quiet)  # a handler: Python's last resort no longer prints the records to stderr
     tempfile.tempdir = scratch
     try:
-        yield
+        with _output_discarded():
+            yield
     finally:
         root_log.removeHandler(quiet)
         root_log.setLevel(level)
