@@ -83,8 +83,9 @@ def main(argv=None):
         results = identify(model, gallery, features, top_k=args.top_k, shortlist=shortlist)
         rows = match_rows(queries, results, gallery, threshold)
         if args.out_path:
-            write_results(args.out_path, rows, queries, results, gallery, threshold, max_pictures=args.max_pictures)
-    print_matches(rows, queries, results, gallery, threshold, source, as_json=args.json)
+            write_results(args.out_path, rows, queries, results, gallery, threshold, max_pictures=args.max_pictures,
+                          shortlist=shortlist)
+    print_matches(rows, queries, results, gallery, threshold, source, as_json=args.json, shortlist=shortlist)
     return 0
 
 

@@ -54,7 +54,7 @@ def main(argv=None):
     from siamese.errors import check_finite
     from siamese.export import export_onnx, fingerprint
     from siamese.files import check_new_file, claim_beside, new_folder, remove_killed_temporaries, temporary_beside
-    from siamese.contract import PARTS, part_path
+    from siamese.contract import PARTS, new_export_id, part_path
     from siamese.lineage import replace_parts
 
     if args.tolerance is not None and not check_finite(args.tolerance, "--tolerance") > 0:
@@ -70,7 +70,7 @@ def main(argv=None):
     model, checkpoint = load_model(args.checkpoint)
     folder = args.images or checkpoint.get("args", {}).get("val_path")
     images = check_images(folder, model.preprocessing, given=args.images is not None)  # before anything is written
-    model_fingerprint = fingerprint(model)
+    model_fingerprint, export_id = fingerprint(model), new_export_id()  # the id binds the three files
     # a failed export leaves nothing new behind, not even the folder it made for its out path
     with new_folder(os.path.dirname(os.path.abspath(out))), claim_beside(out, what="out path"), ExitStack() as temporaries:
         written = {part: temporaries.enter_context(temporary_beside(path)) for part, path in outs.items()}
@@ -79,7 +79,7 @@ def main(argv=None):
         # Each file is checked before any takes its out path: a failed check leaves earlier files as they were.
         for part in PARTS:
             metadata = export_onnx(model, written[part], threshold=checkpoint.get("threshold"), opset=args.opset,
-                                   fp16=args.fp16, part=part, model_fingerprint=model_fingerprint)
+                                   fp16=args.fp16, part=part, model_fingerprint=model_fingerprint, export_id=export_id)
             check_export(model, written[part], outs[part], images, folder, fp16=args.fp16, tolerance=args.tolerance,
                          part=part)
         check_out_paths()  # again: another command may have written them

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import uuid
 
 from .errors import UserError
 from .images import Preprocessing
@@ -106,14 +107,24 @@ FORMAT_VERSION = "1"
 FIXED = {"siamese.channel_order": "RGB", "siamese.layout": "NCHW"}  # what every runtime feeds
 # The keys that may differ between the files of one export: the rest are one model's, alike in all.
 PER_PART = ("siamese.part", "siamese.derived_from")
+# One id per export, written into each of its files when they are made (the float export, each
+# INT8 copy of it, and carried into the engines built from them), so the parts of two exports of
+# one model (another opset, another calibration seed) are never mixed. Files without it (exports
+# of earlier versions) have nothing to compare and are used as before.
+EXPORT_ID = "siamese.export_id"
 
 
-def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerprint=""):
+def new_export_id():
+    return uuid.uuid4().hex
+
+
+def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerprint="", export_id=None):
     """String key/values stored in the ONNX file (and beside a TensorRT engine)."""
     return {
         "siamese.format_version": FORMAT_VERSION,
         "siamese.part": part,
         "siamese.fingerprint": model_fingerprint,
+        **({EXPORT_ID: export_id} if export_id else {}),
         "siamese.backbone": config["backbone"],
         "siamese.features": config["features"],
         "siamese.feature_dim": str(config["feature_dim"] * (2 if config.get("flip_average") else 1)),
@@ -135,10 +146,10 @@ def model_metadata(config, *, threshold, opset, fp16, part="pair", model_fingerp
 INT8_TARGETS = ("onnxruntime", "tensorrt")
 
 
-def int8_metadata(meta, *, target, calibration, images, method):
-    """An fp32 part's metadata for its INT8 copy: the precision, the runtime it was quantized for
-    and the calibration set (folder, image count, method)."""
-    return {**meta, "siamese.precision": "int8", "siamese.int8_target": target,
+def int8_metadata(meta, *, target, calibration, images, method, export_id):
+    """An fp32 part's metadata for its INT8 copy: the precision, the runtime it was quantized for,
+    the calibration set (folder, image count, method) and the copy's own export id."""
+    return {**meta, EXPORT_ID: export_id, "siamese.precision": "int8", "siamese.int8_target": target,
             "siamese.calibration": calibration, "siamese.calibration_images": str(images),
             "siamese.calibration_method": method}
 
@@ -241,6 +252,10 @@ def check_parts_agree(path, meta, parts):
     """Refuse parts ({path: metadata}) of an export whose metadata differs from the pair model's
     (at `path`, with `meta`) in anything but PER_PART: edited files, or files of different exports."""
     for part_path_, part_meta in parts.items():
+        if meta.get(EXPORT_ID) != part_meta.get(EXPORT_ID):
+            raise UserError(f"'{part_path_}' is not of the export of '{path}' (export id {part_meta.get(EXPORT_ID)!r}, "
+                            f"not {meta.get(EXPORT_ID)!r}): files of two exports were mixed; make the export again as "
+                            f"it was made (torch_to_onnx.py, then onnx_to_int8.py or onnx_to_trt.py)")
         for key in sorted(k for k in {*meta, *part_meta} if k.startswith("siamese.") and k not in PER_PART):
             if meta.get(key) != part_meta.get(key):
                 raise UserError(f"'{part_path_}' and '{path}' disagree on {key[len('siamese.'):]} "

@@ -4,7 +4,7 @@ current TensorRT samples use) or pycuda. With pycuda we attach to the device's p
 users in the process, PyTorch among them.
 """
 
-from .errors import UserError
+from .errors import UserError, not_installed
 
 
 class CudaPython:
@@ -13,7 +13,9 @@ class CudaPython:
     def __init__(self):
         try:
             from cuda.bindings import runtime as cudart
-        except ImportError:
+        except ModuleNotFoundError as error:
+            if not not_installed(error, "cuda.bindings.runtime"):
+                raise
             from cuda import cudart  # cuda-python before 12.6
         self.cudart = cudart
         self._check(cudart.cudaFree(0))  # creates the context, fails clearly without a GPU
@@ -95,7 +97,7 @@ def default_cuda():
     for adapter in (CudaPython, PyCuda):
         try:
             return adapter()
-        except ImportError as error:
+        except ModuleNotFoundError as error:  # anything else that fails the import is said as it is, below
             errors.append(f"{adapter.__name__}: not installed ({error.name})")
         except Exception as error:
             errors.append(f"{adapter.__name__}: {error}")

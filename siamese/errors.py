@@ -14,6 +14,33 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
+def not_installed(error, name):
+    """Whether the ModuleNotFoundError `error` says that the module `name` (or a package above it)
+    is not installed: a module missing inside it is a broken install, not a missing one."""
+    parts = name.split(".")
+    return isinstance(error, ModuleNotFoundError) and error.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
+def import_optional(name, needed):
+    """The optional module `name`, or a UserError `needed` (what to install) when it is not installed.
+    Only the module missing says so: a Ctrl-C during its import (which a package may turn into an
+    ImportError of its own) is a KeyboardInterrupt, and any other failed import says that it failed."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        if not_installed(error, name):
+            raise UserError(needed) from None
+        cause = error
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise KeyboardInterrupt from None
+        raise UserError(f"{name} is installed but cannot be imported ({str(error).strip()[:200] or type(error).__name__}); "
+                        f"install it again") from None
+
+
 def check_at_least(value, minimum, name):
     """None (the default) or a number of at least minimum; anything else is the user's error."""
     if value is not None and value < minimum:

@@ -76,9 +76,10 @@ def _example_inputs(network, part):
     return tuple(torch.randn(2, 3, size, size) for _ in range(2 if part == "pair" else 1))
 
 
-def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=False, part="pair", model_fingerprint=None):
+def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=False, part="pair", model_fingerprint=None,
+                export_id=None):
     """Export one part (PARTS) to one self-contained .onnx file (written atomically) with metadata;
-    returns its metadata."""
+    returns its metadata. export_id: the id shared by the parts of one export (contract.EXPORT_ID)."""
     import onnx
 
     network = network.cpu().eval()  # eval: Dropout out of the graph, BatchNorm on running statistics
@@ -111,7 +112,7 @@ def export_onnx(network, path, *, threshold=None, opset=DEFAULT_OPSET, fp16=Fals
             raise UserError(f"the exported '{value.name}' has a fixed batch size; this backbone cannot be exported "
                             f"with a dynamic batch")
     metadata = model_metadata(network.config, threshold=threshold, opset=opset, fp16=fp16, part=part,
-                              model_fingerprint=model_fingerprint or fingerprint(network))
+                              model_fingerprint=model_fingerprint or fingerprint(network), export_id=export_id)
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

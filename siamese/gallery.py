@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, import_optional
 from .evaluate import check_finite_scores
 from .files import atomic_open, check_not_inside
 from .metrics import TIE
@@ -276,11 +276,8 @@ class Shortlist:
     NPROBE = 24
 
     def __init__(self, gallery_features):
-        try:
-            import faiss
-        except ImportError:
-            raise UserError("a shortlist needs FAISS: pip install faiss-cpu (or faiss-gpu), or give --shortlist 0 "
-                            "to score the whole gallery") from None
+        faiss = import_optional("faiss", "a shortlist needs FAISS: pip install faiss-cpu (or faiss-gpu), or give "
+                                         "--shortlist 0 to score the whole gallery")
         unit, dim = _unit(gallery_features), gallery_features.shape[1]
         if len(unit) <= self.EXACT_UP_TO:
             self.index = faiss.IndexFlatIP(dim)

@@ -66,13 +66,16 @@ def query_verdicts(queries, results, gallery, threshold):
     return answers
 
 
-def write_results(out_path, rows, queries, results, gallery, threshold, *, max_pictures):
+def write_results(out_path, rows, queries, results, gallery, threshold, *, max_pictures, shortlist=None):
+    """matches.csv, matches.json and the pictures. shortlist: how many gallery images FAISS proposed
+    for each query (None: every one was scored), in matches.json: the verdicts are over those only."""
     with atomic_open(os.path.join(out_path, "matches.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["query", "rank", "class", "gallery_image", "similarity", "verdict"])
         writer.writeheader()
         writer.writerows(rows)
     answers = query_verdicts(queries, results, gallery, threshold)
-    write_json(os.path.join(out_path, "matches.json"), {"threshold": threshold, "queries": answers, "matches": rows})
+    write_json(os.path.join(out_path, "matches.json"), {"threshold": threshold, "shortlist": shortlist,
+                                                        "queries": answers, "matches": rows})
     with atomic_folder(os.path.join(out_path, "pictures")) as staging:
         for i, (query, matches) in enumerate(zip(queries[:max_pictures], results)):
             name = f"{i:05d}_{os.path.splitext(os.path.basename(query))[0][:60]}.jpg"
@@ -88,12 +91,15 @@ def _called(answer, most=5):
     return "tie: " + ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def print_matches(rows, queries, results, gallery, threshold, source, *, as_json):
+def print_matches(rows, queries, results, gallery, threshold, source, *, as_json, shortlist=None):
+    """The verdicts; with a shortlist, each line says it is over the shortlisted images: a class
+    tying with the first among the others is not seen."""
     answers = query_verdicts(queries, results, gallery, threshold)
     if as_json:
-        print(json.dumps({"threshold": threshold, "threshold_source": source, "queries": answers, "matches": rows},
-                         indent=2, allow_nan=False))
+        print(json.dumps({"threshold": threshold, "threshold_source": source, "shortlist": shortlist,
+                          "queries": answers, "matches": rows}, indent=2, allow_nan=False))
         return
+    over = f"; over the {shortlist} shortlisted gallery images only" if shortlist else ""
     for answer, matches in list(zip(answers, results))[:PRINTED_QUERIES]:
         best = matches[0]
         digits = digits_to_tell(best.similarity, threshold)  # the printed numbers agree with the verdict
@@ -102,7 +108,7 @@ def print_matches(rows, queries, results, gallery, threshold, source, *, as_json
                  f"best {gallery.classes[best.label]} {best.similarity:.{digits}f}")
         others = ", ".join(f"{gallery.classes[m.label]} {m.similarity:.{digits}f}" for m in matches
                            if m is not best and not (tie and gallery.classes[m.label] in answer["classes"]))
-        print(f"{answer['query']}: {_called(answer)} ({first}" + (f"; then {others}" if others else "") + ")")
+        print(f"{answer['query']}: {_called(answer)} ({first}" + (f"; then {others}" if others else "") + f"{over})")
     if len(queries) > PRINTED_QUERIES:
         called = [a["verdict"] for a in answers]
         print(f"... {len(queries)} queries in all: {called.count('match')} matched a known class, "

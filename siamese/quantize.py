@@ -12,12 +12,13 @@ kept out of the calibration. No torch here.
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
-from .contract import INT8_TARGETS, int8_metadata, part_path
+from .contract import INT8_TARGETS, int8_metadata, new_export_id, part_path
 from .errors import UserError, shown_path
 from .files import atomic_open, disk_error
 from .images import scan_folder
@@ -120,17 +121,37 @@ def _activation_options(target):
 
 
 @contextlib.contextmanager
+def _output_discarded():
+    """Standard output and error sent to the null device, as Python objects (print, tqdm) and as
+    file descriptors (what native code writes), and restored after."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+@contextlib.contextmanager
 def _tool_quiet(scratch):
     """While ONNX Runtime's quantization tool runs: its temporaries in `scratch` (tempfile's default
-    folder), and its log kept off the terminal. It warns per tensor of what it handles itself, and
-    logs tracebacks of the failures it recovers from, or that end in the exception we report."""
+    folder), and its output kept off the terminal. It warns per tensor of what it handles itself,
+    logs tracebacks of the failures it recovers from, or that end in the exception we report, and
+    its histogram calibrators (percentile) print their progress."""
     root_log, quiet = logging.getLogger(), logging.NullHandler()
     level, system_temp = root_log.level, tempfile.tempdir
     root_log.setLevel(logging.ERROR)
     root_log.addHandler(quiet)  # a handler: Python's last resort no longer prints the records to stderr
     tempfile.tempdir = scratch
     try:
-        yield
+        with _output_discarded():
+            yield
     finally:
         root_log.removeHandler(quiet)
         root_log.setLevel(level)
@@ -231,10 +252,11 @@ def quantize_parts(model, written, calibration, quantization, *, log=print):
     q = quantization
     feeds = calibration_feeds(model, calibration, seed=q.seed)
     parts = {"pair": model.pair, "embed": model.parts[0], "head": model.parts[1]}
+    export_id = new_export_id()  # the copy's own: the parts of two copies (another seed) are not mixed
     for part in ("embed", "head", "pair"):
         source = part_path(model.path, part)
         metadata = int8_metadata(parts[part].metadata, target=q.target, calibration=os.path.abspath(q.calibration),
-                                 images=len(calibration), method=q.method)
+                                 images=len(calibration), method=q.method, export_id=export_id)
         metadata.update(derived_from(source, written[part], parts[part].metadata))  # refused once the source changes
         log(f"quantizing {source}")
         quantize_part(source, written[part], feeds[part], metadata, q)

@@ -23,17 +23,15 @@ import numpy as np
 from .contract import (PARTS, check_interface, engine_metadata_path, feature_dim, onnx_metadata, parse_metadata,
                        part_of, tensor_shapes)
 from .deployed import HEAD_BATCH, DeployedModel, Part
-from .errors import UserError, check_batch_size
+from .errors import UserError, check_batch_size, import_optional
 from .images import is_image_file
 from .trt import TensorRTModel
 
 
 class _OnnxPart(Part):
     def __init__(self, path, part, *, providers, batch_size, busy_wait=True):
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UserError("running an .onnx model needs ONNX Runtime: pip install onnxruntime (or onnxruntime-gpu)") from None
+        onnxruntime = import_optional("onnxruntime", "running an .onnx model needs ONNX Runtime: pip install onnxruntime "
+                                                     "(or onnxruntime-gpu)")
         available = onnxruntime.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -16,18 +16,14 @@ import numpy as np
 from .contract import PARTS, engine_metadata_path, feature_dim, int8_target, parse_metadata, part_of, tensor_shapes
 from .cuda_memory import default_cuda
 from .deployed import DeployedModel, Part, note
-from .errors import UserError, check_at_least
+from .errors import UserError, check_at_least, import_optional
 from .files import atomic_open
 from .lineage import derived_from, sha256_of
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise UserError("TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU and driver), or run the "
-                        ".onnx file with ONNX Runtime instead") from None
-    return tensorrt
+    return import_optional("tensorrt", "TensorRT is not installed: pip install tensorrt (needs an NVIDIA GPU and driver), "
+                                       "or run the .onnx file with ONNX Runtime instead")
 
 
 def read_engine_metadata(engine_path):

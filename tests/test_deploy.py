@@ -209,3 +209,36 @@ def test_engine_path_without_tensorrt_is_clear(tmp_path, capsys, monkeypatch):
     Image.new("RGB", (8, 8)).save(image)
     assert infer_tensorrt.main(["--image1", str(image), "--image2", str(image), "--engine", str(engine)]) == 2
     assert "TensorRT is not installed" in _error(capsys)
+
+
+_FAKE_PACKAGES = {  # what an optional package's import does: a Ctrl-C that the package turned into an
+    # ImportError of its own, and an install that is there but broken
+    "interrupted": "try:\n    raise KeyboardInterrupt\nexcept KeyboardInterrupt as e:\n"
+                   "    raise ImportError(\"cannot import name '_pybind_state'\") from e\n",
+    "broken": "raise ImportError('libcudart.so.12: cannot open shared object file')\n"}
+
+
+@pytest.mark.parametrize("module", ["onnxruntime", "tensorrt", "faiss"])
+@pytest.mark.parametrize("case", sorted(_FAKE_PACKAGES))
+def test_only_a_missing_optional_package_says_to_install_it(case, module, tmp_path, monkeypatch):
+    from siamese.gallery import Shortlist
+    from siamese.runtime import _OnnxPart
+    from siamese.trt import import_tensorrt
+    from siamese.errors import UserError
+
+    (tmp_path / module).mkdir()
+    (tmp_path / module / "__init__.py").write_text(_FAKE_PACKAGES[case])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    load = {"onnxruntime": lambda: _OnnxPart(str(tmp_path / "m.onnx"), "pair", providers=None, batch_size=None),
+            "tensorrt": import_tensorrt, "faiss": lambda: Shortlist(np.ones((2, 4), np.float32))}[module]
+    if case == "interrupted":
+        with pytest.raises(KeyboardInterrupt):
+            load()
+    else:
+        with pytest.raises(UserError, match=f"{module} is installed but cannot be imported .*libcudart") as error:
+            load()
+        assert "pip install" not in str(error.value)
+    monkeypatch.setitem(sys.modules, module, None)  # not installed: what to install
+    with pytest.raises(UserError, match="pip install"):
+        load()

@@ -435,3 +435,66 @@ def test_the_metadata_read_without_onnx_is_onnx_s(deployment):
         open(damaged, "wb").write(f.read()[:5000])
     with pytest.raises(UserError, match="cannot read .*damaged.onnx' as an ONNX file"):
         onnx_metadata(damaged)
+
+
+# 23. The files of one export are bound by its id: the parts of another export of the same model
+# (an INT8 copy calibrated with another seed) are refused, naming the part; exports without ids run.
+
+@pytest.fixture(scope="module")
+def reseeded(quantized, tmp_path_factory):
+    """The INT8 copy of the same float export as `quantized`, calibrated with another seed."""
+    folder = tmp_path_factory.mktemp("reseeded")
+    for part in PARTS:
+        os.link(part_path(os.path.join(quantized, "model.onnx"), part), part_path(str(folder / "model.onnx"), part))
+    assert onnx_to_int8.main(["--onnx", str(folder / "model.onnx"), "--calibration", quantized_calibration(quantized),
+                              "--target", "tensorrt", "--seed", "7", *SMALL]) == 0
+    return str(folder)
+
+
+def quantized_calibration(folder):
+    from siamese.contract import onnx_metadata
+
+    return onnx_metadata(os.path.join(folder, "model.int8.onnx"))["siamese.calibration"]
+
+
+@pytest.mark.parametrize("script", ["infer_tensorrt", "eval_tensorrt", "identify"])
+def test_the_embedder_of_another_int8_copy_is_refused_by_every_entry_point(script, deployment, reseeded, tiny_dataset,
+                                                                         tmp_path, capsys):
+    import eval_tensorrt
+    import infer_tensorrt
+
+    embedder = os.path.join(deployment, "model.int8.embed.onnx")
+    os.remove(embedder)
+    shutil.copy(os.path.join(reseeded, "model.int8.embed.onnx"), embedder)
+    paths = scan_folder(tiny_dataset[1]).paths
+    argv = {"infer_tensorrt": ["--image1", paths[0], "--image2", paths[1]],
+            "eval_tensorrt": ["-v", tiny_dataset[1], "-o", str(tmp_path / "eval")],
+            "identify": ["--gallery", tiny_dataset[1], "--query", paths[0]]}[script]
+    main = {"infer_tensorrt": infer_tensorrt.main, "eval_tensorrt": eval_tensorrt.main, "identify": identify.main}[script]
+    assert main([*argv, "-m", os.path.join(deployment, "model.int8.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"model.int8.embed.onnx' is not of the export of '.*model.int8.onnx'", err[0]), err
+    assert "make the export again" in err[0]
+
+
+def test_an_export_without_ids_runs_and_an_engine_carries_the_id(deployment, tiny_dataset):
+    from siamese.contract import EXPORT_ID, onnx_metadata
+
+    int8 = os.path.join(deployment, "model.int8.onnx")
+    ids = {onnx_metadata(part_path(path, part))[EXPORT_ID] for path in (int8, os.path.join(deployment, "model.onnx"))
+           for part in PARTS}
+    assert len(ids) == 2  # one for the float export, one for its INT8 copy
+    engine = os.path.join(deployment, "model.int8.engine")
+    build_engine_file(int8, engine, EngineBuild(min_batch=1, opt_batch=2, max_batch=4), trt=make_fake_tensorrt("10.9.0"),
+                      **QUIET)
+    import json
+
+    assert json.load(open(engine + ".json"))[EXPORT_ID] == onnx_metadata(int8)[EXPORT_ID]
+    for part in PARTS:  # an export of an earlier version: nothing to compare
+        model = onnx.load(part_path(int8, part))
+        kept = [p for p in model.metadata_props if p.key != EXPORT_ID]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        onnx.save(model, part_path(int8, part) + ".new")
+        os.replace(part_path(int8, part) + ".new", part_path(int8, part))
+    assert load_deployed_model(int8).embed_paths([scan_folder(tiny_dataset[1]).paths[0]]).shape == (1, 512)

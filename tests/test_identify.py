@@ -285,3 +285,15 @@ def test_the_verdict_of_matches():
     assert verdict(matches(0.9, 0.9 - 1e-7, 0.8), 0.5) == ("tie", (0, 1))  # rounding noise is no difference
     assert verdict(matches(0.4, 0.4), 0.5) == ("unknown", ())
     assert verdict([], 0.5) == ("unknown", ())
+
+
+def test_a_shortlisted_verdict_says_it_is_over_the_shortlist_only(trained_checkpoint, tiny_dataset, tmp_path, capsys):
+    """A tie (or a better class) outside the shortlist cannot be seen: the verdict says what it was over."""
+    query = scan_folder(tiny_dataset[1]).paths[0]
+    for shortlist in (2, 0):
+        out = tmp_path / str(shortlist)
+        assert identify.main(["--gallery", tiny_dataset[1], "--query", query, "-c", trained_checkpoint, "-o", str(out),
+                              "--shortlist", str(shortlist)]) == 0
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(f"{query}: "))
+        assert ("over the 2 shortlisted gallery images only" in line) == bool(shortlist), line
+        assert json.load(open(out / "matches.json"))["shortlist"] == (shortlist or None)
