@@ -488,6 +488,69 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(onnx_model, tiny_data
     assert "Traceback" not in running.output()
 
 
+def _answer(sock):
+    """All a server sends on this connection until it closes it."""
+    answer = b""
+    while data := sock.recv(65536):
+        answer += data
+    return answer
+
+
+@pytest.mark.slow
+def test_slow_clients_are_timed_out_and_connections_beyond_the_limit_refused(onnx_model, tiny_dataset, tmp_path):
+    running = _start(tmp_path, onnx_model, _gallery_copy(tiny_dataset, tmp_path), "--request-timeout", "2",
+                     "--max-connections", "4")
+    good = _image_bytes(_images(tiny_dataset)[0])
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    try:
+        headers = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        headers.sendall(b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        body = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        body.sendall(b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Type: multipart/form-data; "
+                     b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b")
+        time.sleep(0.5)
+        start = time.monotonic()
+        beyond = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(4)]
+        refused = [_answer(s) for s in beyond[2:]]  # two held: the limit of 4 reached
+        assert all(b" 503 " in a.split(b"\r\n")[0] and b"--max-connections" in a for a in refused), refused
+        assert time.monotonic() - start < 2
+        for s in beyond:
+            s.close()
+        with running.client() as client:
+            assert client.post("/verify", files={"image1": good, "image2": good}).status_code == 200
+        for late in (headers, body):
+            answer = _answer(late)  # closed by the server
+            assert b" 408 " in answer.split(b"\r\n")[0] and b"--request-timeout" in answer, answer
+            late.close()
+        assert time.monotonic() - start < 10
+    finally:
+        running.stop()
+    assert "Traceback" not in running.output()
+
+
+@pytest.mark.slow
+def test_port_0_says_where_and_a_signal_while_loading_ends_in_one_line(onnx_model, tiny_dataset, tmp_path):
+    command = [sys.executable, "-c", NO_TORCH, "-m", onnx_model, "--gallery", tiny_dataset[0], "--port", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = process.stdout.readline()
+    while line and not line.startswith("serving on"):
+        line = process.stdout.readline()
+    url = re.match(r"serving on (http://127\.0\.0\.1:[0-9]+) \(", line).group(1)
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    process.terminate()
+    assert process.wait(60) == 0
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # importing, loading the model or embedding the gallery
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=60)
+        if "serving on" in out:  # it was up already: a normal stop
+            assert process.returncode == 0
+            continue
+        assert process.returncode in (code, -sig), err  # -sig: before serve.py's own code ran
+        assert "Traceback" not in err and "terminate called" not in err, err
+
+
 # --- refusals at the start, in one line ------------------------------------------------------------
 
 def test_a_bad_start_is_one_line(onnx_model, tiny_dataset, tmp_path, capsys):
