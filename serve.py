@@ -55,7 +55,7 @@ def get_args_parser():
                    help="open connections at most; beyond, 503 at once (the open-files limit is raised to fit)")
     p.add_argument("--request-timeout", default=30.0, type=Number(float, 0, 3600, above=True),
                    help="seconds a client has to send a whole request (headers and body); later: 408, closed")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", type=origin,
+    p.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
                    help="let pages of this origin (https://example.org) call the service; repeatable (default: "
                         "only the service's own page)")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
@@ -66,10 +66,12 @@ def get_args_parser():
 
 def origin(text):
     """An --allow-origin: scheme://host[:port], as a browser sends it in the Origin header."""
+    from siamese.errors import UserError
+
     parts = urlsplit(text.rstrip("/"))
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an origin; give scheme://host[:port], e.g. "
-                                         f"https://example.org")
+        raise UserError(f"--allow-origin '{text}' is not an origin; give scheme://host[:port], e.g. "
+                        f"https://example.org")
     return text.rstrip("/")
 
 
@@ -94,6 +96,7 @@ def main(argv=None):
     from siamese.service import check_open_files, create_app, listen, loopback_address, run_server, start_model
 
     token = read_token(args.token_file) if args.token_file else None
+    origins = [origin(text) for text in args.allow_origin or ()]
     settings = ServeSettings(engine=args.engine, checkpoint=args.checkpoint, gallery=args.gallery, index=args.index,
                              allow_enroll=args.allow_enroll, threshold=args.threshold, top_k=args.top_k,
                              shortlist=args.shortlist, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -104,7 +107,7 @@ def main(argv=None):
     with listen(args.host, args.port) as listening:  # a port in use: one line, before the model is loaded
         start_model(served)  # Ctrl-C or SIGTERM meanwhile: one line, 130 or 143
         app = create_app(served, token=token, max_body_mb=args.max_body_mb, request_timeout=args.request_timeout,
-                         origins=args.allow_origin, loopback=loopback_address(args.host))
+                         origins=origins, loopback=loopback_address(args.host))
         try:
             run_server(app, listening, access_log=args.access_log, request_timeout=args.request_timeout,
                        max_connections=args.max_connections)
