@@ -497,9 +497,9 @@ def _answer(sock):
 
 
 @pytest.mark.slow
-def test_slow_clients_are_timed_out_and_connections_beyond_the_limit_refused(onnx_model, tiny_dataset, tmp_path):
+def test_slow_clients_time_out_and_connections_beyond_the_limit_and_decodes_beyond_the_queue_are_refused(onnx_model, tiny_dataset, tmp_path):
     running = _start(tmp_path, onnx_model, _gallery_copy(tiny_dataset, tmp_path), "--request-timeout", "2",
-                     "--max-connections", "4")
+                     "--max-connections", "12", "--decoders", "1", "--queue", "2")
     good = _image_bytes(_images(tiny_dataset)[0])
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
     try:
@@ -510,8 +510,8 @@ def test_slow_clients_are_timed_out_and_connections_beyond_the_limit_refused(onn
                      b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b")
         time.sleep(0.5)
         start = time.monotonic()
-        beyond = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(4)]
-        refused = [_answer(s) for s in beyond[2:]]  # two held: the limit of 4 reached
+        beyond = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(12)]
+        refused = [_answer(s) for s in beyond[10:]]  # two held: the limit of 12 reached
         assert all(b" 503 " in a.split(b"\r\n")[0] and b"--max-connections" in a for a in refused), refused
         assert time.monotonic() - start < 2
         for s in beyond:
@@ -523,6 +523,10 @@ def test_slow_clients_are_timed_out_and_connections_beyond_the_limit_refused(onn
             assert b" 408 " in answer.split(b"\r\n")[0] and b"--request-timeout" in answer, answer
             late.close()
         assert time.monotonic() - start < 10
+        large = _png(6000, 6000)  # 36 MP, a small file: waiting for the one decoder counts in --queue 2
+        with running.client() as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: client.post("/embed", files={"images": large}).status_code, range(8)))
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}, statuses
     finally:
         running.stop()
     assert "Traceback" not in running.output()
