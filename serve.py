@@ -13,6 +13,7 @@ then exits.
 """
 
 import argparse
+from urllib.parse import urlsplit
 
 from siamese.errors import cli
 from siamese.options import (BATCH, PROBABILITY, SHORTLIST, TOP_K, Number, add_model_option, add_pytorch_options,
@@ -46,10 +47,32 @@ def get_args_parser():
     p.add_argument("--queue", default=256, type=whole(1, 100_000),
                    help="requests waiting for the model at most; beyond, 503 with Retry-After")
     p.add_argument("--max-body-mb", default=20.0, type=Number(float, 0, 4096, above=True), help="a request body over this is refused (413)")
+    p.add_argument("--max-pixels", default=40_000_000, type=whole(1, 2**31),
+                   help="an uploaded image over this many pixels is refused on its header, before decoding (400)")
+    p.add_argument("--decoders", default=2, type=whole(1, 64),
+                   help="uploads decoded at once; the requests waiting for a decoder count in --queue")
+    p.add_argument("--max-connections", default=1000, type=whole(1, 1_000_000),
+                   help="open connections at most; beyond, 503 at once (the open-files limit is raised to fit)")
+    p.add_argument("--request-timeout", default=30.0, type=Number(float, 0, 3600, above=True),
+                   help="seconds a client has to send a whole request (headers and body); later: 408, closed")
+    p.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                   help="let pages of this origin (https://example.org) call the service; repeatable (default: "
+                        "only the service's own page)")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                    help="a line per request on stderr (--no-access-log: none; /metrics still counts them)")
     add_pytorch_options(p, device_help="with -c: auto, cpu, cuda or cuda:N")
     return p
+
+
+def origin(text):
+    """An --allow-origin: scheme://host[:port], as a browser sends it in the Origin header."""
+    from siamese.errors import UserError
+
+    parts = urlsplit(text.rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query:
+        raise UserError(f"--allow-origin '{text}' is not an origin; give scheme://host[:port], e.g. "
+                        f"https://example.org")
+    return text.rstrip("/")
 
 
 def read_token(path):
@@ -70,20 +93,24 @@ def read_token(path):
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     from siamese.served import Served, ServeSettings
-    from siamese.service import create_app, listen, run_server
+    from siamese.service import check_open_files, create_app, listen, loopback_address, run_server, start_model
 
     token = read_token(args.token_file) if args.token_file else None
+    origins = [origin(text) for text in args.allow_origin or ()]
     settings = ServeSettings(engine=args.engine, checkpoint=args.checkpoint, gallery=args.gallery, index=args.index,
                              allow_enroll=args.allow_enroll, threshold=args.threshold, top_k=args.top_k,
                              shortlist=args.shortlist, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                             queue=args.queue, device=args.device, amp=args.amp, compile=args.compile,
+                             queue=args.queue, max_pixels=args.max_pixels, decoders=args.decoders, device=args.device, amp=args.amp, compile=args.compile,
                              tf32=args.tf32, channels_last=args.channels_last)
     served = Served(settings)  # the settings and the gallery folder checked
+    check_open_files(args.max_connections)
     with listen(args.host, args.port) as listening:  # a port in use: one line, before the model is loaded
-        served.start()
+        start_model(served)  # Ctrl-C or SIGTERM meanwhile: one line, 130 or 143
+        app = create_app(served, token=token, max_body_mb=args.max_body_mb, request_timeout=args.request_timeout,
+                         origins=origins, loopback=loopback_address(args.host))
         try:
-            run_server(create_app(served, token=token, max_body_mb=args.max_body_mb), listening,
-                       access_log=args.access_log)
+            run_server(app, listening, access_log=args.access_log, request_timeout=args.request_timeout,
+                       max_connections=args.max_connections)
         finally:
             served.stop()
     return 0

@@ -2,6 +2,7 @@
 folder name, and image files written so that an enrollment that was answered survives a kill (or
 a power cut) the next instant. No torch here."""
 
+import contextlib
 import io
 import os
 import unicodedata
@@ -15,17 +16,23 @@ from .images import IMAGE_EXTENSIONS
 
 MAX_NAME_BYTES = 200  # below the 255 of common file systems, with room for a temporary name
 # Names Windows keeps for devices (a gallery may be copied there), with or without an extension.
-RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{d}{i}" for d in ("COM", "LPT") for i in [*range(1, 10), *"¹²³"])}
+FORBIDDEN = '/\\<>:"|?*'  # not in a folder name on Windows (and '/' nowhere)
 
 
 def check_class_name(name):
-    """The class name, or a UserError: a folder name of its own (no '/', '\\', '..' or control
-    characters, not hidden, not reserved), as the gallery's scan reads it back."""
+    """The class name in NFC (one spelling of 'é', one folder), or a UserError: a folder name of its
+    own (none of /\\<>:"|?*, no control characters or lone surrogates, no leading combining mark,
+    not hidden, not reserved), as the gallery's scan reads it back."""
     if not isinstance(name, str) or not name.strip():
         raise UserError("give the class a name (the field 'class')")
-    shown = repr(name[:60])
-    if any(c in name for c in "/\\") or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
-        raise UserError(f"class {shown} holds a slash, a backslash or a control character; give a plain name")
+    shown = ascii(name[:60])
+    if any(c in FORBIDDEN for c in name) or any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+                                                 for c in name):
+        raise UserError(f"class {shown} holds one of {FORBIDDEN} or a control character; give a plain name")
+    name = unicodedata.normalize("NFC", name)
+    if unicodedata.category(name[0]).startswith("M"):
+        raise UserError(f"class {shown} starts with a combining mark; give a plain name")
     if name.startswith(".") or name != name.strip() or name.endswith("."):
         raise UserError(f"class {shown} starts with a dot, or starts or ends with a space or ends with a dot (a hidden "
                         f"or unreadable folder name); give a plain name")
@@ -81,3 +88,17 @@ def write_class_images(root, name, images):
         written.append(path)
     sync_folder(folder)
     return written
+
+
+def remove_class_images(root, written):
+    """Undo write_class_images: remove the written files, and their folder if it is left empty."""
+    for path in written:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    folders = {os.path.dirname(path) for path in written}
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty: a class that was there before
+            os.rmdir(folder)
+    for folder in folders | {root}:
+        if os.path.isdir(folder):
+            sync_folder(folder)

@@ -6,15 +6,16 @@ head and threshold. No torch here (a checkpoint brings it)."""
 import asyncio
 import contextlib
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import numpy as np
 
-from .batching import Batcher
+from .batching import Batcher, QueueFull
 from .deployed import note
-from .enrollment import check_class_name, check_new_content, extension_of, write_class_images
+from .enrollment import (check_class_name, check_new_content, extension_of, remove_class_images,
+                         write_class_images)
 from .errors import UserError, check_at_least, check_between
 from .evaluate import DEFAULT_THRESHOLD, resolve_threshold
 from .files import claim_beside, inside, sync_folder
@@ -49,6 +50,7 @@ class ServeSettings:
     max_wait_ms: float = 2.0  # how long a batch waits to fill
     queue: int = 256  # jobs waiting at most
     max_pixels: int = None  # an upload's pixels at most (None: Pillow's decompression-bomb limit)
+    decoders: int = 2  # threads decoding uploads (their requests wait, counted in the queue)
     device: str = "auto"  # with a checkpoint: PyTorch's device, precision, compilation
     amp: bool = False
     compile: bool = False
@@ -58,7 +60,8 @@ class ServeSettings:
     def check(self):
         check_between(self.threshold, 0.0, 1.0, "--threshold")
         for value, low, name in ((self.top_k, 1, "--top-k"), (self.max_batch, 1, "--max-batch"),
-                                 (self.queue, 1, "--queue"), (self.max_wait_ms, 0, "--max-wait-ms")):
+                                 (self.queue, 1, "--queue"), (self.max_wait_ms, 0, "--max-wait-ms"),
+                                 (self.max_pixels, 1, "--max-pixels"), (self.decoders, 1, "--decoders")):
             check_at_least(value, low, name)
         if self.allow_enroll and not self.gallery:
             raise UserError("--allow-enroll adds images to a gallery: give --gallery too")
@@ -78,7 +81,10 @@ class Served:
         self.batcher = Batcher(self._setup, max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
                                queue_size=settings.queue, observe=observe)
         self.gallery, self.files, self.ready = None, {}, False
-        self.enrolling = threading.Lock()  # one enrollment at a time
+        self.enrolling = asyncio.Lock()  # one enrollment at a time, waited for without holding a thread
+        # Uploads are decoded here, not in asyncio's shared pool: a few at a time, whatever their size.
+        self.decoders = ThreadPoolExecutor(settings.decoders, thread_name_prefix="decode")
+        self.decoding = 0  # requests decoding or waiting for a decoder
 
     def start(self):
         self.batcher.start()
@@ -88,6 +94,7 @@ class Served:
     def stop(self):
         self.ready = False
         self.batcher.stop()
+        self.decoders.shutdown(wait=False)
 
     def _setup(self):
         """In the model thread: load the model, warm it up, embed (or read) the gallery."""
@@ -124,9 +131,17 @@ class Served:
                          for name, data in uploads])
 
     async def _run(self, uploads, pairs=(), then=None):
-        with self.batcher.coming():  # a batch being gathered waits for this request
-            images = await asyncio.to_thread(self.decode, uploads)
-            future = self.batcher.submit(images, pairs, then)
+        """Decode the uploads (in a decoder) and embed them; the requests waiting for a decoder and
+        those queued for the model together take at most --queue places (else QueueFull)."""
+        if self.decoding + self.batcher.depth >= self.settings.queue:
+            raise QueueFull(f"all {self.settings.queue} places of the queue are taken")
+        self.decoding += 1
+        try:
+            with self.batcher.coming():  # a batch being gathered waits for this request
+                images = await asyncio.get_running_loop().run_in_executor(self.decoders, self.decode, uploads)
+                future = self.batcher.submit(images, pairs, then)
+        finally:
+            self.decoding -= 1
         return await asyncio.wrap_future(future)
 
     def _threshold(self, requested):
@@ -173,26 +188,36 @@ class Served:
     async def enroll(self, name, images):
         if not self.settings.allow_enroll:
             raise NotAllowed("enrollment is off; start serve.py with --allow-enroll to add images to the gallery")
-        check_class_name(name)
+        name = check_class_name(name)  # as the folder is named (NFC)
         uploads = [(f"images[{i}]", data) for i, data in enumerate(images)]
         features, _ = await self._run(uploads)  # every image decoded and embedded before anything is written
         extensions = [extension_of(data) for data in images]
-        return await asyncio.to_thread(self._enroll, name, list(zip(images, extensions)), features)
+        async with self.enrolling:  # waited for here, then a thread only for the writing
+            return await asyncio.to_thread(self._enroll, name, list(zip(images, extensions)), features)
 
     def _enroll(self, name, images, features):
-        """Write the images and the gallery index (each synced) and use the new gallery; one at a
-        time, and the index claimed against other commands writing it."""
+        """Write the images and the gallery index (each synced) and use the new gallery; the index
+        claimed against other commands writing it. Anything failing after the images are written
+        (an unreadable file put in the gallery by hand) removes them: a refused enrollment leaves
+        nothing behind."""
         index = self.settings.index
-        with self.enrolling, claim_beside(index, what="gallery index") if index else contextlib.nullcontext():
-            check_new_content(self.folder, name, images)
+        with claim_beside(index, what="gallery index") if index else contextlib.nullcontext():
+            check_new_content(self.folder, check_class_name(name), images)  # before anything is written
             written = write_class_images(self.gallery.root, name, images)
-            known = dict(zip(self.gallery.paths, self.gallery.features))
-            known.update(zip(written, features))
-            folder = scan_folder(self.gallery.root, what="gallery folder", for_pairs=False)
-            gallery = load_gallery(folder, _Known(self, known), index_path=index, log=note)
-            self.folder = folder
+            try:
+                known = dict(zip(self.gallery.paths, self.gallery.features))
+                known.update(zip(written, features))
+                folder = scan_folder(self.gallery.root, what="gallery folder", for_pairs=False)
+                gallery = load_gallery(folder, _Known(self, known), index_path=index, log=note)
+            except BaseException as error:
+                remove_class_images(self.gallery.root, written)
+                if isinstance(error, UserError):  # a file put in the gallery by hand: named as in the gallery
+                    raise UserError("in the gallery: " + str(error).replace(os.path.join(self.gallery.root, ""), "")
+                                    ) from None
+                raise
             if index:
                 sync_folder(os.path.dirname(os.path.abspath(index)))
+            self.folder = folder
             self._use(gallery)
         return {"class": name, "added": len(written), "images": len(gallery.paths), "classes": len(gallery.classes)}
 

@@ -6,14 +6,18 @@ docs/deployment.md (Service).
     app = create_app(Served(ServeSettings(engine="model.onnx")).start(), token=None, max_body_mb=20)
 """
 
+import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
 import math
 import os
+import sys
 import time
 import warnings
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +26,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 from .batching import QueueFull
@@ -49,11 +54,30 @@ class RequestError(Exception):
 class BodyTooLarge(RequestError):
     def __init__(self, limit):
         super().__init__(413, f"the request body is over the {limit / 2**20:g} MiB this service takes (--max-body-mb); "
-                              f"send smaller or fewer images")
+                              f"send smaller or fewer images", {"Connection": "close"})
+
+
+class RequestTimeout(RequestError):
+    def __init__(self, seconds):
+        super().__init__(408, f"the request was not sent whole within {seconds:g} s (--request-timeout); send it "
+                              f"again", {"Connection": "close"})
+
+
+CLOSE = {"Connection": "close"}  # answers after which the rest of a request is not read
+CLIENT_CLOSED = 499  # the client went away before its answer (nginx's status for it), in the metrics
 
 
 def error_response(status, message, headers=None):
-    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
+    # A client's text may hold lone surrogates (JSON's "\ud800"): shown escaped, never failing the answer.
+    text = " ".join(str(message).split()).encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"error": text}, status_code=status, headers=headers)
+
+
+def _raw_error(status, reason, message, close=True):
+    """The bytes of a one-line JSON error answer, for refusals made below the ASGI app."""
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"{'connection: close' + chr(13) + chr(10) if close else ''}\r\n").encode() + body
 
 
 class Metrics:
@@ -81,11 +105,13 @@ class Metrics:
 
 
 class Gate:
-    """ASGI middleware in front of every route: the token, the body limit (on the declared length
-    at once, and on the bytes as they arrive), and the metrics of each request."""
+    """ASGI middleware in front of every route: the Host and Origin headers, the token, the body
+    limit (on the declared length at once, and on the bytes as they arrive), the time a body may
+    take to arrive, and the metrics of each request."""
 
-    def __init__(self, app, *, token, max_body, metrics):
+    def __init__(self, app, *, token, max_body, metrics, request_timeout=30.0, origins=(), loopback=False):
         self.app, self.token, self.max_body, self.metrics = app, token, max_body, metrics
+        self.request_timeout, self.origins, self.loopback = request_timeout, {o.lower() for o in origins}, loopback
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,7 +128,7 @@ class Gate:
             if refusal:
                 await refusal(scope, receive, sending)
             else:
-                await self.app(scope, self._limited(receive), sending)
+                await self.app(scope, self._limited(receive, start), sending)
         finally:
             self.metrics.requests.labels(endpoint, str(status[0])).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
@@ -110,29 +136,63 @@ class Gate:
     def _refusal(self, scope):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"]
+        foreign = self._foreign(headers, scope.get("scheme", "http"))
+        if foreign:
+            return error_response(403, foreign)
         if self.token and not (path in OPEN or path.startswith("/static/")):
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            scheme, _, given = headers.get("authorization", "").strip().partition(" ")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())):
                 return error_response(401, "this service needs its token: send the header 'Authorization: Bearer "
                                            "<token>'", {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            return error_response(413, BodyTooLarge(self.max_body))
+            return error_response(413, BodyTooLarge(self.max_body), CLOSE)
         return None
 
-    def _limited(self, receive):
-        received = 0
+    def _foreign(self, headers, scheme):
+        """Why a request is refused as coming from elsewhere, or None: a Host that is not a loopback
+        name on a service bound to loopback (DNS rebinding), an Origin other than the service's own
+        or one of --allow-origin (another site's page posting to it)."""
+        host = headers.get("host", "")
+        if self.loopback and not is_loopback_host(host):
+            return (f"the Host header {host[:80]!r} is not a loopback name (localhost, 127.x.x.x, [::1]) of this "
+                    f"service bound to loopback; open it as http://localhost:PORT/")
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() not in self.origins | {f"{scheme}://{host}".lower()}:
+            return (f"requests from pages of {origin[:80]!r} are refused; open the page of this service itself, or "
+                    f"start serve.py with --allow-origin {origin[:80]}")
+        return None
+
+    def _limited(self, receive, start):
+        received, whole = 0, False
 
         async def limited():
-            nonlocal received
-            message = await receive()
+            nonlocal received, whole
+            if whole:  # the body is in: waiting for a disconnect has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, start + self.request_timeout - time.perf_counter()))
+            except asyncio.TimeoutError:
+                raise RequestTimeout(self.request_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
                 if received > self.max_body:
                     raise BodyTooLarge(self.max_body)
             return message
 
         return limited
+
+
+def is_loopback_host(host):
+    """Whether a Host header names a loopback address: localhost, 127.x.x.x or [::1], with or without a port."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 # --- decoding a request --------------------------------------------------------------------------
@@ -199,8 +259,9 @@ def _json_fields(body):
     """{name: [('json', value)]} of a JSON object."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError(400, "the body is not valid JSON; send a JSON object of the fields") from None
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to read
+        raise RequestError(400, "the body is not valid JSON (or nested too deep); send a JSON object of the "
+                                "fields") from None
     if not isinstance(data, dict):
         raise RequestError(400, "the body is JSON but not an object; send {\"field\": value, ...}")
     return {name: [("json", value)] for name, value in data.items()}
@@ -247,7 +308,7 @@ def _number(value, kind, wrong):
         raise wrong
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
         raise wrong from None
     if not math.isfinite(number) or (kind == "number" and not 0 <= number <= 1):
         raise wrong
@@ -260,9 +321,11 @@ def _number(value, kind, wrong):
 
 # --- the app -------------------------------------------------------------------------------------
 
-def create_app(served, *, token=None, max_body_mb=20.0, metrics=None):
+def create_app(served, *, token=None, max_body_mb=20.0, metrics=None, request_timeout=30.0, origins=(),
+               loopback=False):
     """The FastAPI app over a started Served; its lifespan's end stops the model thread after the
-    queued work (uvicorn has then answered the requests in flight)."""
+    queued work (uvicorn has then answered the requests in flight). origins: pages of other
+    origins allowed to call it; loopback: bound to a loopback address (the Host header must name one)."""
     import contextlib
 
     @contextlib.asynccontextmanager
@@ -278,9 +341,11 @@ def create_app(served, *, token=None, max_body_mb=20.0, metrics=None):
     served.batcher.observe = metrics.batch.observe  # the size of each embedded batch
     app = FastAPI(title="Siamese service", lifespan=lifespan,
                   description="Verify pairs, identify against a gallery, enroll, embed (docs/deployment.md, Service)")
+    app.router.redirect_slashes = False  # /gallery is a 404, not a redirect to /gallery/
     _add_errors(app)
     _add_routes(app, served, metrics)
-    app.add_middleware(Gate, token=token, max_body=int(max_body_mb * 2**20), metrics=metrics)
+    app.add_middleware(Gate, token=token, max_body=int(max_body_mb * 2**20), metrics=metrics,
+                       request_timeout=request_timeout, origins=origins, loopback=loopback)
     return app
 
 
@@ -312,6 +377,14 @@ def _add_errors(app):
     @app.exception_handler(RequestValidationError)
     async def invalid(request, error):
         return error_response(400, "the request does not fit the endpoint; see /docs")
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, error):  # nobody to answer: counted, not logged
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(Exception)
+    async def bug(request, error):  # the last resort: the traceback is logged once by uvicorn
+        return error_response(500, f"the service failed on this request ({type(error).__name__}); see its log")
 
 
 def _add_routes(app, served, metrics):
@@ -345,32 +418,32 @@ def _add_routes(app, served, metrics):
 
 
 def _add_pages(app, served, metrics):
-    @app.get("/info")
+    @app.api_route("/info", methods=["GET", "HEAD"])
     async def info():
         return served.info()
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz():
         if not served.ready:
             return error_response(503, "not ready: the model is loading or the service is stopping")
         return {"status": "ready"}
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def prometheus():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/gallery/{relative:path}")
+    @app.api_route("/gallery/{relative:path}", methods=["GET", "HEAD"])
     async def gallery_image(relative: str):
         path = served.gallery_file(relative)
         if path is None:
             raise HTTPException(404)
         return FileResponse(path)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page():
         return FileResponse(os.path.join(STATIC, "index.html"), media_type="text/html")
 
@@ -397,10 +470,101 @@ def listen(host, port):
     return sock
 
 
-def run_server(app, sock, *, graceful_s=60, access_log=True):
+def loopback_address(host):
+    """Whether serve.py listens on a loopback address only."""
+    return host.lower() == "localhost" or is_loopback_host(f"[{host}]" if ":" in host else host)
+
+
+def check_open_files(max_connections, spare=256):
+    """Let the process open max_connections sockets and spare files more: the soft limit raised
+    toward the hard one, else a UserError. Past the limit every accept() fails and is logged."""
+    import resource
+
+    needed = max_connections + spare
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise UserError(f"--max-connections {max_connections} needs {needed} open files, and this process may "
+                            f"open {hard} at most (ulimit -n); give --max-connections {max(1, hard - spare)} or less")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else hard, hard))
+
+
+def start_model(served):
+    """served.start(); a Ctrl-C or SIGTERM meanwhile ends the process with one line (130 or 143) at
+    once: the model thread may be inside its runtime, which must not be torn down under it."""
+    import signal
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        served.start()
+    except KeyboardInterrupt as stop:
+        by_term = str(stop) == "SIGTERM"
+        print(f"stopped by {'SIGTERM' if by_term else 'Ctrl-C'} while the model was loading", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143 if by_term else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _protocol(request_timeout, max_connections):
+    """uvicorn's HTTP protocol (httptools) with two more limits: a connection beyond
+    max_connections is answered 503 and closed at once, and one whose request headers are not in
+    within request_timeout seconds is answered 408 and closed (uvicorn times out only idle
+    keep-alive connections; the body's deadline is Gate's)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Guarded(HttpToolsProtocol):
+        timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(_raw_error(503, "Service Unavailable", f"the service holds its {max_connections} "
+                                           f"connections (--max-connections); try again in a second"))
+                transport.close()
+                return
+            self._arm()
+
+        def _arm(self):
+            if self.timer is None:
+                self.timer = self.loop.call_later(request_timeout, self._late)
+
+        def _disarm(self):
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+        def _late(self):
+            self.timer = None
+            if not self.transport.is_closing():
+                self.transport.write(_raw_error(408, "Request Timeout", f"the request headers were not sent within "
+                                                f"{request_timeout:g} s (--request-timeout); send them again"))
+                self.transport.close()
+
+        def on_message_begin(self):
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self):
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
+def run_server(app, sock, *, graceful_s=60, access_log=True, request_timeout=30.0, max_connections=1000):
     """Serve app on the socket with uvicorn until SIGTERM or Ctrl-C; the requests in flight are
     answered first (for up to graceful_s), and it returns, rather than dying of the signal as
-    uvicorn does by raising it again once stopped. access_log: a line per request on stderr."""
+    uvicorn does by raising it again once stopped. access_log: a line per request on stderr. Once
+    it listens, a line on stdout says where."""
     import uvicorn
 
     class Graceful(uvicorn.Server):
@@ -408,4 +572,13 @@ def run_server(app, sock, *, graceful_s=60, access_log=True):
             super().handle_exit(sig, frame)
             self._captured_signals = []  # stopped as asked: nothing to raise again
 
-    Graceful(uvicorn.Config(app, timeout_graceful_shutdown=graceful_s, access_log=access_log)).run(sockets=[sock])
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                host, port = sock.getsockname()[:2]
+                print(f"serving on http://{f'[{host}]' if ':' in host else host}:{port} (the page at /; Ctrl-C or "
+                      f"SIGTERM to stop)", flush=True)
+
+    config = uvicorn.Config(app, timeout_graceful_shutdown=graceful_s, access_log=access_log,
+                            http=_protocol(request_timeout, max_connections), limit_concurrency=max_connections + 1)
+    Graceful(config).run(sockets=[sock])

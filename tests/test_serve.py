@@ -255,7 +255,20 @@ def _bad_requests(good):
         ("reserved name", dict(files={"images": good}, data={"class": "CON"}), "/enroll", 400),
         ("enroll a bad image", dict(files=[("images", good), ("images", b"junk")], data={"class": "never"}), "/enroll",
          400),
+        ("over --max-pixels", dict(files={"image1": good, "image2": _png_header(9400, 9400)}), "/verify", 400),
+        ("a 400-digit threshold", dict(content=b'{"threshold": 1%s}' % (b"0" * 400), headers=JSON), "/verify", 400),
+        ("a 400-digit top_k", dict(content=b'{"image": "%s", "top_k": 1%s}' % (b64.encode(), b"0" * 400),
+                                   headers=JSON), "/identify", 400),
+        ("a lone surrogate in a key", dict(content=b'{"\\ud800": 1}', headers=JSON), "/verify", 400),
+        ("a lone surrogate in a class", dict(content=b'{"class": "\\ud800x", "images": ["%s"]}' % b64.encode(),
+                                             headers=JSON), "/enroll", 400),
+        ("nested too deep", dict(content=b"[" * 100_000 + b"]" * 100_000, headers=JSON), "/verify", 400),
+        *[(f"class {name!r}", dict(files={"images": good}, data={"class": name}), "/enroll", 400)
+          for name in ("a*b?", "<x>", "a:b", 'q"uote', "p|q", "COM\u00b9", "lpt\u00b2.txt", "\u0301e")],
     ]
+
+
+JSON = {"Content-Type": "application/json"}
 
 
 def test_bad_input_is_a_4xx_of_one_line_and_the_server_goes_on(server, tiny_dataset):
@@ -296,12 +309,17 @@ def _raw(port, head, body_chunks=(), pause=0.0):
 
 def test_a_body_over_the_limit_is_413_while_it_arrives(server):
     auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
-    declared = b"POST /verify HTTP/1.1\r\nHost: x\r\n" + auth + \
+    declared = b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + \
                b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
-    status, body = _raw(server.port, declared)
-    assert b" 413 " in status and json.loads(body)["error"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:  # answered, then closed
+        s.sendall(declared)
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    assert b" 413 " in answer.split(b"\r\n")[0] and b"connection: close" in answer.lower()
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
     chunk = b"x" * 65536
-    streamed = b"POST /verify HTTP/1.1\r\nHost: x\r\n" + auth + \
+    streamed = b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + \
                b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
     part = b'--b\r\nContent-Disposition: form-data; name="image1"; filename="a.png"\r\n\r\n'
     chunks = [b"%x\r\n%s\r\n" % (len(data), data) for data in [part] + [chunk] * 40]
@@ -315,7 +333,7 @@ def test_a_slow_client_does_not_hold_up_the_others(server, tiny_dataset):
     good = _image_bytes(_images(tiny_dataset)[0])
     slow = socket.create_connection(("127.0.0.1", server.port))
     try:
-        slow.sendall(b"POST /verify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        slow.sendall(b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 100000\r\n\r\n--b")
         with server.client() as client:
             start = time.monotonic()
@@ -324,6 +342,48 @@ def test_a_slow_client_does_not_hold_up_the_others(server, tiny_dataset):
             assert time.monotonic() - start < 10
     finally:
         slow.close()
+
+
+def test_held_open_and_disconnecting_clients_are_counted_without_a_traceback(server):
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    head = (b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth +
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n")
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(head)
+        time.sleep(0.3)  # being read: then gone
+    with server.client() as client:
+        deadline = time.monotonic() + 10
+        while not re.search(r'siamese_requests_total\{endpoint="/verify",status="499"\}', client.get("/metrics").text):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert 'status="500"' not in client.get("/metrics").text
+    assert "ClientDisconnect" not in server.output()
+
+
+def test_the_page_of_another_site_and_a_foreign_host_are_refused(server, tiny_dataset):
+    good = _image_bytes(_images(tiny_dataset)[0])
+    files = [("images", good)]
+    with server.client() as client:
+        refused = client.post("/enroll", files=files, data={"class": "csrf"}, headers={"Origin": "http://evil.example"})
+        assert "--allow-origin" in _one_line_error(refused, 403)
+        assert not os.path.exists(os.path.join(server.gallery, "csrf"))
+        assert _one_line_error(client.get("/info", headers={"Origin": "null"}), 403)
+        own = client.post("/verify", files={"image1": good, "image2": good}, headers={"Origin": server.url})
+        assert own.status_code == 200
+        for host in ("evil.example", f"evil.example:{server.port}", "10.0.0.1"):
+            assert "Host" in _one_line_error(client.get("/info", headers={"Host": host}), 403)
+        for host in (f"localhost:{server.port}", f"127.0.0.2:{server.port}", "[::1]", "localhost"):
+            assert client.get("/info", headers={"Host": host}).status_code == 200, host
+
+
+def test_head_probes_the_gallery_root_and_a_lower_case_bearer(server):
+    with server.client(token=None) as anonymous:
+        for path in ("/healthz", "/", "/readyz"):
+            answer = anonymous.head(path)
+            assert answer.status_code == 200 and answer.content == b"", path
+        assert anonymous.get("/info", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200  # RFC 7235
+        assert _one_line_error(anonymous.get("/gallery", headers={"Authorization": f"Bearer {TOKEN}"}), 404)
+    assert f"serving on http://127.0.0.1:{server.port} (the page at /" in server.output()
 
 
 def test_the_token(server):
@@ -376,6 +436,25 @@ def test_enrolling_a_gallery_image_under_another_class_is_refused(server, tiny_d
     assert sorted(os.listdir(server.gallery)) == before
 
 
+def test_a_refused_enrollment_writes_nothing_and_shows_no_server_path(server, tiny_dataset):
+    good = _image_bytes(_images(tiny_dataset)[0])
+    corrupt = os.path.join(server.gallery, "class_0", "zzcorrupt.png")
+    with open(corrupt, "wb") as f:
+        f.write(b"garbage\n")
+    try:
+        with server.client() as client:
+            error = _one_line_error(client.post("/enroll", files=[("images", good)], data={"class": "afterjunk"}), 400)
+        assert "class_0/zzcorrupt.png" in error and server.gallery not in error and os.sep + "tmp" not in error
+        assert not os.path.exists(os.path.join(server.gallery, "afterjunk"))
+    finally:
+        os.remove(corrupt)
+    with server.client() as client:  # one folder for both spellings of 'é'
+        for name in ("caf\u00e9", "cafe\u0301"):
+            assert client.post("/enroll", files=[("images", good)], data={"class": name}).json()["class"] == "caf\u00e9"
+    assert len(os.listdir(os.path.join(server.gallery, "caf\u00e9"))) == 2
+    assert not os.path.exists(os.path.join(server.gallery, "cafe\u0301"))
+
+
 # --- stopping ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -411,7 +490,7 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(onnx_model, tiny_data
     body = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"a.png\"\r\n"
                     b"Content-Type: image/png\r\n\r\n%s\r\n" % (boundary, name, good) for name in (b"image1", b"image2"))
     body += b"--%s--\r\n" % boundary
-    head = (b"POST /verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: multipart/form-data; "
+    head = (b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: multipart/form-data; "
             b"boundary=%s\r\nContent-Length: %d\r\n\r\n" % (TOKEN.encode(), boundary, len(body)))
     with socket.create_connection(("127.0.0.1", running.port), timeout=60) as s:
         s.sendall(head + body[:100])  # in flight: half sent
@@ -429,6 +508,73 @@ def test_sigterm_answers_the_request_in_flight_and_exits_0(onnx_model, tiny_data
     assert running.process.wait(60) == 0
     running.log.close()
     assert "Traceback" not in running.output()
+
+
+def _answer(sock):
+    """All a server sends on this connection until it closes it."""
+    answer = b""
+    while data := sock.recv(65536):
+        answer += data
+    return answer
+
+
+@pytest.mark.slow
+def test_slow_clients_time_out_and_connections_beyond_the_limit_and_decodes_beyond_the_queue_are_refused(onnx_model, tiny_dataset, tmp_path):
+    running = _start(tmp_path, onnx_model, _gallery_copy(tiny_dataset, tmp_path), "--request-timeout", "2",
+                     "--max-connections", "12", "--decoders", "1", "--queue", "2")
+    good = _image_bytes(_images(tiny_dataset)[0])
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    try:
+        headers = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        headers.sendall(b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and no more
+        body = socket.create_connection(("127.0.0.1", running.port), timeout=30)
+        body.sendall(b"POST /verify HTTP/1.1\r\nHost: 127.0.0.1\r\n" + auth + b"Content-Type: multipart/form-data; "
+                     b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b")
+        time.sleep(0.5)
+        start = time.monotonic()
+        beyond = [socket.create_connection(("127.0.0.1", running.port), timeout=30) for _ in range(12)]
+        refused = [_answer(s) for s in beyond[10:]]  # two held: the limit of 12 reached
+        assert all(b" 503 " in a.split(b"\r\n")[0] and b"--max-connections" in a for a in refused), refused
+        assert time.monotonic() - start < 2
+        for s in beyond:
+            s.close()
+        with running.client() as client:
+            assert client.post("/verify", files={"image1": good, "image2": good}).status_code == 200
+        for late in (headers, body):
+            answer = _answer(late)  # closed by the server
+            assert b" 408 " in answer.split(b"\r\n")[0] and b"--request-timeout" in answer, answer
+            late.close()
+        assert time.monotonic() - start < 10
+        large = _png(6000, 6000)  # 36 MP, a small file: waiting for the one decoder counts in --queue 2
+        with running.client() as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: client.post("/embed", files={"images": large}).status_code, range(8)))
+        assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}, statuses
+    finally:
+        running.stop()
+    assert "Traceback" not in running.output()
+
+
+@pytest.mark.slow
+def test_port_0_says_where_and_a_signal_while_loading_ends_in_one_line(onnx_model, tiny_dataset, tmp_path):
+    command = [sys.executable, "-c", NO_TORCH, "-m", onnx_model, "--gallery", tiny_dataset[0], "--port", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = process.stdout.readline()
+    while line and not line.startswith("serving on"):
+        line = process.stdout.readline()
+    url = re.match(r"serving on (http://127\.0\.0\.1:[0-9]+) \(", line).group(1)
+    assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    process.terminate()
+    assert process.wait(60) == 0
+    for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # importing, loading the model or embedding the gallery
+        process.send_signal(sig)
+        out, err = process.communicate(timeout=60)
+        if "serving on" in out:  # it was up already: a normal stop
+            assert process.returncode == 0
+            continue
+        assert process.returncode in (code, -sig), err  # -sig: before serve.py's own code ran
+        assert "Traceback" not in err and "terminate called" not in err, err
 
 
 # --- refusals at the start, in one line ------------------------------------------------------------
