@@ -177,9 +177,11 @@ class Served:
     def _identified(self, gallery, results, threshold, source):
         """The answer of /identify from identify()'s results, with identify.py's rows."""
         rows = match_rows(["image"], results, gallery, threshold)
-        matches = [{"rank": r["rank"], "class": r["class"], "similarity": r["similarity"],
-                    "gallery_image": os.path.relpath(r["gallery_image"], gallery.root),
-                    "thumbnail": "/gallery/" + quote(os.path.relpath(r["gallery_image"], gallery.root))} for r in rows]
+        relative = [os.path.relpath(r["gallery_image"], gallery.root) for r in rows]
+        matches = [{"rank": r["rank"], "class": r["class"], "similarity": r["similarity"], "gallery_image": name,
+                    # None for an image the gallery reaches through a link out of its folder: not served
+                    "thumbnail": "/gallery/" + quote(name) if self.gallery_file(name) else None}
+                   for r, name in zip(rows, relative)]
         kind, labels = verdict(results[0], threshold)  # identify.py's one rule
         called = gallery.classes[labels[0]] if kind == "match" else kind
         return {"verdict": called, "tie": kind == "tie", "tied": [gallery.classes[label] for label in labels] if

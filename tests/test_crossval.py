@@ -354,19 +354,20 @@ def test_more_repeats_continue_a_cross_validation_and_fewer_are_refused(tmp_path
 
 
 @pytest.mark.slow
-def test_a_fold_says_when_held_out_images_are_copies_of_training_images(tmp_path, capsys):
-    """One image copied into every other class: whichever classes a fold holds out, two of its
-    held-out images have the content of a training image; the fold says so and records it."""
+def test_a_copy_of_one_image_in_other_classes_is_refused_before_any_fold(tmp_path, capsys):
+    """One image copied into every other class: whichever classes a fold held out, two of its
+    held-out images would have the content of a training image. The data is refused at once (one
+    image cannot be of two classes), before a fold is trained."""
     import shutil
 
     data = make_folder(str(tmp_path / "data"), classes=6, per_class=5)
     for c in range(1, 6):
         shutil.copyfile(os.path.join(data, "class_0", "img_00.png"), os.path.join(data, f"class_{c}", "copy.png"))
     out = str(tmp_path / "cv")
-    assert _cv(data, out, "--fold", "1") == 0
-    assert "fold 1: warning: 2 of the 12 images scored are images this model was trained on" in capsys.readouterr().out
-    with open(os.path.join(out, "fold_1", "result.json")) as f:
-        assert json.load(f)["training_overlap"] == {"images": 2, "of": 12}
+    assert _cv(data, out, "--fold", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5 image(s) have the content (the same bytes) of an image of another class" in err[0]
+    assert not os.path.exists(os.path.join(out, "fold_1"))
 
 
 def _fold_cv(data, out, **training):
